@@ -1,0 +1,8 @@
+"""Prefect blocks: the source and target connections, saved once and picked in the Prefect UI.
+
+Register them with `prefect block register -m blocks`.
+"""
+
+from blocks.connections import M3Source, ThanosTarget
+
+__all__ = ["M3Source", "ThanosTarget"]

@@ -1,0 +1,35 @@
+"""The source and target as Prefect blocks: the engine's settings models, made savable.
+
+The fields are those of the engine's pydantic models, so the CLI, config files and blocks share one
+definition; secrets are SecretStr and show as stars in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from prefect.blocks.core import Block
+
+from m3migrate.config import SourceSettings, TargetSettings
+
+
+class M3Source(Block, SourceSettings):
+    """An M3 Coordinator to migrate from: remote-read URL, PromQL URL, auth, TLS, namespace pin."""
+
+    _block_type_name: ClassVar[str] = "m3migrate M3 Source"
+    _block_type_slug: ClassVar[str] = "m3migrate-m3-source"
+    _description: ClassVar[str] = "M3 Coordinator (remote read + PromQL API) that m3migrate reads history from."
+
+    def settings(self) -> SourceSettings:
+        return SourceSettings.model_validate(self.model_dump(include=set(SourceSettings.model_fields)))
+
+
+class ThanosTarget(Block, TargetSettings):
+    """A Thanos Receive to migrate into, with the Thanos Query URL that reads it back."""
+
+    _block_type_name: ClassVar[str] = "m3migrate Thanos Target"
+    _block_type_slug: ClassVar[str] = "m3migrate-thanos-target"
+    _description: ClassVar[str] = "Thanos Receive (remote write) and Thanos Query that m3migrate writes into."
+
+    def settings(self) -> TargetSettings:
+        return TargetSettings.model_validate(self.model_dump(include=set(TargetSettings.model_fields)))

@@ -1,0 +1,1 @@
+"""Prefect flows: the wizard's steps (validate, migrate, replicate, verify/close)."""

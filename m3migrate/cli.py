@@ -1,0 +1,355 @@
+"""`m3migrate`: the command line. Each command runs the matching Prefect flow (ephemeral API when no
+PREFECT_API_URL is set) and exits non-zero when the step did not complete."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from m3migrate.errors import M3MigrateError
+from m3migrate.spec import format_validation_error, load_config_file
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+out = Console()
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+# Options shared by every command that talks to the source and the target.
+SourceReadUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--source-read-url",
+        help="Remote-read endpoint of the source (M3: https://HOST:7201/api/v1/prom/remote/read).",
+        rich_help_panel="Source",
+    ),
+]
+SourceQueryUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--source-query-url",
+        help="PromQL API base URL of the source (M3: https://HOST:7201).",
+        rich_help_panel="Source",
+    ),
+]
+SourceUser = Annotated[
+    str | None, typer.Option("--source-user", envvar="M3MIGRATE_SOURCE_USER", rich_help_panel="Source")
+]
+SourcePassword = Annotated[
+    str | None,
+    typer.Option(
+        "--source-password",
+        envvar="M3MIGRATE_SOURCE_PASSWORD",
+        help="Prefer the environment variable: flags show in the process list.",
+        rich_help_panel="Source",
+        show_default=False,
+    ),
+]
+SourceToken = Annotated[
+    str | None,
+    typer.Option(
+        "--source-bearer-token", envvar="M3MIGRATE_SOURCE_BEARER_TOKEN", rich_help_panel="Source", show_default=False
+    ),
+]
+SourceCa = Annotated[Path | None, typer.Option("--source-ca-file", rich_help_panel="Source")]
+SourceCert = Annotated[Path | None, typer.Option("--source-cert-file", rich_help_panel="Source")]
+SourceKey = Annotated[Path | None, typer.Option("--source-key-file", rich_help_panel="Source")]
+SourceInsecure = Annotated[bool, typer.Option("--source-insecure-skip-verify", rich_help_panel="Source")]
+SourceHeader = Annotated[
+    list[str] | None, typer.Option("--source-header", help="Extra header NAME=VALUE.", rich_help_panel="Source")
+]
+SourceMetricsType = Annotated[
+    str | None,
+    typer.Option(
+        "--source-metrics-type", help="Pin M3-Metrics-Type: unaggregated or aggregated.", rich_help_panel="Source"
+    ),
+]
+SourceStoragePolicy = Annotated[
+    str | None,
+    typer.Option("--source-storage-policy", help="Pin M3-Storage-Policy, e.g. 1m:40d.", rich_help_panel="Source"),
+]
+TargetWriteUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--target-write-url",
+        help="Remote-write endpoint of the target (Thanos: https://HOST:19291/api/v1/receive).",
+        rich_help_panel="Target",
+    ),
+]
+TargetQueryUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--target-query-url",
+        help="PromQL API base URL of the target (Thanos Query: https://HOST:10902).",
+        rich_help_panel="Target",
+    ),
+]
+TargetTenant = Annotated[
+    str | None, typer.Option("--target-tenant", help="Tenant (THANOS-TENANT header).", rich_help_panel="Target")
+]
+TargetUser = Annotated[
+    str | None, typer.Option("--target-user", envvar="M3MIGRATE_TARGET_USER", rich_help_panel="Target")
+]
+TargetPassword = Annotated[
+    str | None,
+    typer.Option("--target-password", envvar="M3MIGRATE_TARGET_PASSWORD", rich_help_panel="Target", show_default=False),
+]
+TargetToken = Annotated[
+    str | None,
+    typer.Option(
+        "--target-bearer-token", envvar="M3MIGRATE_TARGET_BEARER_TOKEN", rich_help_panel="Target", show_default=False
+    ),
+]
+TargetCa = Annotated[Path | None, typer.Option("--target-ca-file", rich_help_panel="Target")]
+TargetCert = Annotated[Path | None, typer.Option("--target-cert-file", rich_help_panel="Target")]
+TargetKey = Annotated[Path | None, typer.Option("--target-key-file", rich_help_panel="Target")]
+TargetInsecure = Annotated[bool, typer.Option("--target-insecure-skip-verify", rich_help_panel="Target")]
+TargetHeader = Annotated[
+    list[str] | None, typer.Option("--target-header", help="Extra header NAME=VALUE.", rich_help_panel="Target")
+]
+
+
+def _headers(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    headers = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"header {name!r} must be NAME=VALUE")
+        headers[name.strip()] = value
+    return headers
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None and v != {} and v is not False}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in override.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def _endpoint(user, password, token, ca, cert, key, insecure, headers) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "auth": _drop_none({"username": user, "password": password, "bearer_token": token}),
+            "tls": _drop_none(
+                {
+                    "ca_file": str(ca) if ca else None,
+                    "cert_file": str(cert) if cert else None,
+                    "key_file": str(key) if key else None,
+                    "insecure_skip_verify": insecure,
+                }
+            ),
+            "headers": _headers(headers),
+        }
+    )
+
+
+def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, Any], spec: dict[str, Any]):
+    """Blocks and spec from the config file overridden by flags; exits 2 with a readable error."""
+    from blocks import M3Source, ThanosTarget
+    from m3migrate.spec import MigrationSpec
+
+    file = load_config_file(config) if config else {}
+    unknown = set(file) - {"source", "target", "migration"}
+    if unknown:
+        raise M3MigrateError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration")
+    parts: list[tuple[str, Any, dict[str, Any]]] = [
+        ("source", M3Source, _merge(file.get("source", {}), _drop_none(source))),
+        ("target", ThanosTarget, _merge(file.get("target", {}), _drop_none(target))),
+        ("migration", MigrationSpec, _merge(file.get("migration", {}), _drop_none(spec))),
+    ]
+    built = []
+    for name, model, data in parts:
+        try:
+            built.append(model.model_validate(data))
+        except ValidationError as exc:
+            console.print(f"[red]{format_validation_error(exc, name + ' settings')}[/red]")
+            raise typer.Exit(EXIT_CONFIG) from None
+    return built
+
+
+def _progress_bar() -> tuple[Progress, Any]:
+    from flows.migrate import PROGRESS_LISTENERS
+
+    progress = Progress(
+        TextColumn("[bold]time front[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} windows"),
+        TextColumn("{task.fields[samples]:,} samples"),
+        TextColumn("{task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+    task_id = progress.add_task("migrate", total=None, samples=0, rate=0.0)
+
+    def listener(event: dict[str, Any]) -> None:
+        progress.update(
+            task_id,
+            completed=event["windows_done"],
+            total=event["windows_total"],
+            samples=event["samples"],
+            rate=event["rate"],
+        )
+
+    PROGRESS_LISTENERS.append(listener)
+    return progress, listener
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"migration {summary['migration_id']}", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    out.print(table)
+
+
+@app.command()
+def migrate(
+    source_read_url: SourceReadUrl = None,
+    source_query_url: SourceQueryUrl = None,
+    target_write_url: TargetWriteUrl = None,
+    target_query_url: TargetQueryUrl = None,
+    start: Annotated[str | None, typer.Option(help="First instant, RFC 3339 (e.g. 2025-01-01T00:00:00Z).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last instant, inclusive, RFC 3339.")] = None,
+    match: Annotated[list[str] | None, typer.Option("--match", help="Series selector; repeatable.")] = None,
+    migration_id: Annotated[str | None, typer.Option(help="Name of the migration's saved progress.")] = None,
+    start_over: Annotated[
+        bool, typer.Option("--start-over", help="Forget progress and rewrite from the start.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML/TOML file with source/target/migration.")
+    ] = None,
+    merge_prometheus_prefix: Annotated[bool, typer.Option(help="Rename prometheus_<name> to <name>.")] = False,
+    no_source_label: Annotated[bool, typer.Option("--no-source-label", help='Do not add _source="m3db".')] = False,
+    write_mode: Annotated[str | None, typer.Option(help="in_order (default) or out_of_order.")] = None,
+    window_minutes: Annotated[int | None, typer.Option(help="Time window per batch.")] = None,
+    batch_max_series: Annotated[int | None, typer.Option(help="Most series per batch.")] = None,
+    task_concurrency: Annotated[int | None, typer.Option(help="Batches in parallel.")] = None,
+    write_concurrency: Annotated[int | None, typer.Option(help="Write requests in flight.")] = None,
+    task_runner: Annotated[str | None, typer.Option(help="thread (default) or dask.")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="Dask scheduler address (task_runner=dask).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(envvar="M3MIGRATE_STATE_DIR", help="Where progress is kept (default ~/.m3migrate).")
+    ] = None,
+    source_user: SourceUser = None,
+    source_password: SourcePassword = None,
+    source_bearer_token: SourceToken = None,
+    source_ca_file: SourceCa = None,
+    source_cert_file: SourceCert = None,
+    source_key_file: SourceKey = None,
+    source_insecure_skip_verify: SourceInsecure = False,
+    source_header: SourceHeader = None,
+    source_metrics_type: SourceMetricsType = None,
+    source_storage_policy: SourceStoragePolicy = None,
+    target_tenant: TargetTenant = None,
+    target_user: TargetUser = None,
+    target_password: TargetPassword = None,
+    target_bearer_token: TargetToken = None,
+    target_ca_file: TargetCa = None,
+    target_cert_file: TargetCert = None,
+    target_key_file: TargetKey = None,
+    target_insecure_skip_verify: TargetInsecure = False,
+    target_header: TargetHeader = None,
+) -> None:
+    """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
+    source = {
+        "read_url": source_read_url,
+        "query_url": source_query_url,
+        "metrics_type": source_metrics_type,
+        "storage_policy": source_storage_policy,
+        **_endpoint(
+            source_user,
+            source_password,
+            source_bearer_token,
+            source_ca_file,
+            source_cert_file,
+            source_key_file,
+            source_insecure_skip_verify,
+            source_header,
+        ),
+    }
+    target = {
+        "write_url": target_write_url,
+        "query_url": target_query_url,
+        "tenant": target_tenant,
+        **_endpoint(
+            target_user,
+            target_password,
+            target_bearer_token,
+            target_ca_file,
+            target_cert_file,
+            target_key_file,
+            target_insecure_skip_verify,
+            target_header,
+        ),
+    }
+    spec = {
+        "migration_id": migration_id,
+        "start": start,
+        "end": end,
+        "match": match or None,
+        "merge_prometheus_prefix": merge_prometheus_prefix or None,
+        "source_label_value": "" if no_source_label else None,
+        "write_mode": write_mode,
+        "window_minutes": window_minutes,
+        "batch_max_series": batch_max_series,
+        "task_concurrency": task_concurrency,
+        "write_concurrency": write_concurrency,
+        "task_runner": task_runner,
+        "dask_address": dask_address,
+    }
+    if no_source_label:
+        spec["source_label_value"] = ""
+    try:
+        src, tgt, migration_spec = build_inputs(config, source, target, spec)
+        from flows.migrate import PROGRESS_LISTENERS
+        from flows.migrate import migrate as migrate_flow
+
+        progress, listener = _progress_bar()
+        try:
+            with progress:
+                summary = migrate_flow(
+                    src, tgt, migration_spec, start_over=start_over, state_dir=str(state_dir) if state_dir else None
+                )
+        finally:
+            PROGRESS_LISTENERS.remove(listener)
+    except M3MigrateError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    _print_summary(summary)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from m3migrate import __version__
+
+    out.print(f"m3migrate {__version__}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: everything acknowledged so far is kept; rerun to resume[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

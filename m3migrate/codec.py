@@ -1,0 +1,228 @@
+"""Wire codecs: snappy block compression, read requests/responses and size-bounded write requests.
+
+The data path never loops over samples in Python: parsed TimeSeries messages go from the read response
+into write requests as serialized bytes (a QueryResult and a WriteRequest share one wire form: field 1,
+repeated TimeSeries). Only a series too large for one request is sliced sample-wise.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import snappy
+from google.protobuf.message import DecodeError
+
+from m3migrate.errors import MalformedResponse
+from m3migrate.prompb import Label, LabelMatcher, Query, QueryResult, ReadRequest, ReadResponse, TimeSeries
+
+STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker
+MAX_DECOMPRESSED = 1 << 31  # refuse bodies that claim more than 2 GiB once decompressed
+
+MATCH_TYPES = {"=": LabelMatcher.EQ, "!=": LabelMatcher.NEQ, "=~": LabelMatcher.RE, "!~": LabelMatcher.NRE}
+
+
+def compress(data: bytes) -> bytes:
+    """Snappy block format (remote write forbids the framed format)."""
+    return snappy.compress(data)
+
+
+def decompress(data: bytes, *, endpoint: str, what: str) -> bytes:
+    """Snappy block decompression with a typed error for bodies that are not snappy."""
+    try:
+        claimed = _snappy_length(data)  # guards against a header claiming absurd sizes
+        if claimed > MAX_DECOMPRESSED:
+            raise MalformedResponse(f"{what}: snappy body claims {claimed} bytes", endpoint=endpoint)
+        return snappy.decompress(data)
+    except MalformedResponse:
+        raise
+    except Exception as exc:
+        raise MalformedResponse(
+            f"{what}: body is not snappy-compressed ({type(exc).__name__})",
+            endpoint=endpoint,
+            body=data[:60].decode("utf-8", "replace"),
+        ) from None
+
+
+def _snappy_length(data: bytes) -> int:
+    """The uncompressed length a snappy block announces in its uvarint header."""
+    length = shift = 0
+    for i, byte in enumerate(data[:10]):
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return length
+        shift += 7
+        if i == 9:
+            break
+    raise ValueError("no valid snappy length header")
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One label matcher (name, op, value), op one of = != =~ !~."""
+
+    name: str
+    op: str
+    value: str
+
+    def to_pb(self) -> LabelMatcher:
+        return LabelMatcher(type=MATCH_TYPES[self.op], name=self.name, value=self.value)
+
+    def __str__(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'{self.name}{self.op}"{escaped}"'
+
+
+def selector_string(matchers: Iterable[Matcher]) -> str:
+    """PromQL form of a matcher list, e.g. {__name__="up",job=~"a|b"}."""
+    return "{" + ",".join(str(m) for m in matchers) + "}"
+
+
+def encode_read_request(matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> bytes:
+    """A one-query SAMPLES ReadRequest (the only kind M3 serves), snappy-compressed."""
+    query = Query(start_timestamp_ms=start_ms, end_timestamp_ms=end_ms, matchers=[m.to_pb() for m in matchers])
+    request = ReadRequest(queries=[query], accepted_response_types=[ReadRequest.SAMPLES])
+    return compress(request.SerializeToString())
+
+
+def decode_read_response(raw: bytes, *, endpoint: str) -> QueryResult:
+    """Parse a decompressed ReadResponse holding one QueryResult."""
+    response = ReadResponse()
+    try:
+        response.ParseFromString(raw)
+    except DecodeError as exc:
+        raise MalformedResponse(f"remote read: body is not a ReadResponse ({exc})", endpoint=endpoint) from None
+    if len(response.results) != 1:
+        raise MalformedResponse(f"remote read: expected 1 query result, got {len(response.results)}", endpoint=endpoint)
+    return response.results[0]
+
+
+def labels_of(series: TimeSeries) -> tuple[tuple[str, str], ...]:
+    return tuple((label.name, label.value) for label in series.labels)
+
+
+def sample_count(series_list: Iterable[TimeSeries]) -> int:
+    return sum(len(s.samples) for s in series_list)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field1(payload: bytes) -> bytes:
+    """Frame bytes as field 1 (length-delimited): a TimeSeries inside a WriteRequest."""
+    return b"\x0a" + _varint(len(payload)) + payload
+
+
+@dataclass
+class WriteBody:
+    """One remote-write request: compressed body, what it carries, and its series' framed bytes.
+
+    ``parts`` lets a refused all-or-nothing request be resent series by series.
+    """
+
+    body: bytes
+    series: int
+    samples: int
+    raw_bytes: int
+    parts: list[bytes] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class WriteChain:
+    """Requests that must be sent one after another, in order.
+
+    A series too large for one request spans several; sending them concurrently would let the target
+    see its samples out of order (Prometheus then answers 204 and silently drops some), so they chain.
+    """
+
+    requests: list[WriteBody] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return sum(r.samples for r in self.requests)
+
+
+def frame_series(label_bytes: bytes, samples_payload: bytes) -> bytes:
+    """A TimeSeries framed as WriteRequest field 1, from its encoded labels and encoded samples."""
+    payload_len = len(label_bytes) + len(samples_payload)
+    return b"\x0a" + _varint(payload_len) + label_bytes + samples_payload
+
+
+def encode_labels(labels: Iterable[tuple[str, str]]) -> bytes:
+    """The encoded `labels` fields of a TimeSeries (concatenates with its encoded samples)."""
+    return TimeSeries(labels=[Label(name=n, value=v) for n, v in labels]).SerializeToString()
+
+
+def single_request(framed: bytes, samples: int) -> WriteBody:
+    return WriteBody(compress(framed), 1, samples, len(framed), [framed])
+
+
+class _Packer:
+    def __init__(self, max_bytes: int, max_samples: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_samples = max_samples
+        self.chains: list[WriteChain] = []
+        self._parts: list[bytes] = []
+        self._bytes = self._samples = 0
+        self._continues = False  # the open request continues a series from the previous request
+
+    def add(self, framed: bytes, samples: int, *, continues: bool = False) -> None:
+        if self._parts and (self._bytes + len(framed) > self.max_bytes or self._samples + samples > self.max_samples):
+            self.flush()
+        if not self._parts:
+            self._continues = continues
+        self._parts.append(framed)
+        self._bytes += len(framed)
+        self._samples += samples
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        raw = b"".join(self._parts)
+        body = WriteBody(compress(raw), len(self._parts), self._samples, len(raw), self._parts)
+        if self._continues and self.chains:
+            self.chains[-1].requests.append(body)
+        else:
+            self.chains.append(WriteChain([body]))
+        self._parts, self._bytes, self._samples = [], 0, 0
+        self._continues = False
+
+
+def pack_write_requests(
+    series: Iterable[tuple[bytes, TimeSeries]], *, max_bytes: int, max_samples: int
+) -> list[WriteChain]:
+    """Pack (encoded labels, label-less TimeSeries) pairs into snappy WriteRequests.
+
+    Each request holds at most max_bytes (uncompressed) and max_samples. Samples are serialized by
+    protobuf, never walked in Python; only a series over either bound is sliced, in time order, into
+    consecutive requests of one chain.
+    """
+    packer = _Packer(max_bytes, max_samples)
+    for label_bytes, ts in series:
+        n = len(ts.samples)
+        payload = ts.SerializeToString()
+        if n <= max_samples and len(payload) + len(label_bytes) + 16 <= max_bytes:
+            packer.add(frame_series(label_bytes, payload), n)
+            continue
+        packer.flush()
+        per_sample = max(1, len(payload) // max(n, 1))
+        step = max(1, min(max_samples, (max_bytes - 64 - len(label_bytes)) // (per_sample + 2)))
+        for i, start in enumerate(range(0, n, step)):
+            part = TimeSeries()
+            part.samples.extend(ts.samples[start : start + step])
+            packer.add(frame_series(label_bytes, part.SerializeToString()), len(part.samples), continues=i > 0)
+            packer.flush()
+    packer.flush()
+    return packer.chains
+
+
+def float_bits(value: float) -> int:
+    """The IEEE-754 bit pattern of a float: compares NaN payloads (stale markers) exactly."""
+    return struct.unpack("<Q", struct.pack("<d", value))[0]

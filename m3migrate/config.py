@@ -1,0 +1,208 @@
+"""Connection settings for the source (M3 Coordinator) and the target (Thanos Receive/Query).
+
+Plain pydantic models, so the engine needs no Prefect; the Prefect blocks in ``blocks/`` inherit them.
+Secrets are ``SecretStr``: they never show in reprs, logs or the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from m3migrate.errors import ConfigError
+
+SENSITIVE_HEADER_WORDS = ("authorization", "token", "key", "secret", "password", "cookie")
+
+
+def check_http_url(url: str, what: str) -> str:
+    """Reject what httpx would only fail on later, with the field named."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{what} {redact_url(url)!r} is not an http(s) URL",
+            hint=f"give {what} as http://host:port/path or https://host:port/path",
+        )
+    if parts.username or parts.password:
+        raise ConfigError(
+            f"{what} must not carry credentials in the URL",
+            hint="put the user name and password in the auth settings instead",
+        )
+    return url.strip()
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info and query string: safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url.split("?")[0].split("@")[-1]
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Header values whose names look secret are replaced by stars."""
+    return {k: ("********" if any(w in k.lower() for w in SENSITIVE_HEADER_WORDS) else v) for k, v in headers.items()}
+
+
+class AuthSettings(BaseModel):
+    """Basic auth or a bearer token (not both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str | None = Field(default=None, description="User for HTTP basic auth.")
+    password: SecretStr | None = Field(default=None, description="Password for HTTP basic auth.")
+    bearer_token: SecretStr | None = Field(default=None, description="Token sent as 'Authorization: Bearer'.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AuthSettings:
+        if self.bearer_token and (self.username or self.password):
+            raise ValueError("set either basic auth (username/password) or bearer_token, not both")
+        if self.password and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class TlsSettings(BaseModel):
+    """TLS trust and client identity; verification stays on unless explicitly disabled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str | None = Field(default=None, description="PEM bundle of CAs to trust instead of the system's.")
+    cert_file: str | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: str | None = Field(default=None, description="Private key (PEM) of the client certificate.")
+    insecure_skip_verify: bool = Field(
+        default=False, description="Do not verify the server certificate. Unsafe; for tests only."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class EndpointSettings(BaseModel):
+    """What every HTTP endpoint needs: auth, TLS, extra headers and a timeout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers sent with every request (no secrets: use auth)."
+    )
+    timeout_seconds: float = Field(default=120.0, gt=0, description="Timeout of one HTTP request.")
+
+
+class SourceSettings(EndpointSettings):
+    """An M3 Coordinator (or any Prometheus-compatible store with remote read)."""
+
+    read_url: str = Field(
+        description="Remote-read endpoint, e.g. https://m3coordinator:7201/api/v1/prom/remote/read "
+        "(Prometheus: http://host:9090/api/v1/read)."
+    )
+    query_url: str | None = Field(
+        default=None,
+        description="Base URL of the PromQL HTTP API used to discover series, e.g. https://m3coordinator:7201 "
+        "(the part before /api/v1/...). Defaults to the origin of read_url.",
+    )
+    admin_url: str | None = Field(
+        default=None,
+        description="Base URL of the M3 Coordinator admin API (namespaces, placement). Defaults to query_url.",
+    )
+    metrics_type: Literal["unaggregated", "aggregated"] | None = Field(
+        default=None,
+        description="Pin the M3 namespace type (M3-Metrics-Type). Unset: M3 picks a namespace per query, and "
+        "ranges older than the unaggregated retention come back downsampled.",
+    )
+    storage_policy: str | None = Field(
+        default=None,
+        description="Pin an aggregated namespace by 'resolution:retention', e.g. 1m:40d (M3-Storage-Policy). "
+        "Needs metrics_type=aggregated.",
+    )
+    limit_max_series: int | None = Field(
+        default=None, gt=0, description="Send M3-Limit-Max-Series to raise or lower M3's per-query series limit."
+    )
+    max_series_per_query: int = Field(
+        default=10_000,
+        gt=0,
+        description="At most this many series in one discovery or read query (M3's default limit is 100,000).",
+    )
+
+    @field_validator("read_url")
+    @classmethod
+    def _read_url(cls, v: str) -> str:
+        return check_http_url(v, "source read_url")
+
+    @field_validator("query_url", "admin_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url(v, "source URL")
+
+    @model_validator(mode="after")
+    def _policy(self) -> SourceSettings:
+        if self.storage_policy and self.metrics_type != "aggregated":
+            raise ValueError("storage_policy needs metrics_type='aggregated' (M3 answers 400 otherwise)")
+        return self
+
+    @property
+    def promql_base(self) -> str:
+        """PromQL API base URL (no trailing /api/v1)."""
+        return api_base(self.query_url or origin(self.read_url))
+
+    @property
+    def admin_base(self) -> str:
+        return api_base(self.admin_url or self.promql_base)
+
+
+class TargetSettings(EndpointSettings):
+    """A Thanos Receive (or any Prometheus remote-write receiver) plus, optionally, its query API."""
+
+    write_url: str = Field(
+        description="Remote-write endpoint, e.g. https://thanos-receive:19291/api/v1/receive "
+        "(Prometheus: http://host:9090/api/v1/write)."
+    )
+    query_url: str | None = Field(
+        default=None,
+        description="Base URL of the PromQL API that reads the target back (Thanos Query), used to verify "
+        "and to reconcile resent data, e.g. https://thanos-query:10902.",
+    )
+    tenant: str | None = Field(default=None, description="Tenant sent in tenant_header (Thanos: THANOS-TENANT).")
+    tenant_header: str = Field(default="THANOS-TENANT", description="Header that carries the tenant.")
+    max_request_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=1024, description="Largest uncompressed remote-write request."
+    )
+    max_samples_per_request: int = Field(default=120_000, gt=0, description="Most samples in one request.")
+
+    @field_validator("write_url")
+    @classmethod
+    def _write_url(cls, v: str) -> str:
+        return check_http_url(v, "target write_url")
+
+    @field_validator("query_url")
+    @classmethod
+    def _query_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url(v, "target query_url")
+
+    @property
+    def promql_base(self) -> str | None:
+        return api_base(self.query_url) if self.query_url else None
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def api_base(url: str) -> str:
+    """Accept http://h:p, http://h:p/, http://h:p/api/v1 or http://h:p/api/v1/query; return http://h:p."""
+    url = url.rstrip("/")
+    for suffix in ("/api/v1/query", "/api/v1"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url

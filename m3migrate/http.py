@@ -1,0 +1,174 @@
+"""One place that turns endpoint settings into an httpx client, and HTTP answers into typed errors."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import stamina
+
+from m3migrate import __version__
+from m3migrate.config import EndpointSettings, redact_url
+from m3migrate.errors import AuthError, EndpointError, EndpointNotFound, TlsError, TransientError
+
+USER_AGENT = f"m3migrate/{__version__}"
+BODY_EXCERPT = 300
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter: a dead endpoint fails in bounded time."""
+
+    attempts: int = 8
+    timeout_seconds: float = 300.0
+    wait_initial: float = 0.5
+    wait_max: float = 30.0
+    wait_jitter: float = 1.0
+
+    def context(self, on: Callable[[Exception], bool | float]) -> stamina._core._RetryContextIterator:
+        return stamina.retry_context(
+            on=on,
+            attempts=self.attempts,
+            timeout=self.timeout_seconds,
+            wait_initial=self.wait_initial,
+            wait_max=self.wait_max,
+            wait_jitter=self.wait_jitter,
+        )
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def retry_transient(exc: Exception) -> bool | float:
+    """stamina backoff hook: retry TransientError, honouring Retry-After when the server sent one."""
+    if isinstance(exc, TransientError):
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+def build_client(settings: EndpointSettings, *, max_connections: int = 16) -> httpx.Client:
+    """An httpx client with the endpoint's auth, TLS, headers and timeout."""
+    auth: httpx.Auth | None = None
+    headers = {"User-Agent": USER_AGENT, **settings.headers}
+    if settings.auth.username:
+        password = settings.auth.password.get_secret_value() if settings.auth.password else ""
+        auth = httpx.BasicAuth(settings.auth.username, password)
+    elif settings.auth.bearer_token:
+        headers["Authorization"] = f"Bearer {settings.auth.bearer_token.get_secret_value()}"
+    return httpx.Client(
+        auth=auth,
+        headers=headers,
+        verify=_ssl_context(settings),
+        timeout=httpx.Timeout(settings.timeout_seconds, connect=min(10.0, settings.timeout_seconds)),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def _ssl_context(settings: EndpointSettings) -> ssl.SSLContext | bool:
+    tls = settings.tls
+    if tls.insecure_skip_verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
+    if tls.cert_file and tls.key_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, min(float(value), 300.0))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def body_excerpt(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except Exception:  # undecodable body
+        return f"<{len(response.content)} bytes>"
+    text = " ".join(text.split())
+    return text[:BODY_EXCERPT]
+
+
+def raise_for_common_status(response: httpx.Response, *, what: str) -> None:
+    """Map the statuses every endpoint shares to typed errors; 2xx and other 4xx pass through."""
+    status = response.status_code
+    if status < 300:
+        return
+    endpoint = redact_url(str(response.request.url))
+    body = body_excerpt(response)
+    if status in (401, 403):
+        raise AuthError(
+            f"{what}: credentials {'missing or wrong' if status == 401 else 'not allowed'}",
+            endpoint=endpoint,
+            status=status,
+            body=body,
+            hint="check the username/password or bearer token of this endpoint",
+        )
+    if status == 404:
+        raise EndpointNotFound(
+            f"{what}: no such endpoint",
+            endpoint=endpoint,
+            status=status,
+            body=body,
+            hint="check the URL path (M3: /api/v1/prom/remote/read, Thanos: /api/v1/receive, "
+            "Prometheus: /api/v1/read and /api/v1/write with --web.enable-remote-write-receiver)",
+        )
+    if status == 429 or (status >= 500 and status not in (501, 505)):
+        raise TransientError(
+            f"{what}: server busy or failing",
+            endpoint=endpoint,
+            status=status,
+            body=body,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+
+def send(client: httpx.Client, request: httpx.Request, *, what: str) -> httpx.Response:
+    """Send once; connection problems become TransientError naming the endpoint."""
+    try:
+        return client.send(request)
+    except httpx.TimeoutException as exc:
+        raise TransientError(
+            f"{what}: timed out ({type(exc).__name__})", endpoint=redact_url(str(request.url))
+        ) from None
+    except httpx.TransportError as exc:
+        tls = _tls_failure(exc)
+        if tls:
+            raise TlsError(
+                f"{what}: TLS handshake failed ({tls})",
+                endpoint=redact_url(str(request.url)),
+                hint="check the URL scheme (http vs https) and the CA file / client certificate settings",
+            ) from None
+        raise TransientError(
+            f"{what}: connection failed ({type(exc).__name__}: {exc})", endpoint=redact_url(str(request.url))
+        ) from None
+
+
+def unexpected(response: httpx.Response, *, what: str) -> EndpointError:
+    return EndpointError(
+        f"{what}: unexpected answer",
+        endpoint=redact_url(str(response.request.url)),
+        status=response.status_code,
+        body=body_excerpt(response),
+    )
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The SSL error behind a transport error, if any: those are configuration errors, not transient."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return text if "SSL" in text or "CERTIFICATE" in text else None

@@ -1,0 +1,95 @@
+"""Preparing a migration run: its id, state, and plan (reused on rerun, rebuilt on start-over)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.errors import ConfigError
+from m3migrate.plan import DAY_MS, Plan, discover, make_batches
+from m3migrate.promql import PromQLClient
+from m3migrate.spec import MigrationSpec
+from m3migrate.state import MigrationState
+
+log = logging.getLogger("m3migrate.migration")
+
+
+@dataclass
+class PreparedMigration:
+    migration_id: str
+    state: MigrationState
+    plan: Plan
+    generation: int
+    reused_plan: bool
+
+
+def build_plan(
+    source: SourceSettings, spec: MigrationSpec, migration_id: str, on_metric: Callable[[str, int], None] | None = None
+) -> Plan:
+    """Discover the spec's series on the source and pack them into batches."""
+    selectors = spec.selectors()
+    with PromQLClient(source.promql_base, source) as promql:
+        per_selector = discover(
+            selectors,
+            spec.start_ms,
+            spec.end_ms,
+            list_series=lambda sel, a, b: promql.series([sel], a, b),
+            list_names=lambda sel, a, b: promql.label_values("__name__", [sel], a, b),
+            slice_ms=spec.discovery_slice_hours * 3_600_000 if spec.discovery_slice_hours else DAY_MS,
+            on_metric=on_metric,
+        )
+    relabeler = spec.relabeler()
+    collisions = relabeler.find_collisions(s for group in per_selector for s in group)
+    if collisions:
+        first, second, out = collisions[0]
+        raise ConfigError(
+            f"{len(collisions)}+ pairs of source series would become one series after relabeling, e.g. "
+            f"{dict(first)} and {dict(second)} both become {dict(out)}",
+            hint="their samples would overwrite each other: narrow the rename rule or the selectors",
+        )
+    batches = make_batches(selectors, per_selector, min(spec.batch_max_series, source.max_series_per_query))
+    return Plan(
+        migration_id=migration_id,
+        start_ms=spec.start_ms,
+        end_ms=spec.end_ms,
+        window_ms=spec.window_ms,
+        batches=batches,
+        selectors=list(spec.match),
+    )
+
+
+def prepare(
+    source: SourceSettings,
+    target: TargetSettings,
+    spec: MigrationSpec,
+    *,
+    state_dir: Path,
+    start_over: bool = False,
+    on_metric: Callable[[str, int], None] | None = None,
+) -> PreparedMigration:
+    """Load the saved plan (resume) or discover a new one (first run / start over)."""
+    migration_id = spec.resolved_id(source.read_url, target.write_url)
+    state = MigrationState(state_dir, migration_id)
+    if start_over:
+        generation = state.start_over()
+        log.info("starting migration %s over (generation %d)", migration_id, generation)
+    plan = state.load_plan()
+    reused = plan is not None
+    if plan is not None and (plan.start_ms, plan.end_ms, plan.window_ms, plan.selectors) != (
+        spec.start_ms,
+        spec.end_ms,
+        spec.window_ms,
+        list(spec.match),
+    ):
+        raise ConfigError(
+            f"migration {migration_id!r} was planned with another range, window or selectors",
+            hint="rerun with the same spec to resume, pass --start-over to replan and rewrite, "
+            "or choose another --migration-id",
+        )
+    if plan is None:
+        plan = build_plan(source, spec, migration_id, on_metric=on_metric)
+        state.save_plan(plan)
+    return PreparedMigration(migration_id, state, plan, state.generation, reused)

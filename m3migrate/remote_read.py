@@ -1,0 +1,142 @@
+"""Remote-read client for an M3 Coordinator (or any Prometheus-compatible remote-read endpoint).
+
+M3 only serves SAMPLES responses. Silent truncation is the danger: with
+`M3-Limit-Require-Exhaustive: true` M3 refuses an over-limit query with 400 "query exceeded limit";
+otherwise it truncates and flags the reply with `M3-Results-Limited`. Both become SourceLimitExceeded,
+which the planner answers by splitting the batch. Partial data is never returned as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from m3migrate.codec import Matcher, decode_read_response, decompress, encode_read_request
+from m3migrate.config import SourceSettings, redact_url
+from m3migrate.errors import MalformedResponse, SourceLimitExceeded
+from m3migrate.http import (
+    RetryPolicy,
+    body_excerpt,
+    build_client,
+    raise_for_common_status,
+    retry_transient,
+    send,
+    unexpected,
+)
+from m3migrate.prompb import QueryResult
+
+LIMIT_MARKERS = ("query exceeded limit", "exceeded sample limit", "exceeded limit", "too many series")
+
+
+@dataclass
+class ReadStats:
+    requests: int = 0
+    compressed_bytes: int = 0
+    retries: int = 0
+
+
+class RemoteReadClient:
+    """Reads one matcher set over an inclusive millisecond range, exactly or not at all."""
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        client: httpx.Client | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.settings = settings
+        self.url = settings.read_url
+        self.endpoint = redact_url(self.url)
+        self.retry = retry or RetryPolicy()
+        self._client = client or build_client(settings, max_connections=max_connections)
+        self._own_client = client is None
+        self.stats = ReadStats()
+        self.headers = self.request_headers(settings)
+
+    @staticmethod
+    def request_headers(settings: SourceSettings) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/x-protobuf",
+            "Content-Encoding": "snappy",
+            "Accept-Encoding": "snappy",
+            "X-Prometheus-Remote-Read-Version": "0.1.0",
+            "M3-Limit-Require-Exhaustive": "true",
+        }
+        if settings.metrics_type:
+            headers["M3-Metrics-Type"] = settings.metrics_type
+        if settings.storage_policy:
+            headers["M3-Storage-Policy"] = settings.storage_policy
+        if settings.limit_max_series:
+            headers["M3-Limit-Max-Series"] = str(settings.limit_max_series)
+        return headers
+
+    def __enter__(self) -> RemoteReadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def read_raw(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> bytes:
+        """The decompressed ReadResponse bytes for [start_ms, end_ms] (both inclusive)."""
+        if end_ms < start_ms:
+            raise ValueError(f"end {end_ms} before start {start_ms}")
+        body = encode_read_request(matchers, start_ms, end_ms)
+        for attempt in self.retry.context(retry_transient):
+            with attempt:
+                if attempt.num > 1:
+                    self.stats.retries += 1
+                return self._read_once(body)
+        raise AssertionError("unreachable")
+
+    def read(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> QueryResult:
+        """The parsed QueryResult for [start_ms, end_ms] (both inclusive)."""
+        return decode_read_response(self.read_raw(matchers, start_ms, end_ms), endpoint=self.endpoint)
+
+    def _read_once(self, body: bytes) -> bytes:
+        request = self._client.build_request("POST", self.url, content=body, headers=self.headers)
+        response = send(self._client, request, what="remote read")
+        self.stats.requests += 1
+        limited = response.headers.get("M3-Results-Limited")
+        if limited:
+            raise SourceLimitExceeded(
+                f"remote read: the source truncated the result ({limited})",
+                endpoint=self.endpoint,
+                status=response.status_code,
+                hint="the batch is split automatically; raise M3-Limit-Max-Series or lower max_series_per_query",
+            )
+        if response.status_code in (400, 422) and any(m in response.text.lower() for m in LIMIT_MARKERS):
+            raise SourceLimitExceeded(
+                "remote read: the source refused the query as over a limit",
+                endpoint=self.endpoint,
+                status=response.status_code,
+                body=body_excerpt(response),
+                hint="the batch is split automatically; raise the source's limit to read bigger batches",
+            )
+        raise_for_common_status(response, what="remote read")
+        if response.status_code != 200:
+            raise unexpected(response, what="remote read")
+        content_type = response.headers.get("Content-Type", "")
+        if "x-streamed-protobuf" in content_type:
+            raise MalformedResponse(
+                "remote read: the source answered a streamed response although SAMPLES was asked",
+                endpoint=self.endpoint,
+                status=response.status_code,
+            )
+        if content_type and "protobuf" not in content_type and "octet-stream" not in content_type:
+            raise MalformedResponse(
+                f"remote read: expected snappy protobuf, got Content-Type {content_type!r}",
+                endpoint=self.endpoint,
+                status=response.status_code,
+                body=body_excerpt(response),
+                hint="check that read_url is the remote-read endpoint (M3: /api/v1/prom/remote/read)",
+            )
+        self.stats.compressed_bytes += len(response.content)
+        return decompress(response.content, endpoint=self.endpoint, what="remote read")

@@ -1,0 +1,175 @@
+"""Remote-write client for Thanos Receive (or any Prometheus remote-write receiver).
+
+Every answer is classified: 2xx ok; Thanos' 409 is a partial commit (the valid samples were stored);
+400 names why samples were refused (out of bounds / out of order / duplicate / invalid labels);
+Prometheus 2.42 answers 500 for "too old sample", which is permanent despite the status; other 5xx,
+429 (honouring Retry-After) and connection errors are retried with bounded exponential backoff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from m3migrate import __version__
+from m3migrate.codec import WriteBody
+from m3migrate.config import TargetSettings, redact_url
+from m3migrate.errors import RejectReason, TransientError, WriteRejected
+from m3migrate.http import (
+    RetryPolicy,
+    body_excerpt,
+    build_client,
+    raise_for_common_status,
+    retry_transient,
+    send,
+    unexpected,
+)
+
+# Substrings of the receivers' error texts (Prometheus tsdb/storage errors, Thanos receive) -> reason.
+REASON_MARKERS: tuple[tuple[str, RejectReason], ...] = (
+    ("out of bounds", RejectReason.OUT_OF_BOUNDS),
+    ("out of order sample", RejectReason.OUT_OF_ORDER),
+    ("out-of-order", RejectReason.OUT_OF_ORDER),
+    ("duplicate sample", RejectReason.DUPLICATE),
+    ("too old sample", RejectReason.TOO_OLD),
+    ("label", RejectReason.INVALID_LABELS),
+)
+
+REASON_HINTS = {
+    RejectReason.OUT_OF_BOUNDS: "the target only accepts samples within ~1h of its newest sample: enable an "
+    "out-of-order window (Thanos: --tsdb.out-of-order.time-window), write into a fresh tenant, or narrow the range",
+    RejectReason.TOO_OLD: "the samples are older than the target's out-of-order window: widen it or narrow the range",
+    RejectReason.INVALID_LABELS: "check the relabel rules: labels must be sorted, unique and non-empty",
+    RejectReason.TOO_LARGE: "lower max_request_bytes / max_samples_per_request of the target",
+}
+
+
+def classify_reasons(text: str) -> frozenset[RejectReason]:
+    lowered = text.lower()
+    found = {reason for marker, reason in REASON_MARKERS if marker in lowered}
+    return frozenset(found) or frozenset({RejectReason.BAD_REQUEST})
+
+
+@dataclass
+class WriteStats:
+    requests: int = 0
+    samples: int = 0
+    compressed_bytes: int = 0
+    retries: int = 0
+    partial_commits: int = 0
+
+
+class RemoteWriteClient:
+    """Sends snappy WriteRequests (remote write 1.0) and raises typed errors for every refusal."""
+
+    def __init__(
+        self,
+        settings: TargetSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        client: httpx.Client | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.settings = settings
+        self.url = settings.write_url
+        self.endpoint = redact_url(self.url)
+        self.retry = retry or RetryPolicy()
+        self._client = client or build_client(settings, max_connections=max_connections)
+        self._own_client = client is None
+        self.stats = WriteStats()
+        self.headers = {
+            "Content-Type": "application/x-protobuf",
+            "Content-Encoding": "snappy",
+            "X-Prometheus-Remote-Write-Version": "0.1.0",
+            "User-Agent": f"m3migrate/{__version__}",
+        }
+        if settings.tenant:
+            self.headers[settings.tenant_header] = settings.tenant
+
+    def __enter__(self) -> RemoteWriteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def write(self, request: WriteBody) -> None:
+        """Send one request; retries transient failures, raises WriteRejected on refusals."""
+        for attempt in self.retry.context(retry_transient):
+            with attempt:
+                if attempt.num > 1:
+                    self.stats.retries += 1
+                self._write_once(request.body)
+        self.stats.requests += 1
+        self.stats.samples += request.samples
+        self.stats.compressed_bytes += len(request.body)
+
+    def _write_once(self, body: bytes) -> None:
+        request = self._client.build_request("POST", self.url, content=body, headers=self.headers)
+        response = send(self._client, request, what="remote write")
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        text = body_excerpt(response)
+        if status == 409:
+            self.stats.partial_commits += 1
+            reasons = classify_reasons(text)
+            raise WriteRejected(
+                "remote write: the target stored the valid samples and refused others (partial commit)",
+                reasons=reasons,
+                partial=True,
+                endpoint=self.endpoint,
+                status=status,
+                body=text,
+                hint=_hint(reasons),
+            )
+        if status == 413:
+            raise WriteRejected(
+                "remote write: request too large for the target",
+                reasons=frozenset({RejectReason.TOO_LARGE}),
+                endpoint=self.endpoint,
+                status=status,
+                body=text,
+                hint=REASON_HINTS[RejectReason.TOO_LARGE],
+            )
+        if status == 500 and "too old sample" in text.lower():
+            raise WriteRejected(  # Prometheus < 2.50 says 500 for a permanent refusal
+                "remote write: samples older than the target's out-of-order window",
+                reasons=frozenset({RejectReason.TOO_OLD}),
+                endpoint=self.endpoint,
+                status=status,
+                body=text,
+                hint=REASON_HINTS[RejectReason.TOO_OLD],
+            )
+        if status == 400 and "http request to an https server" in text.lower():
+            raise WriteRejected(
+                "remote write: plain HTTP sent to an HTTPS port",
+                reasons=frozenset({RejectReason.BAD_REQUEST}),
+                endpoint=self.endpoint,
+                status=status,
+                body=text,
+                hint="use https:// in write_url",
+            )
+        raise_for_common_status(response, what="remote write")
+        if 400 <= status < 500:
+            reasons = classify_reasons(text)
+            raise WriteRejected(
+                f"remote write: the target refused the request ({', '.join(sorted(reasons))})",
+                reasons=reasons,
+                endpoint=self.endpoint,
+                status=status,
+                body=text,
+                hint=_hint(reasons),
+            )
+        raise unexpected(response, what="remote write")
+
+
+def _hint(reasons: frozenset[RejectReason]) -> str:
+    return "; ".join(REASON_HINTS[r] for r in sorted(reasons) if r in REASON_HINTS)
+
+
+__all__ = ["RemoteWriteClient", "TransientError", "WriteStats", "classify_reasons"]

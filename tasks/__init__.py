@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that give the engine's steps retries, caching and visibility."""
