@@ -109,7 +109,7 @@ def transfer_windows(ctx: TransferContext, plan: Plan, depth: int) -> dict[str, 
     )
     nb, nw = len(plan.batches), len(plan.windows)
     futures: dict[tuple[int, int], PrefectFuture] = {}
-    totals = dict.fromkeys(SUMMARY_FIELDS, 0)
+    totals = dict.fromkeys((*SUMMARY_FIELDS, "series_windows"), 0)
     moved_now = 0
     cached = 0
     window_rows: list[dict[str, Any]] = []
@@ -125,6 +125,7 @@ def transfer_windows(ctx: TransferContext, plan: Plan, depth: int) -> dict[str, 
             cached += from_cache
             for f in SUMMARY_FIELDS:
                 totals[f] += result.get(f, 0)
+            totals["series_windows"] += result["series"]
             samples += result["samples"]
             series += result["series"]
             if not from_cache:
@@ -213,14 +214,19 @@ def migrate(
             )
         finally:
             close_transfers()
-    summary = {"migration_id": prepared.migration_id, "plan_id": prepared.plan.id, **summary}
+    summary = {
+        "migration_id": prepared.migration_id,
+        "plan_id": prepared.plan.id,
+        **summary,
+        "series": prepared.plan.series_count,
+    }
     create_markdown_artifact(
         _summary_markdown(summary), key=f"{prepared.migration_id}-summary", description="Migration summary"
     )
     logger.info(
         "migration %s complete: %d series, %d samples (%d moved in this run) in %.1f s",
         summary["migration_id"],
-        summary["series"] // max(1, summary["windows"]) if False else prepared.plan.series_count,
+        summary["series"],
         summary["samples"],
         summary["samples_moved_now"],
         summary["seconds"],

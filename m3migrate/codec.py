@@ -19,6 +19,7 @@ from m3migrate.prompb import Label, LabelMatcher, Query, QueryResult, ReadReques
 
 STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker
 MAX_DECOMPRESSED = 1 << 31  # refuse bodies that claim more than 2 GiB once decompressed
+MAX_SAMPLE_BYTES = 20  # largest encoded Sample: double (1+8) + int64 timestamp (1+10); +2 for its framing
 
 MATCH_TYPES = {"=": LabelMatcher.EQ, "!=": LabelMatcher.NEQ, "=~": LabelMatcher.RE, "!~": LabelMatcher.NRE}
 
@@ -212,7 +213,7 @@ def pack_write_requests(
             packer.add(frame_series(label_bytes, payload), n)
             continue
         packer.flush()
-        per_sample = max(1, len(payload) // max(n, 1))
+        per_sample = MAX_SAMPLE_BYTES  # not the average: 0.0 values are omitted, so sizes vary per sample
         step = max(1, min(max_samples, (max_bytes - 64 - len(label_bytes)) // (per_sample + 2)))
         for i, start in enumerate(range(0, n, step)):
             part = TimeSeries()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ def send(client: httpx.Client, request: httpx.Request, *, what: str) -> httpx.Re
         ) from None
     except httpx.TransportError as exc:
         tls = _tls_failure(exc)
+        if not tls and isinstance(exc, _RESET_ERRORS) and request.url.scheme == "http" and _speaks_tls(request.url):
+            tls = "plain HTTP sent to a TLS port: use https://"
         if tls:
             raise TlsError(
                 f"{what}: TLS handshake failed ({tls})",
@@ -161,6 +164,26 @@ def unexpected(response: httpx.Response, *, what: str) -> EndpointError:
         status=response.status_code,
         body=body_excerpt(response),
     )
+
+
+# A Go TLS port answers plain HTTP with a 400 and closes; with request bytes still unread the client sees
+# a connection reset instead, which would be retried as transient.
+_RESET_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+def _speaks_tls(url: httpx.URL, timeout: float = 3.0) -> bool:
+    """True when the port of a plain-HTTP URL completes a TLS handshake (the URL should be https)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((url.host, url.port or 80), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=url.host),
+        ):
+            return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return False
 
 
 def _tls_failure(exc: BaseException) -> str | None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from m3migrate.errors import ConfigError
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+RELABEL_TARGET = re.compile(r"^(?:(?:[a-zA-Z_]|\$(?:\{\w+\}|\w+))+\w*)+$", re.ASCII)  # Prometheus' relabelTarget
 _EXPAND = re.compile(r"\$(?:\$|\{([a-zA-Z0-9_]+)\}|([a-zA-Z0-9_]+))")
 
 Labels = tuple[tuple[str, str], ...]
@@ -67,6 +68,10 @@ class RelabelRule(BaseModel):
             self.target_label
         ):
             raise ConfigError(f"relabel target_label {self.target_label!r} is not a valid label name")
+        if self.action == "replace" and not RELABEL_TARGET.match(self.target_label):
+            raise ConfigError(f"relabel target_label {self.target_label!r} is not a valid label name or template")
+        if self.action == "labelmap" and not RELABEL_TARGET.match(self.replacement):
+            raise ConfigError(f"relabel labelmap replacement {self.replacement!r} is not a valid label name")
         if self.action == "hashmod" and self.modulus <= 0:
             raise ConfigError("relabel action 'hashmod' needs modulus > 0")
         if self.action in ("labeldrop", "labelkeep", "labelmap") and self.source_labels:
@@ -89,7 +94,7 @@ def _expand(template: str, match: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
         try:
             value = match.group(int(name)) if name.isdigit() else match.group(name)
-        except (IndexError, error_types):
+        except (IndexError, *error_types):
             return ""
         return value or ""
 

@@ -96,3 +96,13 @@ def victoriametrics_target(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         yield factory
     finally:
         _stop_all(started)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect API (temporary SQLite) for the whole session: it takes ~15 s to start."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()

@@ -350,6 +350,9 @@ def start_prometheus(
         ]
         if remote_write_receiver:
             argv.append("--web.enable-remote-write-receiver")
+        # Prometheus refuses a repeated flag: an extra flag replaces the default of the same name.
+        overridden = {flag.split("=", 1)[0] for flag in extra_flags}
+        argv = [arg for arg in argv if arg.split("=", 1)[0] not in overridden or arg == binary]
         argv.extend(extra_flags)
         return argv
 

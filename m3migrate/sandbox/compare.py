@@ -1,0 +1,56 @@
+"""Read whole data sets back by remote read and compare them bit for bit (tests and the demo)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from m3migrate.codec import Matcher
+from m3migrate.config import SourceSettings
+from m3migrate.remote_read import RemoteReadClient
+
+Labels = tuple[tuple[str, str], ...]
+Samples = list[tuple[int, int]]  # (timestamp ms, IEEE-754 bits of the value)
+ALL = [Matcher("__name__", "=~", ".+")]
+
+
+def bits(value: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", value))[0]
+
+
+def read_all(
+    base_url: str, start_ms: int, end_ms: int, matchers: Iterable[Matcher] = ALL, chunk_ms: int = 86_400_000, **settings
+) -> dict[Labels, Samples]:
+    """Every series and sample of a Prometheus (remote read at /api/v1/read) in [start, end]."""
+    out: dict[Labels, Samples] = {}
+    with RemoteReadClient(SourceSettings(read_url=f"{base_url}/api/v1/read", **settings)) as client:
+        a = start_ms
+        while a <= end_ms:
+            b = min(a + chunk_ms - 1, end_ms)
+            for ts in client.read(list(matchers), a, b).timeseries:
+                key = tuple(sorted((label.name, label.value) for label in ts.labels))
+                out.setdefault(key, []).extend((s.timestamp, bits(s.value)) for s in ts.samples)
+            a = b + 1
+    return out
+
+
+def with_label(data: dict[Labels, Samples], name: str, value: str) -> dict[Labels, Samples]:
+    """The data set as it should look after the migration added one label."""
+    return {tuple(sorted((*labels, (name, value)))): samples for labels, samples in data.items()}
+
+
+def diff(expected: dict[Labels, Samples], actual: dict[Labels, Samples], limit: int = 5) -> list[str]:
+    """Human-readable differences (empty when equal)."""
+    problems: list[str] = []
+    for labels in sorted(set(expected) - set(actual))[:limit]:
+        problems.append(f"missing series {dict(labels)}")
+    for labels in sorted(set(actual) - set(expected))[:limit]:
+        problems.append(f"extra series {dict(labels)}")
+    for labels in sorted(set(expected) & set(actual)):
+        if expected[labels] != actual[labels]:
+            e, a = expected[labels], actual[labels]
+            first = next((i for i, (x, y) in enumerate(zip(e, a, strict=False)) if x != y), min(len(e), len(a)))
+            problems.append(f"series {dict(labels)}: {len(e)} vs {len(a)} samples, first difference at #{first}")
+            if len(problems) >= 3 * limit:
+                break
+    return problems

@@ -1,0 +1,171 @@
+"""The migrate flow against real servers: exact copies, resume after kill -9, splits on source limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from blocks import M3Source, ThanosTarget
+from flows.migrate import migrate
+from m3migrate.sandbox.history import SourceSandbox
+from m3migrate.sandbox.servers import start_prometheus
+from m3migrate.spec import MigrationSpec
+from m3migrate.sandbox.compare import diff, read_all, with_label
+
+pytestmark = [pytest.mark.servers, pytest.mark.prefect]
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _spec(source: SourceSandbox, **kw) -> MigrationSpec:
+    return MigrationSpec(start=_iso(source.stats.start_ms), end=_iso(source.stats.end_ms), **kw)
+
+
+def _blocks(source_url: str, target_url: str) -> tuple[M3Source, ThanosTarget]:
+    return (
+        M3Source(read_url=f"{source_url}/api/v1/read", query_url=source_url),
+        ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url),
+    )
+
+
+@pytest.fixture(scope="module")
+def expected(source_history: SourceSandbox) -> dict:
+    """The source read back by remote read, as the target must hold it (with _source="m3db")."""
+    data = read_all(source_history.server.url, source_history.stats.start_ms, source_history.stats.end_ms)
+    assert sum(len(s) for s in data.values()) == source_history.stats.samples
+    return with_label(data, "_source", "m3db")
+
+
+def _target_data(target_url: str, source: SourceSandbox) -> dict:
+    return read_all(target_url, source.stats.start_ms, source.stats.end_ms)
+
+
+def test_fresh_target_without_ooo_window_gets_an_exact_copy(
+    prefect_api, source_history, prometheus_target, expected, tmp_path
+):
+    target = prometheus_target()
+    source_block, target_block = _blocks(source_history.server.url, target.url)
+    summary = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
+    assert summary["samples"] == source_history.stats.samples
+    assert summary["series"] == source_history.stats.series
+    assert diff(expected, _target_data(target.url, source_history)) == []
+
+    again = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
+    assert again["samples_moved_now"] == 0, "a rerun of a finished migration must write nothing"
+    assert again["tasks_cached"] == again["windows"] * again["batches"]
+    assert diff(expected, _target_data(target.url, source_history)) == []
+
+
+def test_ooo_target_holding_recent_data_gets_an_exact_copy(
+    prefect_api, source_history, prometheus_target, expected, tmp_path
+):
+    from m3migrate.codec import encode_labels, frame_series, single_request
+    from m3migrate.config import TargetSettings
+    from m3migrate.prompb import TimeSeries
+    from m3migrate.remote_write import RemoteWriteClient
+
+    target = prometheus_target(ooo_window="30d")
+    live = TimeSeries()
+    live.samples.add(timestamp=int(time.time() * 1000), value=1.0)
+    with RemoteWriteClient(TargetSettings(write_url=f"{target.url}/api/v1/write")) as writer:
+        writer.write(
+            single_request(frame_series(encode_labels([("__name__", "live_metric")]), live.SerializeToString()), 1)
+        )
+    source_block, target_block = _blocks(source_history.server.url, target.url)
+    spec = _spec(source_history, write_mode="out_of_order", batch_max_series=64, task_concurrency=3)
+    summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
+    assert summary["batches"] > 1
+    data = _target_data(target.url, source_history)
+    assert diff(expected, data) == []
+
+
+def test_source_limit_splits_batches_and_stays_exact(prefect_api, source_history, prometheus_target, tmp_path):
+    """A source refusing big reads (Prometheus' remote-read sample limit) forces splits, not truncation."""
+    data_dir = tmp_path / "limited-data"
+    shutil.copytree(
+        source_history.server.data_dir, data_dir, ignore=shutil.ignore_patterns("lock", "wal", "chunks_head")
+    )
+    limited = start_prometheus(
+        tmp_path, name="limited", data_dir=data_dir, extra_flags=["--storage.remote.read-sample-limit=2000"]
+    )
+    try:
+        stats = source_history.block_stats
+        end_ms = stats.start_ms + 6 * 3_600_000 - 1
+        expected = with_label(read_all(source_history.server.url, stats.start_ms, end_ms), "_source", "m3db")
+        target = prometheus_target()
+        source_block, target_block = _blocks(limited.url, target.url)
+        spec = MigrationSpec(start=_iso(stats.start_ms), end=_iso(end_ms))
+        summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path / "state"))
+        assert summary["splits"] > 0
+        actual = read_all(target.url, stats.start_ms, end_ms)
+        assert diff(expected, actual) == []
+    finally:
+        limited.stop()
+
+
+def _cli(source_url: str, target_url: str, source: SourceSandbox, state_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "m3migrate.cli",
+        "migrate",
+        "--source-read-url",
+        f"{source_url}/api/v1/read",
+        "--source-query-url",
+        source_url,
+        "--target-write-url",
+        f"{target_url}/api/v1/write",
+        "--target-query-url",
+        target_url,
+        "--start",
+        _iso(source.stats.start_ms),
+        "--end",
+        _iso(source.stats.end_ms),
+        "--migration-id",
+        "killtest",
+        "--state-dir",
+        str(state_dir),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("ooo_window", [None, "30d"], ids=["no-ooo", "ooo"])
+def test_kill_9_then_rerun_resumes_to_an_exact_copy(
+    prefect_api, source_history, prometheus_target, expected, tmp_path, ooo_window
+):
+    target = prometheus_target(ooo_window=ooo_window)
+    state_dir = tmp_path / "state"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(Path(__file__).parents[1])}
+    extra = ["--write-mode", "out_of_order"] if ooo_window else []
+    cmd = _cli(source_history.server.url, target.url, source_history, state_dir, *extra, "--batch-max-series", "50")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    progress = state_dir / "killtest" / "progress.json"
+    deadline = time.monotonic() + 240
+    windows_total = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists():
+            p = json.loads(progress.read_text())
+            windows_total = p["windows_total"]
+            if p["windows_done"] >= max(2, windows_total // 3):
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _target_data(target.url, source_history)
+    assert 0 < sum(len(s) for s in partial.values()) < sum(len(s) for s in expected.values())
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert diff(expected, _target_data(target.url, source_history)) == []
