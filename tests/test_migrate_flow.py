@@ -16,10 +16,10 @@ import pytest
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
+from m3migrate.sandbox.compare import diff, read_all, with_label
 from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.servers import start_prometheus
 from m3migrate.spec import MigrationSpec
-from m3migrate.sandbox.compare import diff, read_all, with_label
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 
