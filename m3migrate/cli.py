@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from m3migrate.errors import M3MigrateError
+from m3migrate.errors import ConfigError, M3MigrateError
 from m3migrate.spec import format_validation_error, load_config_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -165,7 +165,7 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
     file = load_config_file(config) if config else {}
     unknown = set(file) - {"source", "target", "migration"}
     if unknown:
-        raise M3MigrateError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration")
+        raise ConfigError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration")
     parts: list[tuple[str, Any, dict[str, Any]]] = [
         ("source", M3Source, _merge(file.get("source", {}), _drop_none(source))),
         ("target", ThanosTarget, _merge(file.get("target", {}), _drop_none(target))),
@@ -328,8 +328,12 @@ def migrate(
                 )
         finally:
             PROGRESS_LISTENERS.remove(listener)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
     except M3MigrateError as exc:
         console.print(f"[red]error:[/red] {exc}")
+        console.print("everything acknowledged so far is kept; fix the cause and rerun the same command to resume")
         raise typer.Exit(EXIT_FAILED) from None
     _print_summary(summary)
 

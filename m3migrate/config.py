@@ -155,6 +155,17 @@ class SourceSettings(EndpointSettings):
         """PromQL API base URL (no trailing /api/v1)."""
         return api_base(self.query_url or origin(self.read_url))
 
+    def m3_headers(self) -> dict[str, str]:
+        """M3 headers for every query: exhaustive limits (fail, never truncate) and the namespace pin."""
+        headers = {"M3-Limit-Require-Exhaustive": "true"}
+        if self.metrics_type:
+            headers["M3-Metrics-Type"] = self.metrics_type
+        if self.storage_policy:
+            headers["M3-Storage-Policy"] = self.storage_policy
+        if self.limit_max_series:
+            headers["M3-Limit-Max-Series"] = str(self.limit_max_series)
+        return headers
+
     @property
     def admin_base(self) -> str:
         return api_base(self.admin_url or self.promql_base)

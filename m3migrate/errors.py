@@ -25,7 +25,7 @@ class M3MigrateError(Exception):
         return f"{text} (fix: {self.hint})" if self.hint else text
 
 
-class ConfigError(M3MigrateError):
+class ConfigError(M3MigrateError, ValueError):
     """The configuration cannot work: a bad URL, selector, relabel rule or time range."""
 
 

@@ -26,18 +26,33 @@ class PreparedMigration:
     reused_plan: bool
 
 
+class _PromQLDiscovery:
+    """Adapts PromQLClient to the planner's DiscoveryAPI (one selector per call)."""
+
+    def __init__(self, client: PromQLClient) -> None:
+        self.client = client
+
+    def series(self, selector: str, start_ms: int, end_ms: int) -> list[dict[str, str]]:
+        return self.client.series([selector], start_ms, end_ms)
+
+    def label_names(self, selector: str, start_ms: int, end_ms: int) -> list[str]:
+        return self.client.label_names([selector], start_ms, end_ms)
+
+    def label_values(self, name: str, selector: str, start_ms: int, end_ms: int) -> list[str]:
+        return self.client.label_values(name, [selector], start_ms, end_ms)
+
+
 def build_plan(
     source: SourceSettings, spec: MigrationSpec, migration_id: str, on_metric: Callable[[str, int], None] | None = None
 ) -> Plan:
     """Discover the spec's series on the source and pack them into batches."""
     selectors = spec.selectors()
-    with PromQLClient(source.promql_base, source) as promql:
+    with PromQLClient(source.promql_base, source, extra_headers=source.m3_headers()) as promql:
         per_selector = discover(
             selectors,
             spec.start_ms,
             spec.end_ms,
-            list_series=lambda sel, a, b: promql.series([sel], a, b),
-            list_names=lambda sel, a, b: promql.label_values("__name__", [sel], a, b),
+            api=_PromQLDiscovery(promql),
             slice_ms=spec.discovery_slice_hours * 3_600_000 if spec.discovery_slice_hours else DAY_MS,
             on_metric=on_metric,
         )

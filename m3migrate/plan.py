@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 from m3migrate.codec import Matcher, selector_string
 from m3migrate.errors import ConfigError, SourceLimitExceeded
@@ -23,6 +24,7 @@ from m3migrate.selectors import re2_escape
 Labels = tuple[tuple[str, str], ...]
 
 DAY_MS = 86_400_000
+MAX_SPLIT_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,14 @@ class Plan:
 # ---------------------------------------------------------------------------------------------------
 # discovery
 
-SeriesLister = Callable[[str, int, int], list[dict[str, str]]]  # (selector, start_ms, end_ms) -> label dicts
-NameLister = Callable[[str, int, int], list[str]]  # (selector, start_ms, end_ms) -> metric names
+class DiscoveryAPI(Protocol):
+    """What discovery needs from a PromQL HTTP API (M3 Coordinator, Prometheus, Thanos Query)."""
+
+    def series(self, selector: str, start_ms: int, end_ms: int) -> list[dict[str, str]]: ...
+
+    def label_names(self, selector: str, start_ms: int, end_ms: int) -> list[str]: ...
+
+    def label_values(self, name: str, selector: str, start_ms: int, end_ms: int) -> list[str]: ...
 
 
 def _to_labels(series: dict[str, str]) -> Labels:
@@ -168,8 +176,7 @@ def discover(
     start_ms: int,
     end_ms: int,
     *,
-    list_series: SeriesLister,
-    list_names: NameLister,
+    api: DiscoveryAPI,
     slice_ms: int = DAY_MS,
     on_metric: Callable[[str, int], None] | None = None,
 ) -> list[list[Labels]]:
@@ -177,21 +184,21 @@ def discover(
 
     Querying one metric name at a time over bounded time slices keeps each series query under the
     source's series limit (M3: 100,000 by default). A metric still over the limit is split by the values
-    of its most selective label.
+    of its label with most values, recursively.
     """
     seen: set[Labels] = set()
     per_selector: list[list[Labels]] = []
     for matchers in selectors:
         found: list[Labels] = []
         exact = [m.value for m in matchers if m.name == "__name__" and m.op == "="]
-        names = exact[:1] or sorted(list_names(selector_string(matchers), start_ms, end_ms))
+        names = exact[:1] or sorted(api.label_values("__name__", selector_string(matchers), start_ms, end_ms))
         for name in names:
             base = [m for m in matchers if not (m.name == "__name__" and m.op == "=")]
             metric_matchers = [Matcher("__name__", "=", name), *base]
             count = 0
             for a in range(start_ms, end_ms + 1, slice_ms):
                 b = min(a + slice_ms - 1, end_ms)
-                for labels in _series_split_on_limit(metric_matchers, a, b, list_series, list_names):
+                for labels in _series_split_on_limit(api, metric_matchers, a, b):
                     if labels not in seen:
                         seen.add(labels)
                         found.append(labels)
@@ -203,19 +210,29 @@ def discover(
 
 
 def _series_split_on_limit(
-    matchers: list[Matcher], a: int, b: int, list_series: SeriesLister, list_names: NameLister, depth: int = 0
+    api: DiscoveryAPI, matchers: list[Matcher], a: int, b: int, depth: int = 0
 ) -> list[Labels]:
+    """All series of the matchers; over the source's limit, one query per value of the busiest label."""
+    selector = selector_string(matchers)
     try:
-        return [_to_labels(s) for s in list_series(selector_string(matchers), a, b)]
+        return [_to_labels(s) for s in api.series(selector, a, b)]
     except SourceLimitExceeded:
-        if depth >= 3:
+        if depth >= MAX_SPLIT_DEPTH:
             raise
-    # Over the limit: enumerate one label's values (cheap index query) and query per value.
-    raise SourceLimitExceeded(
-        f"discovery of {selector_string(matchers)} exceeds the source's series limit",
-        endpoint="series API",
-        hint="narrow the --match selectors or raise the source's limit (M3-Limit-Max-Series)",
-    )
+    fixed = {m.name for m in matchers if m.op == "="}
+    candidates = [n for n in api.label_names(selector, a, b) if n not in fixed]
+    if not candidates:
+        raise SourceLimitExceeded(
+            f"discovery of {selector} exceeds the source's series limit and cannot be split further",
+            endpoint="series API",
+            hint="raise the source's limit (M3-Limit-Max-Series / limits.maxFetchedSeries) or narrow --match",
+        )
+    values = {n: api.label_values(n, selector, a, b) for n in candidates}
+    label = max(candidates, key=lambda n: (len(values[n]), n))
+    out: list[Labels] = []
+    for value in ["", *sorted(values[label])]:  # "" selects the series without the label
+        out.extend(_series_split_on_limit(api, [*matchers, Matcher(label, "=", value)], a, b, depth + 1))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -59,20 +59,13 @@ class RemoteReadClient:
 
     @staticmethod
     def request_headers(settings: SourceSettings) -> dict[str, str]:
-        headers = {
+        return {
             "Content-Type": "application/x-protobuf",
             "Content-Encoding": "snappy",
             "Accept-Encoding": "snappy",
             "X-Prometheus-Remote-Read-Version": "0.1.0",
-            "M3-Limit-Require-Exhaustive": "true",
+            **settings.m3_headers(),
         }
-        if settings.metrics_type:
-            headers["M3-Metrics-Type"] = settings.metrics_type
-        if settings.storage_policy:
-            headers["M3-Storage-Policy"] = settings.storage_policy
-        if settings.limit_max_series:
-            headers["M3-Limit-Max-Series"] = str(settings.limit_max_series)
-        return headers
 
     def __enter__(self) -> RemoteReadClient:
         return self
