@@ -22,13 +22,16 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosTarget
+from m3migrate.errors import ConfigError
 from m3migrate.migration import PreparedMigration, prepare
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
+from m3migrate.state import MigrationState
 from tasks.transfer import TransferContext, close_transfers, results_storage, transfer_batch_window
 
 ProgressListener = Callable[[dict[str, Any]], None]
@@ -59,7 +62,7 @@ def build_task_runner(spec: MigrationSpec):
     return ThreadPoolTaskRunner(max_workers=spec.task_concurrency)
 
 
-@task(name="plan-migration")
+@task(name="plan-migration", cache_policy=NONE)
 def plan_migration(
     source: M3Source, target: ThanosTarget, spec: MigrationSpec, state_dir: str, start_over: bool
 ) -> PreparedMigration:
@@ -95,12 +98,20 @@ def _notify(event: dict[str, Any]) -> None:
 
 
 @flow(name="transfer-windows", log_prints=False)
-def transfer_windows(ctx: TransferContext, plan: Plan, depth: int) -> dict[str, Any]:
-    """Submit batch × window tasks along the time front and record the watermark as windows complete."""
-    logger = get_run_logger()
-    from m3migrate.state import MigrationState
+def transfer_windows(
+    source: M3Source, target: ThanosTarget, spec: MigrationSpec, migration_id: str, state_dir: str
+) -> dict[str, Any]:
+    """Submit batch × window tasks along the time front and record the watermark as windows complete.
 
-    state = MigrationState(Path(ctx.results_dir).parent.parent, ctx.migration_id)
+    Its parameters stay small (the plan is read from the migration's state, not passed through the API).
+    """
+    logger = get_run_logger()
+    state = MigrationState(Path(state_dir), migration_id)
+    plan = state.load_plan()
+    if plan is None:
+        raise ConfigError(f"migration {migration_id!r} has no saved plan", hint="run the migrate flow")
+    ctx = _transfer_context(source, target, spec, state, plan)
+    depth = spec.windows_in_flight
     progress = state.load_progress()
     progress.plan_id, progress.generation, progress.windows_total = plan.id, ctx.generation, len(plan.windows)
     task_fn = transfer_batch_window.with_options(result_storage=results_storage(Path(ctx.results_dir)))
@@ -183,6 +194,23 @@ def transfer_windows(ctx: TransferContext, plan: Plan, depth: int) -> dict[str, 
     }
 
 
+def _transfer_context(
+    source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, plan: Plan
+) -> TransferContext:
+    relabel = spec.relabeler()
+    return TransferContext(
+        migration_id=state.migration_id,
+        plan_id=plan.id,
+        generation=state.generation,
+        source=source.settings(),
+        target=target.settings(),
+        relabeler_rules=tuple(relabel.rules),
+        add_labels=tuple(relabel.add_labels.items()),
+        write_concurrency=spec.write_concurrency,
+        results_dir=str(state.results_dir),
+    )
+
+
 def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -196,21 +224,9 @@ def migrate(
     state_root = Path(state_dir) if state_dir else default_state_dir()
     prepared = plan_migration(source, target, spec, str(state_root), start_over)
     with prepared.state.lock():
-        relabel = spec.relabeler()
-        ctx = TransferContext(
-            migration_id=prepared.migration_id,
-            plan_id=prepared.plan.id,
-            generation=prepared.generation,
-            source=source.settings(),
-            target=target.settings(),
-            relabeler_rules=tuple(relabel.rules),
-            add_labels=tuple(relabel.add_labels.items()),
-            write_concurrency=spec.write_concurrency,
-            results_dir=str(prepared.state.results_dir),
-        )
         try:
             summary = transfer_windows.with_options(task_runner=build_task_runner(spec))(
-                ctx, prepared.plan, spec.windows_in_flight
+                source, target, spec, prepared.migration_id, str(state_root)
             )
         finally:
             close_transfers()

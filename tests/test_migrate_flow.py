@@ -169,3 +169,27 @@ def test_kill_9_then_rerun_resumes_to_an_exact_copy(
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert diff(expected, _target_data(target.url, source_history)) == []
+
+
+def test_start_over_rewrites_everything(prefect_api, source_history, prometheus_target, expected, tmp_path):
+    target = prometheus_target(ooo_window="30d")
+    source_block, target_block = _blocks(source_history.server.url, target.url)
+    spec = _spec(source_history, write_mode="out_of_order")
+    first = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
+    again = migrate(source_block, target_block, spec, start_over=True, state_dir=str(tmp_path))
+    assert again["tasks_cached"] == 0
+    assert again["samples_moved_now"] == first["samples"] == source_history.stats.samples
+    assert diff(expected, _target_data(target.url, source_history)) == []
+
+
+def test_dask_task_runner_with_worker_processes(prefect_api, source_history, prometheus_target, tmp_path):
+    """The same flow on a Dask LocalCluster of separate worker processes (the scale-out path)."""
+    target = prometheus_target(ooo_window="30d")
+    source_block, target_block = _blocks(source_history.server.url, target.url)
+    end_ms = source_history.stats.start_ms + 12 * 3_600_000 - 1
+    spec = MigrationSpec(start=_iso(source_history.stats.start_ms), end=_iso(end_ms), write_mode="out_of_order",
+                         window_minutes=120, batch_max_series=50, task_runner="dask", task_concurrency=2)
+    summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
+    expected = with_label(read_all(source_history.server.url, source_history.stats.start_ms, end_ms), "_source", "m3db")
+    assert summary["batches"] >= 4
+    assert diff(expected, read_all(target.url, source_history.stats.start_ms, end_ms)) == []
