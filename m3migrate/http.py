@@ -6,6 +6,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 import httpx
 import stamina
@@ -40,6 +41,7 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+DEFAULT_RETRY = RetryPolicy()
 
 
 def retry_transient(exc: Exception) -> bool | float:
@@ -47,6 +49,37 @@ def retry_transient(exc: Exception) -> bool | float:
     if isinstance(exc, TransientError):
         return exc.retry_after if exc.retry_after is not None else True
     return False
+
+
+class EndpointClient:
+    """Base of the protocol clients: owns (or borrows) an httpx client and its retry policy.
+
+    A borrowed client is never closed here, so several protocol clients can share one pool.
+    """
+
+    def __init__(
+        self,
+        settings: EndpointSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        client: httpx.Client | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.settings = settings
+        self.retry = retry or DEFAULT_RETRY
+        self._client = client if client is not None else build_client(settings, max_connections=max_connections)
+        self._owns_client = client is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_client:
+            self._client.close()
 
 
 def build_client(settings: EndpointSettings, *, max_connections: int = 16) -> httpx.Client:

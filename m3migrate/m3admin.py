@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import httpx
 
@@ -24,14 +24,14 @@ from m3migrate.errors import (
     TransientError,
 )
 from m3migrate.http import (
+    EndpointClient,
     RetryPolicy,
-    build_client,
     raise_for_common_status,
     retry_transient,
     send,
     unexpected,
 )
-from m3migrate.promql import DEFAULT_RETRY, PromQLClient
+from m3migrate.promql import PromQLClient
 
 __all__ = [
     "M3AdminClient",
@@ -271,7 +271,7 @@ def _is_ready_document(status: int, body: Any) -> bool:
     return any(k in body for k in _READY_KEYS) or (status == 200 and not body)
 
 
-class M3AdminClient:
+class M3AdminClient(EndpointClient):
     """Read-only client of the M3 Coordinator admin endpoints (default port 7201).
 
     ``base_url`` is the coordinator's origin (a trailing ``/api/v1`` is stripped). Pass ``client`` to
@@ -283,28 +283,14 @@ class M3AdminClient:
         base_url: str,
         settings: EndpointSettings,
         *,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        retry: RetryPolicy | None = None,
         client: httpx.Client | None = None,
     ) -> None:
+        super().__init__(settings, retry=retry, client=client)
         self._base = api_base(base_url)
-        self._settings = settings
-        self._retry = retry
-        self._owns_client = client is None
-        self._client = client if client is not None else build_client(settings)
 
     def __repr__(self) -> str:
         return f"M3AdminClient({redact_url(self._base)!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_client:
-            self._client.close()
 
     def namespaces(self) -> list[M3Namespace] | None:
         """The namespace registry, sorted by name; None if the server has no M3 namespace API."""
@@ -326,7 +312,7 @@ class M3AdminClient:
         """GET /ready; M3 answers 500 with the same JSON when a namespace is not ready, which parses too."""
         url = self._base + "/ready"
         what = "M3 ready"
-        for attempt in self._retry.context(retry_transient):
+        for attempt in self.retry.context(retry_transient):
             with attempt:
                 response = send(self._client, self._client.build_request("GET", url), what=what)
                 body = _json_or_none(response)
@@ -363,7 +349,7 @@ class M3AdminClient:
             raise
         except EndpointError:
             pass  # e.g. a 400 or a malformed registry: not an M3 coordinator we can use
-        promql = PromQLClient(self._base, self._settings, retry=self._retry, client=self._client)
+        promql = PromQLClient(self._base, self.settings, retry=self.retry, client=self._client)
         try:
             info = promql.build_info()
         except _FATAL:
@@ -377,7 +363,7 @@ class M3AdminClient:
     def _get_json(self, path: str, *, what: str) -> Any:
         """GET path with retries: the parsed JSON, or None on 404/405 or a body that is not JSON."""
         url = self._base + path
-        for attempt in self._retry.context(retry_transient):
+        for attempt in self.retry.context(retry_transient):
             with attempt:
                 response = send(self._client, self._client.build_request("GET", url), what=what)
                 if response.status_code in (404, 405):

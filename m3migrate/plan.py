@@ -157,6 +157,7 @@ class Plan:
 # ---------------------------------------------------------------------------------------------------
 # discovery
 
+
 class DiscoveryAPI(Protocol):
     """What discovery needs from a PromQL HTTP API (M3 Coordinator, Prometheus, Thanos Query)."""
 
@@ -209,9 +210,7 @@ def discover(
     return per_selector
 
 
-def _series_split_on_limit(
-    api: DiscoveryAPI, matchers: list[Matcher], a: int, b: int, depth: int = 0
-) -> list[Labels]:
+def _series_split_on_limit(api: DiscoveryAPI, matchers: list[Matcher], a: int, b: int, depth: int = 0) -> list[Labels]:
     """All series of the matchers; over the source's limit, one query per value of the busiest label."""
     selector = selector_string(matchers)
     try:

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -20,9 +20,9 @@ import httpx
 from m3migrate.config import EndpointSettings, api_base, redact_url
 from m3migrate.errors import EndpointError, EndpointNotFound, MalformedResponse, SourceLimitExceeded
 from m3migrate.http import (
+    EndpointClient,
     RetryPolicy,
     body_excerpt,
-    build_client,
     raise_for_common_status,
     retry_transient,
     send,
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 RESULTS_LIMITED_HEADER = "M3-Results-Limited"
-DEFAULT_RETRY = RetryPolicy()
 
 # Limit errors of M3 ("query exceeded limit: ...", "query aborted due to limit: ..."), Prometheus
 # ("query processing would load too many samples into memory", "exceeded sample limit") and Thanos.
@@ -103,7 +102,7 @@ def _excerpt(text: str, limit: int = _QUERY_EXCERPT) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class PromQLClient:
+class PromQLClient(EndpointClient):
     """Prometheus HTTP API client (``/api/v1/...``) with retries and typed errors.
 
     ``base_url`` is the part before ``/api/v1`` (``/api/v1`` itself is accepted and stripped). Pass
@@ -117,31 +116,18 @@ class PromQLClient:
         base_url: str,
         settings: EndpointSettings,
         *,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        retry: RetryPolicy | None = None,
         client: httpx.Client | None = None,
         extra_params: dict[str, str] | None = None,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(settings, retry=retry, client=client)
         self._base = api_base(base_url)
-        self._retry = retry
-        self._owns_client = client is None
-        self._client = client if client is not None else build_client(settings)
         self._params = dict(extra_params or {})
         self._headers = dict(extra_headers or {})
 
     def __repr__(self) -> str:
         return f"PromQLClient({redact_url(self._base)!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_client:
-            self._client.close()
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -272,7 +258,7 @@ class PromQLClient:
         merged = {**self._params, **fields}
         headers = self._headers or None
         answer: QueryResult | None = None
-        for attempt in self._retry.context(retry_transient):
+        for attempt in self.retry.context(retry_transient):
             with attempt:
                 if method == "GET":
                     request = self._client.build_request("GET", url, params=merged, headers=headers)

@@ -17,9 +17,9 @@ from m3migrate.codec import Matcher, decode_read_response, decompress, encode_re
 from m3migrate.config import SourceSettings, redact_url
 from m3migrate.errors import MalformedResponse, SourceLimitExceeded
 from m3migrate.http import (
+    EndpointClient,
     RetryPolicy,
     body_excerpt,
-    build_client,
     raise_for_common_status,
     retry_transient,
     send,
@@ -37,7 +37,7 @@ class ReadStats:
     retries: int = 0
 
 
-class RemoteReadClient:
+class RemoteReadClient(EndpointClient):
     """Reads one matcher set over an inclusive millisecond range, exactly or not at all."""
 
     def __init__(
@@ -48,12 +48,9 @@ class RemoteReadClient:
         client: httpx.Client | None = None,
         max_connections: int = 16,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, retry=retry, client=client, max_connections=max_connections)
         self.url = settings.read_url
         self.endpoint = redact_url(self.url)
-        self.retry = retry or RetryPolicy()
-        self._client = client or build_client(settings, max_connections=max_connections)
-        self._own_client = client is None
         self.stats = ReadStats()
         self.headers = self.request_headers(settings)
 
@@ -66,16 +63,6 @@ class RemoteReadClient:
             "X-Prometheus-Remote-Read-Version": "0.1.0",
             **settings.m3_headers(),
         }
-
-    def __enter__(self) -> RemoteReadClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
 
     def read_raw(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> bytes:
         """The decompressed ReadResponse bytes for [start_ms, end_ms] (both inclusive)."""

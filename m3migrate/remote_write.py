@@ -17,9 +17,9 @@ from m3migrate.codec import WriteBody
 from m3migrate.config import TargetSettings, redact_url
 from m3migrate.errors import RejectReason, TransientError, WriteRejected
 from m3migrate.http import (
+    EndpointClient,
     RetryPolicy,
     body_excerpt,
-    build_client,
     raise_for_common_status,
     retry_transient,
     send,
@@ -60,7 +60,7 @@ class WriteStats:
     partial_commits: int = 0
 
 
-class RemoteWriteClient:
+class RemoteWriteClient(EndpointClient):
     """Sends snappy WriteRequests (remote write 1.0) and raises typed errors for every refusal."""
 
     def __init__(
@@ -71,12 +71,9 @@ class RemoteWriteClient:
         client: httpx.Client | None = None,
         max_connections: int = 16,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, retry=retry, client=client, max_connections=max_connections)
         self.url = settings.write_url
         self.endpoint = redact_url(self.url)
-        self.retry = retry or RetryPolicy()
-        self._client = client or build_client(settings, max_connections=max_connections)
-        self._own_client = client is None
         self.stats = WriteStats()
         self.headers = {
             "Content-Type": "application/x-protobuf",
@@ -86,16 +83,6 @@ class RemoteWriteClient:
         }
         if settings.tenant:
             self.headers[settings.tenant_header] = settings.tenant
-
-    def __enter__(self) -> RemoteWriteClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
 
     def write(self, request: WriteBody) -> None:
         """Send one request; retries transient failures, raises WriteRejected on refusals."""
@@ -115,56 +102,42 @@ class RemoteWriteClient:
         if 200 <= status < 300:
             return
         text = body_excerpt(response)
+        lowered = text.lower()
+
+        def rejected(
+            message: str, reasons: frozenset[RejectReason], *, partial: bool = False, hint: str | None = None
+        ) -> WriteRejected:
+            return WriteRejected(
+                f"remote write: {message}",
+                reasons=reasons,
+                partial=partial,
+                endpoint=self.endpoint,
+                status=status,
+                body=text,
+                hint=_hint(reasons) if hint is None else hint,
+            )
+
         if status == 409:
             self.stats.partial_commits += 1
-            reasons = classify_reasons(text)
-            raise WriteRejected(
-                "remote write: the target stored the valid samples and refused others (partial commit)",
-                reasons=reasons,
+            raise rejected(
+                "the target stored the valid samples and refused others (partial commit)",
+                classify_reasons(text),
                 partial=True,
-                endpoint=self.endpoint,
-                status=status,
-                body=text,
-                hint=_hint(reasons),
             )
         if status == 413:
-            raise WriteRejected(
-                "remote write: request too large for the target",
-                reasons=frozenset({RejectReason.TOO_LARGE}),
-                endpoint=self.endpoint,
-                status=status,
-                body=text,
-                hint=REASON_HINTS[RejectReason.TOO_LARGE],
-            )
-        if status == 500 and "too old sample" in text.lower():
-            raise WriteRejected(  # Prometheus < 2.50 says 500 for a permanent refusal
-                "remote write: samples older than the target's out-of-order window",
-                reasons=frozenset({RejectReason.TOO_OLD}),
-                endpoint=self.endpoint,
-                status=status,
-                body=text,
-                hint=REASON_HINTS[RejectReason.TOO_OLD],
-            )
-        if status == 400 and "http request to an https server" in text.lower():
-            raise WriteRejected(
-                "remote write: plain HTTP sent to an HTTPS port",
-                reasons=frozenset({RejectReason.BAD_REQUEST}),
-                endpoint=self.endpoint,
-                status=status,
-                body=text,
+            raise rejected("request too large for the target", frozenset({RejectReason.TOO_LARGE}))
+        if status == 500 and "too old sample" in lowered:  # Prometheus < 2.50: 500 for a permanent refusal
+            raise rejected("samples older than the target's out-of-order window", frozenset({RejectReason.TOO_OLD}))
+        if status == 400 and "http request to an https server" in lowered:
+            raise rejected(
+                "plain HTTP sent to an HTTPS port",
+                frozenset({RejectReason.BAD_REQUEST}),
                 hint="use https:// in write_url",
             )
         raise_for_common_status(response, what="remote write")
         if 400 <= status < 500:
             reasons = classify_reasons(text)
-            raise WriteRejected(
-                f"remote write: the target refused the request ({', '.join(sorted(reasons))})",
-                reasons=reasons,
-                endpoint=self.endpoint,
-                status=status,
-                body=text,
-                hint=_hint(reasons),
-            )
+            raise rejected(f"the target refused the request ({', '.join(sorted(reasons))})", reasons)
         raise unexpected(response, what="remote write")
 
 
