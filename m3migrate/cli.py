@@ -40,32 +40,6 @@ SourceQueryUrl = Annotated[
         rich_help_panel="Source",
     ),
 ]
-SourceUser = Annotated[
-    str | None, typer.Option("--source-user", envvar="M3MIGRATE_SOURCE_USER", rich_help_panel="Source")
-]
-SourcePassword = Annotated[
-    str | None,
-    typer.Option(
-        "--source-password",
-        envvar="M3MIGRATE_SOURCE_PASSWORD",
-        help="Prefer the environment variable: flags show in the process list.",
-        rich_help_panel="Source",
-        show_default=False,
-    ),
-]
-SourceToken = Annotated[
-    str | None,
-    typer.Option(
-        "--source-bearer-token", envvar="M3MIGRATE_SOURCE_BEARER_TOKEN", rich_help_panel="Source", show_default=False
-    ),
-]
-SourceCa = Annotated[Path | None, typer.Option("--source-ca-file", rich_help_panel="Source")]
-SourceCert = Annotated[Path | None, typer.Option("--source-cert-file", rich_help_panel="Source")]
-SourceKey = Annotated[Path | None, typer.Option("--source-key-file", rich_help_panel="Source")]
-SourceInsecure = Annotated[bool, typer.Option("--source-insecure-skip-verify", rich_help_panel="Source")]
-SourceHeader = Annotated[
-    list[str] | None, typer.Option("--source-header", help="Extra header NAME=VALUE.", rich_help_panel="Source")
-]
 SourceMetricsType = Annotated[
     str | None,
     typer.Option(
@@ -95,26 +69,41 @@ TargetQueryUrl = Annotated[
 TargetTenant = Annotated[
     str | None, typer.Option("--target-tenant", help="Tenant (THANOS-TENANT header).", rich_help_panel="Target")
 ]
-TargetUser = Annotated[
-    str | None, typer.Option("--target-user", envvar="M3MIGRATE_TARGET_USER", rich_help_panel="Target")
-]
-TargetPassword = Annotated[
-    str | None,
-    typer.Option("--target-password", envvar="M3MIGRATE_TARGET_PASSWORD", rich_help_panel="Target", show_default=False),
-]
-TargetToken = Annotated[
-    str | None,
-    typer.Option(
-        "--target-bearer-token", envvar="M3MIGRATE_TARGET_BEARER_TOKEN", rich_help_panel="Target", show_default=False
-    ),
-]
-TargetCa = Annotated[Path | None, typer.Option("--target-ca-file", rich_help_panel="Target")]
-TargetCert = Annotated[Path | None, typer.Option("--target-cert-file", rich_help_panel="Target")]
-TargetKey = Annotated[Path | None, typer.Option("--target-key-file", rich_help_panel="Target")]
-TargetInsecure = Annotated[bool, typer.Option("--target-insecure-skip-verify", rich_help_panel="Target")]
-TargetHeader = Annotated[
-    list[str] | None, typer.Option("--target-header", help="Extra header NAME=VALUE.", rich_help_panel="Target")
-]
+
+
+def _endpoint_options(side: str) -> tuple:
+    """The auth/TLS/header options of one side (--source-* or --target-*), as typer parameter types."""
+    panel = side.capitalize()
+    env = f"M3MIGRATE_{side.upper()}_"
+    secret = {"rich_help_panel": panel, "show_default": False}
+    return (
+        Annotated[str | None, typer.Option(f"--{side}-user", envvar=f"{env}USER", rich_help_panel=panel)],
+        Annotated[
+            str | None,
+            typer.Option(
+                f"--{side}-password",
+                envvar=f"{env}PASSWORD",
+                help="Prefer the environment variable: flags show in ps.",
+                **secret,
+            ),
+        ],
+        Annotated[str | None, typer.Option(f"--{side}-bearer-token", envvar=f"{env}BEARER_TOKEN", **secret)],
+        Annotated[Path | None, typer.Option(f"--{side}-ca-file", rich_help_panel=panel)],
+        Annotated[Path | None, typer.Option(f"--{side}-cert-file", rich_help_panel=panel)],
+        Annotated[Path | None, typer.Option(f"--{side}-key-file", rich_help_panel=panel)],
+        Annotated[bool, typer.Option(f"--{side}-insecure-skip-verify", rich_help_panel=panel)],
+        Annotated[
+            list[str] | None, typer.Option(f"--{side}-header", help="Extra header NAME=VALUE.", rich_help_panel=panel)
+        ],
+    )
+
+
+SourceUser, SourcePassword, SourceToken, SourceCa, SourceCert, SourceKey, SourceInsecure, SourceHeader = (
+    _endpoint_options("source")
+)
+TargetUser, TargetPassword, TargetToken, TargetCa, TargetCert, TargetKey, TargetInsecure, TargetHeader = (
+    _endpoint_options("target")
+)
 
 
 def _headers(items: list[str] | None) -> dict[str, str] | None:
