@@ -28,10 +28,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosTarget
 from m3migrate.errors import ConfigError
-from m3migrate.migration import PreparedMigration, prepare
+from m3migrate.migration import prepare
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
-from m3migrate.state import MigrationState
+from m3migrate.state import MigrationState, Stage
 from tasks.transfer import TransferContext, close_transfers, results_storage, transfer_batch_window
 
 ProgressListener = Callable[[dict[str, Any]], None]
@@ -63,15 +63,13 @@ def build_task_runner(spec: MigrationSpec):
 
 
 @task(name="plan-migration", cache_policy=NONE)
-def plan_migration(
-    source: M3Source, target: ThanosTarget, spec: MigrationSpec, state_dir: str, start_over: bool
-) -> PreparedMigration:
+def plan_migration(source: M3Source, spec: MigrationSpec, state: MigrationState, start_over: bool) -> Plan:
+    """Discover and batch the series (first run, start over) or load the saved plan (resume)."""
     logger = get_run_logger()
     prepared = prepare(
         source.settings(),
-        target.settings(),
         spec,
-        state_dir=Path(state_dir),
+        state,
         start_over=start_over,
         on_metric=lambda name, n: logger.debug("discovered %d series of %s", n, name),
     )
@@ -86,7 +84,7 @@ def plan_migration(
         plan.window_ms // 60_000,
         spec.write_mode,
     )
-    return prepared
+    return plan
 
 
 def _notify(event: dict[str, Any]) -> None:
@@ -99,24 +97,30 @@ def _notify(event: dict[str, Any]) -> None:
 
 @flow(name="transfer-windows", log_prints=False)
 def transfer_windows(
-    source: M3Source, target: ThanosTarget, spec: MigrationSpec, migration_id: str, state_dir: str
+    source: M3Source,
+    target: ThanosTarget,
+    spec: MigrationSpec,
+    migration_id: str,
+    state_dir: str,
+    stage: Stage = "migrate",
 ) -> dict[str, Any]:
     """Submit batch × window tasks along the time front and record the watermark as windows complete.
 
-    Its parameters stay small (the plan is read from the migration's state, not passed through the API).
+    Its parameters stay small: the plan of the stage (bulk migration or replication pass) is read from
+    the migration's state, not passed through the Prefect API.
     """
     logger = get_run_logger()
     state = MigrationState(Path(state_dir), migration_id)
-    plan = state.load_plan()
+    plan = state.load_plan(stage)
     if plan is None:
-        raise ConfigError(f"migration {migration_id!r} has no saved plan", hint="run the migrate flow")
+        raise ConfigError(f"migration {migration_id!r} has no saved {stage} plan", hint=f"run the {stage} flow")
     ctx = _transfer_context(source, target, spec, state, plan)
     depth = spec.windows_in_flight
-    progress = state.load_progress()
+    progress = state.load_progress(stage)
     progress.plan_id, progress.generation, progress.windows_total = plan.id, ctx.generation, len(plan.windows)
     task_fn = transfer_batch_window.with_options(result_storage=results_storage(Path(ctx.results_dir)))
     artifact_id = create_progress_artifact(
-        0.0, key=f"{ctx.migration_id}-progress", description=f"Migration {ctx.migration_id}: time front"
+        0.0, key=f"{ctx.migration_id}-{stage}-progress", description=f"Migration {ctx.migration_id}: {stage} front"
     )
     nb, nw = len(plan.batches), len(plan.windows)
     futures: dict[tuple[int, int], PrefectFuture] = {}
@@ -145,7 +149,7 @@ def transfer_windows(
         progress.windows_done = k + 1
         progress.front_end_ms = window.end_ms
         progress.samples = totals["samples"]
-        state.save_progress(progress)
+        state.save_progress(progress, stage)
         elapsed = time.monotonic() - t0
         rate = moved_now / elapsed if elapsed > 0 else 0.0
         remaining = nw - k - 1
@@ -182,7 +186,10 @@ def transfer_windows(
     for k in range(max(0, nw - depth), nw):
         complete(k)
     elapsed = time.monotonic() - t0
-    create_table_artifact(window_rows, key=f"{ctx.migration_id}-windows", description="Samples written per time window")
+    if window_rows:
+        create_table_artifact(
+            window_rows, key=f"{ctx.migration_id}-{stage}-windows", description="Samples written per time window"
+        )
     return {
         **totals,
         "windows": nw,
@@ -192,6 +199,18 @@ def transfer_windows(
         "seconds": round(elapsed, 3),
         "samples_per_second": round(moved_now / elapsed) if elapsed else 0,
     }
+
+
+def run_transfer(
+    source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, stage: Stage
+) -> dict[str, Any]:
+    """Run a stage's saved plan on the spec's task runner (the caller holds the migration's lock)."""
+    try:
+        return transfer_windows.with_options(task_runner=build_task_runner(spec))(
+            source, target, spec, state.migration_id, str(state.dir.parent), stage
+        )
+    finally:
+        close_transfers()
 
 
 def _transfer_context(
@@ -222,22 +241,13 @@ def migrate(
     """Move the spec's history from the M3 source into the Thanos target; rerun to resume."""
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
-    prepared = plan_migration(source, target, spec, str(state_root), start_over)
-    with prepared.state.lock():
-        try:
-            summary = transfer_windows.with_options(task_runner=build_task_runner(spec))(
-                source, target, spec, prepared.migration_id, str(state_root)
-            )
-        finally:
-            close_transfers()
-    summary = {
-        "migration_id": prepared.migration_id,
-        "plan_id": prepared.plan.id,
-        **summary,
-        "series": prepared.plan.series_count,
-    }
+    state = MigrationState(state_root, spec.resolved_id(source.read_url, target.write_url))
+    with state.lock():
+        plan = plan_migration(source, spec, state, start_over)
+        summary = run_transfer(source, target, spec, state, "migrate")
+    summary = {"migration_id": state.migration_id, "plan_id": plan.id, **summary, "series": plan.series_count}
     create_markdown_artifact(
-        _summary_markdown(summary), key=f"{prepared.migration_id}-summary", description="Migration summary"
+        _summary_markdown(summary), key=f"{state.migration_id}-summary", description="Migration summary"
     )
     logger.info(
         "migration %s complete: %d series, %d samples (%d moved in this run) in %.1f s",

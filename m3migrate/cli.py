@@ -3,7 +3,12 @@ PREFECT_API_URL is set) and exits non-zero when the step did not complete."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +27,7 @@ out = Console()
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_BUSY = 3  # another run of the same migration holds its lock
 
 # Options shared by every command that talks to the source and the target.
 SourceReadUrl = Annotated[
@@ -201,14 +207,23 @@ def _progress_bar() -> tuple[Progress, Any]:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"migration {summary['migration_id']}", show_header=False)
+    table = Table(title=f"migration {summary.get('migration_id', '')}", show_header=False)
     for k, v in summary.items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
     out.print(table)
 
 
-@app.command()
-def migrate(
+@dataclass
+class Inputs:
+    """What every step's command builds from its flags and config file."""
+
+    source: Any  # blocks.M3Source
+    target: Any  # blocks.ThanosTarget
+    spec: Any  # m3migrate.spec.MigrationSpec
+    state_dir: str | None
+
+
+def _shared_options(
     source_read_url: SourceReadUrl = None,
     source_query_url: SourceQueryUrl = None,
     target_write_url: TargetWriteUrl = None,
@@ -217,9 +232,6 @@ def migrate(
     end: Annotated[str | None, typer.Option(help="Last instant, inclusive, RFC 3339.")] = None,
     match: Annotated[list[str] | None, typer.Option("--match", help="Series selector; repeatable.")] = None,
     migration_id: Annotated[str | None, typer.Option(help="Name of the migration's saved progress.")] = None,
-    start_over: Annotated[
-        bool, typer.Option("--start-over", help="Forget progress and rewrite from the start.")
-    ] = False,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML/TOML file with source/target/migration.")
     ] = None,
@@ -254,8 +266,8 @@ def migrate(
     target_key_file: TargetKey = None,
     target_insecure_skip_verify: TargetInsecure = False,
     target_header: TargetHeader = None,
-) -> None:
-    """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
+) -> Inputs:
+    """The options every step shares (same names as `migrate`), turned into blocks and a spec."""
     source = {
         "read_url": source_read_url,
         "query_url": source_query_url,
@@ -302,29 +314,100 @@ def migrate(
         "task_runner": task_runner,
         "dask_address": dask_address,
     }
-    if no_source_label:
-        spec["source_label_value"] = ""
-    try:
-        src, tgt, migration_spec = build_inputs(config, source, target, spec)
-        from flows.migrate import PROGRESS_LISTENERS
-        from flows.migrate import migrate as migrate_flow
+    src, tgt, migration_spec = build_inputs(config, source, target, spec)
+    return Inputs(src, tgt, migration_spec, str(state_dir) if state_dir else None)
 
-        progress, listener = _progress_bar()
+
+_SHARED = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
+
+
+def step_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a step's command the shared options; it receives them as `inputs: Inputs`.
+
+    Errors map to exit codes once, here: configuration errors exit 2, a failed step exits 1.
+    """
+    own = [p for name, p in inspect.signature(fn, eval_str=True).parameters.items() if name != "inputs"]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        shared = {p.name: kwargs.pop(p.name) for p in _SHARED}
         try:
-            with progress:
-                summary = migrate_flow(
-                    src, tgt, migration_spec, start_over=start_over, state_dir=str(state_dir) if state_dir else None
-                )
-        finally:
-            PROGRESS_LISTENERS.remove(listener)
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(EXIT_CONFIG) from None
-    except M3MigrateError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        console.print("everything acknowledged so far is kept; fix the cause and rerun the same command to resume")
-        raise typer.Exit(EXIT_FAILED) from None
+            fn(inputs=_shared_options(**shared), **kwargs)
+        except ConfigError as exc:
+            console.print(f"[red]configuration error:[/red] {exc}")
+            raise typer.Exit(EXIT_CONFIG) from None
+        except M3MigrateError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            console.print("everything acknowledged so far is kept; fix the cause and rerun the same command")
+            raise typer.Exit(EXIT_FAILED) from None
+
+    command.__signature__ = inspect.Signature([*own, *_SHARED])  # type: ignore[attr-defined]
+    del command.__wrapped__  # typer must read the combined signature, not fn's
+    return command
+
+
+@app.command()
+@step_command
+def migrate(
+    inputs: Inputs,
+    start_over: Annotated[
+        bool, typer.Option("--start-over", help="Forget progress and rewrite from the start.")
+    ] = False,
+) -> None:
+    """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
+    from flows.migrate import PROGRESS_LISTENERS
+    from flows.migrate import migrate as migrate_flow
+
+    progress, listener = _progress_bar()
+    try:
+        with progress:
+            summary = migrate_flow(
+                inputs.source, inputs.target, inputs.spec, start_over=start_over, state_dir=inputs.state_dir
+            )
+    finally:
+        PROGRESS_LISTENERS.remove(listener)
     _print_summary(summary)
+
+
+@app.command()
+@step_command
+def replicate(
+    inputs: Inputs,
+    lag: Annotated[str, typer.Option(help="Stay this far behind now (covers late writes), e.g. 15m, 1h.")] = "15m",
+    until: Annotated[str | None, typer.Option(help="Replicate up to this instant instead of now - lag.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a running pass of the same migration.")] = 10.0,
+) -> None:
+    """One replication pass: copy what reached the source since the last pass, up to now - lag."""
+    from flows.replicate import replicate as replicate_flow
+
+    until_dt = _parse_instant(until) if until else None
+    result = replicate_flow(
+        inputs.source,
+        inputs.target,
+        inputs.spec,
+        lag_minutes=_minutes(lag),
+        until=until_dt,
+        state_dir=inputs.state_dir,
+        wait_for_lock_seconds=wait,
+    )
+    _print_summary(result)
+    if result["status"] == "skipped-locked":
+        raise typer.Exit(EXIT_BUSY)
+
+
+def _minutes(text: str) -> int:
+    units = {"m": 1, "h": 60, "d": 1440}
+    value, unit = text[:-1], text[-1:]
+    if unit not in units or not value.isdigit():
+        raise ConfigError(f"duration {text!r} is not like 15m, 2h or 1d")
+    return int(value) * units[unit]
+
+
+def _parse_instant(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an RFC 3339 instant like 2025-01-01T00:00:00Z") from None
 
 
 @app.command()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.config import SourceSettings
 from m3migrate.errors import ConfigError
 from m3migrate.plan import DAY_MS, Plan, discover, make_batches
 from m3migrate.promql import PromQLClient
@@ -43,15 +42,23 @@ class _PromQLDiscovery:
 
 
 def build_plan(
-    source: SourceSettings, spec: MigrationSpec, migration_id: str, on_metric: Callable[[str, int], None] | None = None
+    source: SourceSettings,
+    spec: MigrationSpec,
+    migration_id: str,
+    on_metric: Callable[[str, int], None] | None = None,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
 ) -> Plan:
-    """Discover the spec's series on the source and pack them into batches."""
+    """Discover the spec's series on the source and pack them into batches (default: the spec's range)."""
+    start_ms = spec.start_ms if start_ms is None else start_ms
+    end_ms = spec.end_ms if end_ms is None else end_ms
     selectors = spec.selectors()
     with PromQLClient(source.promql_base, source, extra_headers=source.m3_headers()) as promql:
         per_selector = discover(
             selectors,
-            spec.start_ms,
-            spec.end_ms,
+            start_ms,
+            end_ms,
             api=_PromQLDiscovery(promql),
             slice_ms=spec.discovery_slice_hours * 3_600_000 if spec.discovery_slice_hours else DAY_MS,
             on_metric=on_metric,
@@ -68,8 +75,8 @@ def build_plan(
     batches = make_batches(selectors, per_selector, min(spec.batch_max_series, source.max_series_per_query))
     return Plan(
         migration_id=migration_id,
-        start_ms=spec.start_ms,
-        end_ms=spec.end_ms,
+        start_ms=start_ms,
+        end_ms=end_ms,
         window_ms=spec.window_ms,
         batches=batches,
         selectors=list(spec.match),
@@ -78,16 +85,17 @@ def build_plan(
 
 def prepare(
     source: SourceSettings,
-    target: TargetSettings,
     spec: MigrationSpec,
+    state: MigrationState,
     *,
-    state_dir: Path,
     start_over: bool = False,
     on_metric: Callable[[str, int], None] | None = None,
 ) -> PreparedMigration:
-    """Load the saved plan (resume) or discover a new one (first run / start over)."""
-    migration_id = spec.resolved_id(source.read_url, target.write_url)
-    state = MigrationState(state_dir, migration_id)
+    """Load the saved plan (resume) or discover a new one (first run / start over).
+
+    The caller holds the migration's lock, so no other run can replan or write meanwhile.
+    """
+    migration_id = state.migration_id
     if start_over:
         generation = state.start_over()
         log.info("starting migration %s over (generation %d)", migration_id, generation)

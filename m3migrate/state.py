@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from m3migrate.errors import M3MigrateError
 from m3migrate.plan import Plan
@@ -46,6 +47,25 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+Stage = Literal["migrate", "replicate"]
+
+# File names per stage: the bulk migration keeps the historic names; a replication pass in progress
+# keeps its own plan and progress until it completes and advances the replication watermark.
+_PLAN_FILES = {"migrate": "plan.json", "replicate": "replication-pass.plan.json"}
+_PROGRESS_FILES = {"migrate": "progress.json", "replicate": "replication-pass.progress.json"}
+
+
+@dataclass
+class ReplicationState:
+    """Where replication stands: everything up to watermark_ms is in the target."""
+
+    watermark_ms: int | None = None
+    passes: int = 0
+    last_lag_seconds: float | None = None
+    namespaces: list[dict] | None = None
+    history: list[dict] = field(default_factory=list)
+
+
 class MigrationState:
     """Files under <state_dir>/<migration_id>/."""
 
@@ -54,9 +74,8 @@ class MigrationState:
         self.dir = Path(root) / migration_id
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def plan_path(self) -> Path:
-        return self.dir / "plan.json"
+    def plan_path(self, stage: Stage = "migrate") -> Path:
+        return self.dir / _PLAN_FILES[stage]
 
     @property
     def results_dir(self) -> Path:
@@ -68,27 +87,40 @@ class MigrationState:
         return int(meta.get("generation", 0))
 
     def start_over(self) -> int:
-        """Forget plan, progress and completion records; returns the new generation."""
+        """Forget plans, progress, replication and completion records; returns the new generation."""
         generation = self.generation + 1
-        for name in ("plan.json", "progress.json"):
+        for name in (*_PLAN_FILES.values(), *_PROGRESS_FILES.values(), "replication.json"):
             (self.dir / name).unlink(missing_ok=True)
         shutil.rmtree(self.results_dir, ignore_errors=True)
         _write_json_atomic(self.dir / "meta.json", {"generation": generation})
         return generation
 
-    def load_plan(self) -> Plan | None:
-        return Plan.load(self.plan_path) if self.plan_path.exists() else None
+    def load_plan(self, stage: Stage = "migrate") -> Plan | None:
+        path = self.plan_path(stage)
+        return Plan.load(path) if path.exists() else None
 
-    def save_plan(self, plan: Plan) -> None:
-        plan.save(self.plan_path)
+    def save_plan(self, plan: Plan, stage: Stage = "migrate") -> None:
+        plan.save(self.plan_path(stage))
 
-    def load_progress(self) -> Progress:
-        data = self._read("progress.json")
+    def clear_stage(self, stage: Stage) -> None:
+        """Drop a finished stage's plan and progress (a completed replication pass)."""
+        self.plan_path(stage).unlink(missing_ok=True)
+        (self.dir / _PROGRESS_FILES[stage]).unlink(missing_ok=True)
+
+    def load_progress(self, stage: Stage = "migrate") -> Progress:
+        data = self._read(_PROGRESS_FILES[stage])
         return Progress(**data) if data else Progress()
 
-    def save_progress(self, progress: Progress) -> None:
+    def save_progress(self, progress: Progress, stage: Stage = "migrate") -> None:
         progress.updated_at = time.time()
-        _write_json_atomic(self.dir / "progress.json", asdict(progress))
+        _write_json_atomic(self.dir / _PROGRESS_FILES[stage], asdict(progress))
+
+    def load_replication(self) -> ReplicationState:
+        data = self._read("replication.json")
+        return ReplicationState(**data) if data else ReplicationState()
+
+    def save_replication(self, replication: ReplicationState) -> None:
+        _write_json_atomic(self.dir / "replication.json", asdict(replication))
 
     def _read(self, name: str) -> dict:
         path = self.dir / name
@@ -97,19 +129,26 @@ class MigrationState:
         return json.loads(path.read_text())
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive, non-blocking: a second run fails fast instead of writing the same series."""
+    def lock(self, wait_seconds: float = 0.0) -> Iterator[None]:
+        """Exclusive: a second run (migrate or replicate) waits up to wait_seconds, then fails fast
+        instead of writing the same series. The OS frees the lock when the holder dies, even by kill -9."""
         path = self.dir / "run.lock"
+        deadline = time.monotonic() + wait_seconds
         with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "unknown"
-                raise MigrationLocked(
-                    f"migration {self.migration_id!r} is already running ({holder})",
-                    hint="wait for that run to finish, or cancel it; the lock frees itself when it exits",
-                ) from None
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.5)
+                        continue
+                    fh.seek(0)
+                    holder = fh.read().strip() or "unknown"
+                    raise MigrationLocked(
+                        f"migration {self.migration_id!r} is already running ({holder})",
+                        hint="wait for that run to finish, or cancel it; the lock frees itself when it exits",
+                    ) from None
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
