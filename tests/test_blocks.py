@@ -31,13 +31,19 @@ def test_bad_url_is_refused_with_the_field_named():
 @pytest.mark.prefect
 def test_blocks_register_save_and_load(prefect_api):
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(Path(__file__).parents[1])}
-    done = subprocess.run([sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],
-                          capture_output=True, text=True, env=env, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "m3migrate M3 Source" in done.stdout and "m3migrate Thanos Target" in done.stdout
 
-    ThanosTarget(write_url="https://thanos:19291/api/v1/receive", tenant="t1",
-                 auth={"bearer_token": SECRET}).save("test-target", overwrite=True)
+    ThanosTarget(write_url="https://thanos:19291/api/v1/receive", tenant="t1", auth={"bearer_token": SECRET}).save(
+        "test-target", overwrite=True
+    )
     loaded = ThanosTarget.load("test-target")
     assert loaded.settings().auth.bearer_token.get_secret_value() == SECRET
     assert loaded.tenant == "t1"

@@ -17,12 +17,22 @@ SECRET = "s3cr3t-Pa55word-do-not-print"
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "m3migrate.cli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "m3migrate.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
 
 
-BASE = ["migrate", "--source-read-url", "http://127.0.0.1:9/api/v1/read", "--target-write-url",
-        "http://127.0.0.1:9/api/v1/write", "--start", "2026-01-01T00:00:00Z", "--end", "2026-01-02T00:00:00Z"]
+BASE = [
+    "migrate",
+    "--source-read-url",
+    "http://127.0.0.1:9/api/v1/read",
+    "--target-write-url",
+    "http://127.0.0.1:9/api/v1/write",
+    "--start",
+    "2026-01-01T00:00:00Z",
+    "--end",
+    "2026-01-02T00:00:00Z",
+]
 
 
 @pytest.mark.parametrize(
@@ -68,14 +78,29 @@ def test_toml_config_supplies_what_flags_leave_out(tmp_path):
 @pytest.mark.prefect
 def test_wrong_credentials_fail_clearly_without_showing_the_secret(prefect_api, tmp_path):
     """A real Prometheus with basic auth (bcrypt) as the source: 401 is named, the password never shown."""
-    source = start_prometheus(tmp_path, name="authsource",
-                              web_config={"basic_auth_users": {"migrator": bcrypt_hash("right-password")}},
-                              ready_auth=("migrator", "right-password"))
+    source = start_prometheus(
+        tmp_path,
+        name="authsource",
+        web_config={"basic_auth_users": {"migrator": bcrypt_hash("right-password")}},
+        ready_auth=("migrator", "right-password"),
+    )
     try:
         result = run_cli(
-            "migrate", "--source-read-url", f"{source.url}/api/v1/read", "--source-query-url", source.url,
-            "--target-write-url", "http://127.0.0.1:9/api/v1/write", "--start", "2026-01-01T00:00:00Z",
-            "--end", "2026-01-01T01:00:00Z", "--source-user", "migrator", "--state-dir", str(tmp_path / "state"),
+            "migrate",
+            "--source-read-url",
+            f"{source.url}/api/v1/read",
+            "--source-query-url",
+            source.url,
+            "--target-write-url",
+            "http://127.0.0.1:9/api/v1/write",
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--end",
+            "2026-01-01T01:00:00Z",
+            "--source-user",
+            "migrator",
+            "--state-dir",
+            str(tmp_path / "state"),
             env={"PREFECT_API_URL": prefect_api, "M3MIGRATE_SOURCE_PASSWORD": SECRET},
         )
     finally:

@@ -188,8 +188,15 @@ def test_dask_task_runner_with_worker_processes(prefect_api, source_history, pro
     target = prometheus_target(ooo_window="30d")
     source_block, target_block = _blocks(source_history.server.url, target.url)
     end_ms = source_history.stats.start_ms + 12 * 3_600_000 - 1
-    spec = MigrationSpec(start=_iso(source_history.stats.start_ms), end=_iso(end_ms), write_mode="out_of_order",
-                         window_minutes=120, batch_max_series=50, task_runner="dask", task_concurrency=2)
+    spec = MigrationSpec(
+        start=_iso(source_history.stats.start_ms),
+        end=_iso(end_ms),
+        write_mode="out_of_order",
+        window_minutes=120,
+        batch_max_series=50,
+        task_runner="dask",
+        task_concurrency=2,
+    )
     summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
     expected = with_label(read_all(source_history.server.url, source_history.stats.start_ms, end_ms), "_source", "m3db")
     assert summary["batches"] >= 4

@@ -1,0 +1,172 @@
+"""Replication against real servers: new samples and new series follow, kills resume, runs never overlap."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from blocks import M3Source, ThanosTarget
+from flows.migrate import migrate
+from flows.replicate import replicate
+from m3migrate.codec import encode_labels, pack_write_requests
+from m3migrate.config import TargetSettings
+from m3migrate.errors import ConfigError
+from m3migrate.prompb import TimeSeries
+from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.sandbox.compare import diff, read_all, with_label
+from m3migrate.sandbox.history import HistorySpec, start_source
+from m3migrate.spec import MigrationSpec
+from m3migrate.state import MigrationState
+
+pytestmark = [pytest.mark.servers, pytest.mark.prefect]
+MINUTE = 60_000
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _write_new(url: str, series: list[tuple[tuple[str, str], ...]], start_ms: int, end_ms: int) -> int:
+    """Append samples every minute in (start, end] to the given series of a source Prometheus."""
+    pairs = []
+    for i, labels in enumerate(series):
+        ts = TimeSeries()
+        for t in range(start_ms + MINUTE, end_ms + 1, MINUTE):
+            ts.samples.add(timestamp=t, value=float(i * 1000 + t // MINUTE % 997) + 0.25)
+        pairs.append((encode_labels(sorted(labels)), ts))
+    with RemoteWriteClient(TargetSettings(write_url=f"{url}/api/v1/write")) as writer:
+        for chain in pack_write_requests(pairs, max_bytes=1 << 22, max_samples=50_000):
+            for request in chain.requests:
+                writer.write(request)
+    return sum(len(ts.samples) for _, ts in pairs)
+
+
+@pytest.fixture
+def small_source(tmp_path):
+    source = start_source(HistorySpec(series=60, span_s=6 * 3600, interval_s=60), tmp_path, tail_minutes=None)
+    try:
+        yield source
+    finally:
+        source.stop()
+
+
+def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source, prometheus_target, tmp_path):
+    target = prometheus_target()
+    src_url = small_source.server.url
+    start, end = small_source.stats.start_ms, small_source.stats.end_ms
+    spec = MigrationSpec(migration_id="rep", start=_iso(start), end=_iso(end), window_minutes=10)
+    source_block = M3Source(read_url=f"{src_url}/api/v1/read", query_url=src_url)
+    target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url)
+    state_dir = tmp_path / "state"
+
+    def check_equal(until_ms: int) -> None:
+        expected = with_label(read_all(src_url, start, until_ms), "_source", "m3db")
+        assert diff(expected, read_all(target.url, start, until_ms)) == []
+
+    with pytest.raises(ConfigError, match="never ran"):
+        replicate(
+            source_block,
+            target_block,
+            spec,
+            until=datetime.fromtimestamp(end / 1000 + 600, UTC),
+            state_dir=str(state_dir),
+        )
+    migrate(source_block, target_block, spec, state_dir=str(state_dir))
+    some = sorted(read_all(src_url, end - MINUTE, end))[:5]
+    newborn = (("__name__", "replication_newborn_total"), ("job", "late"))
+
+    # pass 1: new samples for existing series and a brand-new series
+    until1 = end + 20 * MINUTE
+    _write_new(src_url, [*some, newborn], end, until1)
+    result = replicate(
+        source_block, target_block, spec, until=datetime.fromtimestamp(until1 / 1000, UTC), state_dir=str(state_dir)
+    )
+    assert result["status"] == "replicated" and result["samples"] == 6 * 20
+    check_equal(until1)
+
+    # pass 2: killed with kill -9 halfway through, then rerun to completion
+    until2 = until1 + 60 * MINUTE
+    _write_new(src_url, some, until1, until2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "m3migrate.cli",
+        "replicate",
+        "--source-read-url",
+        f"{src_url}/api/v1/read",
+        "--source-query-url",
+        src_url,
+        "--target-write-url",
+        f"{target.url}/api/v1/write",
+        "--migration-id",
+        "rep",
+        "--start",
+        _iso(start),
+        "--end",
+        _iso(end),
+        "--window-minutes",
+        "10",
+        "--until",
+        _iso(until2),
+        "--state-dir",
+        str(state_dir),
+    ]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    progress = state_dir / "rep" / "replication-pass.progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["windows_done"] >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (state_dir / "rep" / "replication-pass.plan.json").exists(), "the interrupted pass stays planned"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    check_equal(until2)
+    assert MigrationState(state_dir, "rep").load_replication().watermark_ms == until2
+
+    # pass 3: nothing new
+    until3 = until2 + 5 * MINUTE
+    result = replicate(
+        source_block, target_block, spec, until=datetime.fromtimestamp(until3 / 1000, UTC), state_dir=str(state_dir)
+    )
+    assert result["samples"] == 0
+    check_equal(until3)
+    state = MigrationState(state_dir, "rep").load_replication()
+    assert state.watermark_ms == until3 and state.passes == 3
+
+
+def test_concurrent_runs_never_overlap(prefect_api, small_source, prometheus_target, tmp_path):
+    target = prometheus_target()
+    src_url = small_source.server.url
+    start, end = small_source.stats.start_ms, small_source.stats.end_ms
+    spec = MigrationSpec(migration_id="lockme", start=_iso(start), end=_iso(end))
+    source_block = M3Source(read_url=f"{src_url}/api/v1/read", query_url=src_url)
+    target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write")
+    migrate(source_block, target_block, spec, state_dir=str(tmp_path))
+    with MigrationState(tmp_path, "lockme").lock():  # another run holds the migration
+        result = replicate(
+            source_block,
+            target_block,
+            spec,
+            until=datetime.fromtimestamp(end / 1000 + 600, UTC),
+            state_dir=str(tmp_path),
+            wait_for_lock_seconds=1,
+        )
+    assert result["status"] == "skipped-locked"
+    assert MigrationState(tmp_path, "lockme").load_replication().watermark_ms is None
+    result = replicate(
+        source_block, target_block, spec, until=datetime.fromtimestamp(end / 1000 + 600, UTC), state_dir=str(tmp_path)
+    )
+    assert result["status"] == "replicated"
