@@ -395,6 +395,66 @@ def replicate(
         raise typer.Exit(EXIT_BUSY)
 
 
+@app.command()
+@step_command
+def verify(
+    inputs: Inputs,
+    sample_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Check this share of the series (e.g. 0.01), every window.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the series sample.")] = 0,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Write problems/windows CSV + Parquet and a PNG chart here.")
+    ] = None,
+    show: Annotated[int, typer.Option("--show", min=0, help="Print at most this many series of each kind.")] = 20,
+    ignore_label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ignore-label",
+            help="Label the target adds, ignored on both sides; repeatable "
+            "(default: tenant_id, replica, prometheus_replica, receive, rule_replica).",
+        ),
+    ] = None,
+) -> None:
+    """Compare source and target per series and window; exit 1 when anything differs."""
+    from flows.verify import verify_flow
+    from m3migrate.cli_verify import print_problems, print_totals
+    from m3migrate.verify import VerificationFailed
+
+    if not inputs.target.query_url:
+        raise ConfigError(
+            "verify reads the target back through its query API, but no target query URL is set",
+            hint="pass --target-query-url (Thanos Query: https://HOST:10902) or set target.query_url",
+        )
+    if sample_fraction <= 0:
+        raise ConfigError("--sample-fraction must be greater than 0")
+    try:
+        summary = verify_flow(
+            inputs.source,
+            inputs.target,
+            inputs.spec,
+            sample_fraction=sample_fraction,
+            state_dir=inputs.state_dir,
+            report_dir=str(report_dir) if report_dir else None,
+            seed=seed,
+            ignore_labels=ignore_label or None,
+        )
+    except VerificationFailed as exc:
+        if not exc.summary:
+            raise
+        summary = exc.summary
+    print_totals(summary)
+    if summary.get("report_dir"):
+        out.print(f"report files: {summary['report_dir']}", markup=False, highlight=False)
+    if summary.get("ok"):
+        return
+    import pandas as pd
+
+    print_problems(pd.read_parquet(Path(summary["report_dir"]) / "problems.parquet"), show)
+    console.print("[red]source and target differ[/red]: see the report files for every series and window")
+    raise typer.Exit(EXIT_FAILED)
+
+
 def _minutes(text: str) -> int:
     units = {"m": 1, "h": 60, "d": 1440}
     value, unit = text[:-1], text[-1:]

@@ -1,0 +1,719 @@
+"""Verification: compare the source and the target, per series and per time window, after a migration.
+
+The source is read by remote read (the batch's matchers, as the migration read it), the target through
+its PromQL API (Thanos Query, Prometheus): ``{__name__=~"a|b",_source="m3db"}[Rms]`` evaluated at the
+window's end returns the raw samples of the window (see docs/verification.md). For every series and
+window both sides are reduced to a count, the first and last timestamp and a hash over the
+(timestamp, value bits) pairs; a differing hash yields the first differing sample.
+
+Rules that make both sides comparable:
+
+* stale markers (NaN with bits 0x7ff0000000000002) are left out of the source side: a query API never
+  returns them, so they cannot be verified this way;
+* every other NaN compares as NaN (the API's JSON "NaN" loses the payload), and -0.0 as +0.0 (the
+  source's remote read cannot tell them apart either); all other floats are compared bit for bit;
+* labels the target adds (Thanos' ``tenant_id``, replica labels) are ignored on both sides;
+* source series are mapped through the migration's relabel rules (``spec.relabeler()``).
+
+Memory is bounded by one batch × window per worker; ``concurrency`` workers run in parallel. A sampling
+mode checks a deterministic fraction of the series (every window). No Prefect here: flows/verify.py and
+the CLI wrap this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from m3migrate.codec import STALE_NAN_BITS, Matcher, selector_string
+from m3migrate.config import SourceSettings, TargetSettings, redact_url
+from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
+from m3migrate.plan import Batch, Plan, Window, make_windows, split_batch
+from m3migrate.promql import PromQLClient
+from m3migrate.relabel import Relabeler
+from m3migrate.remote_read import RemoteReadClient
+from m3migrate.selectors import re2_escape
+from m3migrate.spec import MigrationSpec
+
+log = logging.getLogger("m3migrate.verify")
+
+Labels = tuple[tuple[str, str], ...]
+
+DEFAULT_IGNORE_LABELS: tuple[str, ...] = ("tenant_id", "replica", "prometheus_replica", "receive", "rule_replica")
+CANONICAL_NAN_BITS = 0x7FF8000000000001  # every NaN but the stale marker compares as this
+MAX_SPLIT_DEPTH = 6
+KINDS = ("missing", "extra", "mismatch")
+
+PROBLEM_COLUMNS = [
+    "kind",
+    "series",
+    "window",
+    "window_start",
+    "windows",
+    "source_count",
+    "target_count",
+    "source_first_ts",
+    "target_first_ts",
+    "source_last_ts",
+    "target_last_ts",
+    "first_diff_ts",
+    "first_diff",
+    "source_value",
+    "target_value",
+]
+WINDOW_COLUMNS = [
+    "window",
+    "start",
+    "end",
+    "series",
+    "source_samples",
+    "target_samples",
+    "stale_markers_skipped",
+    "mismatches",
+    "missing",
+    "extra",
+]
+
+
+class VerificationFailed(M3MigrateError):
+    """Source and target differ: mismatching, missing or extra series. ``summary`` holds the totals."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None, *, hint: str = "") -> None:
+        self.summary = summary or {}
+        super().__init__(
+            message,
+            hint=hint
+            or "see the verification report (problems table / CSV); rerun the migration with --start-over "
+            "for damaged series, or check the relabel rules and selectors for missing/extra ones",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# series and sample helpers
+
+
+def series_text(labels: Iterable[tuple[str, str]]) -> str:
+    """Prometheus notation: name{a="1",b="2"} (labels sorted, name first)."""
+    d = dict(labels)
+    name = d.pop("__name__", "")
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(d.items()))
+    return f"{name}{{{inner}}}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def sampled(labels: Labels, fraction: float, seed: int = 0) -> bool:
+    """Deterministic choice of a series: a hash of (seed, labels) below ``fraction``."""
+    if fraction >= 1.0:
+        return True
+    if fraction <= 0.0:
+        return False
+    h = hashlib.blake2b(repr((seed, labels)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64 < fraction
+
+
+def canonical_bits(values: np.ndarray) -> np.ndarray:
+    """Float64 values as uint64 bits with every NaN canonical and -0.0 as +0.0."""
+    values = np.asarray(values, dtype=np.float64)
+    bits = values.view(np.uint64).copy()
+    bits[np.isnan(values)] = CANONICAL_NAN_BITS
+    bits[values == 0.0] = 0
+    return bits
+
+
+@dataclass
+class SeriesData:
+    """One series' samples in one window: timestamps (int64 ms) and canonical value bits (uint64)."""
+
+    ts: np.ndarray
+    bits: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def build(cls, ts: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray) -> SeriesData:
+        t = np.asarray(ts, dtype=np.int64)
+        v = np.asarray(values, dtype=np.float64)
+        if len(t) > 1 and not np.all(t[1:] > t[:-1]):
+            order = np.argsort(t, kind="stable")
+            t, v = t[order], v[order]
+            keep = np.concatenate(([True], t[1:] != t[:-1]))
+            t, v = t[keep], v[keep]
+        return cls(t, canonical_bits(v), v)
+
+    @property
+    def count(self) -> int:
+        return len(self.ts)
+
+    def digest(self) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.ts.astype("<i8").tobytes())
+        h.update(self.bits.astype("<u8").tobytes())
+        return h.digest()
+
+    def first_ts(self) -> int | None:
+        return int(self.ts[0]) if len(self.ts) else None
+
+    def last_ts(self) -> int | None:
+        return int(self.ts[-1]) if len(self.ts) else None
+
+
+EMPTY = SeriesData(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.float64))
+
+
+def first_difference(src: SeriesData, tgt: SeriesData) -> tuple[int, float | None, float | None] | None:
+    """(timestamp, source value or None, target value or None) of the first differing sample, or None."""
+    n = min(src.count, tgt.count)
+    differ = (src.ts[:n] != tgt.ts[:n]) | (src.bits[:n] != tgt.bits[:n])
+    idx = int(np.argmax(differ)) if differ.any() else n
+    if idx == n and src.count == tgt.count:
+        return None
+    s_ts = int(src.ts[idx]) if idx < src.count else None
+    t_ts = int(tgt.ts[idx]) if idx < tgt.count else None
+    if s_ts is not None and t_ts is not None and s_ts == t_ts:
+        return s_ts, float(src.values[idx]), float(tgt.values[idx])
+    if t_ts is None or (s_ts is not None and s_ts < t_ts):
+        return s_ts, float(src.values[idx]), None  # type: ignore[return-value]
+    return t_ts, None, float(tgt.values[idx])
+
+
+def _describe(diff: tuple[int, float | None, float | None]) -> str:
+    _, s, t = diff
+    if s is None:
+        return f"only on target: {t!r}"
+    if t is None:
+        return f"missing on target (source {s!r})"
+    return f"value differs: source {s!r}, target {t!r}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# report
+
+
+def iso_ms(ms: int | None) -> str:
+    """RFC 3339 with milliseconds, UTC; '' for None."""
+    if ms is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+@dataclass
+class VerificationReport:
+    """Totals, per-window counts and the problems (missing / extra series, mismatching series × windows)."""
+
+    totals: dict[str, Any]
+    windows: pd.DataFrame
+    problems: pd.DataFrame
+    migration_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.totals["mismatches"] or self.totals["missing"] or self.totals["extra"])
+
+    def of_kind(self, kind: str) -> pd.DataFrame:
+        return self.problems[self.problems["kind"] == kind]
+
+    def summary(self) -> dict[str, Any]:
+        return {"migration_id": self.migration_id, "ok": self.ok, **self.totals}
+
+    def to_markdown(self, limit: int = 20) -> str:
+        status = "**equal**" if self.ok else "**DIFFERENT**"
+        lines = [f"# Verification {self.migration_id}: {status}", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in self.totals.items()]
+        for kind, title in (("missing", "Missing series"), ("extra", "Extra series"), ("mismatch", "Differing")):
+            rows = self.of_kind(kind)
+            if rows.empty:
+                continue
+            lines += ["", f"## {title} ({len(rows)})", ""]
+            if kind == "mismatch":
+                lines += ["| series | window start | source/target samples | first difference at | what |"]
+                lines += ["|---|---|---|---|---|"]
+                for r in rows.head(limit).itertuples():
+                    lines.append(
+                        f"| `{_md(r.series)}` | {r.window_start} | {r.source_count}/{r.target_count} | "
+                        f"{iso_ms(optional_int(r.first_diff_ts))} | {_md(r.first_diff)} |"
+                    )
+            else:
+                lines += [
+                    "| series | windows | source samples | target samples | first sample |",
+                    "|---|---|---|---|---|",
+                ]
+                for r in rows.head(limit).itertuples():
+                    lines.append(
+                        f"| `{_md(r.series)}` | {r.windows} | {r.source_count} | {r.target_count} | "
+                        f"{iso_ms(optional_int(r.first_diff_ts))} |"
+                    )
+            if len(rows) > limit:
+                lines.append(f"\n… and {len(rows) - limit} more (see the CSV/Parquet report)")
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: str | Path) -> dict[str, Path]:
+        """problems/windows as CSV and Parquet, totals as CSV, and a PNG chart; returns the paths."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "problems_csv": out / "problems.csv",
+            "problems_parquet": out / "problems.parquet",
+            "windows_csv": out / "windows.csv",
+            "windows_parquet": out / "windows.parquet",
+            "totals_csv": out / "totals.csv",
+            "chart_png": out / "samples_per_window.png",
+        }
+        self.problems.to_csv(paths["problems_csv"], index=False)
+        self.problems.to_parquet(paths["problems_parquet"], index=False)
+        self.windows.to_csv(paths["windows_csv"], index=False)
+        self.windows.to_parquet(paths["windows_parquet"], index=False)
+        pd.DataFrame([{"figure": k, "value": str(v)} for k, v in self.summary().items()]).to_csv(
+            paths["totals_csv"], index=False
+        )
+        self.chart(paths["chart_png"])
+        return paths
+
+    def chart(self, path: Path) -> Path:
+        """Source vs target samples per window (windows with problems marked)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 3), dpi=100)
+        ax = fig.subplots()
+        w = self.windows
+        if not w.empty:
+            # one step per window, closed at the last window's end
+            x = pd.to_datetime([*w["start"], w["end"].iloc[-1]])
+            src, tgt = (
+                [*w["source_samples"], w["source_samples"].iloc[-1]],
+                [*w["target_samples"], w["target_samples"].iloc[-1]],
+            )
+            ax.step(x, src, where="post", label="source", linewidth=2)
+            ax.step(x, tgt, where="post", label="target", linestyle="--")
+            bad = w[(w["mismatches"] + w["missing"] + w["extra"]) > 0]
+            if not bad.empty:
+                ax.scatter(pd.to_datetime(bad["start"]), bad["target_samples"], color="red", zorder=3, label="differs")
+        ax.set_title(f"samples per window — {'equal' if self.ok else 'DIFFERENT'}")
+        ax.set_ylabel("samples")
+        ax.legend(loc="best", fontsize="small")
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(path)
+        return path
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def optional_int(value: Any) -> int | None:
+    """An int, or None for None/NaN/NA (nullable DataFrame cells)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# engine
+
+
+@dataclass
+class _BatchView:
+    """What verification needs of one batch: expected target keys of its (sampled) series."""
+
+    batch: Batch
+    expected: dict[Labels, Labels]  # source labels -> expected target key (sampled series only)
+    target_selector: str
+
+
+@dataclass
+class _TaskResult:
+    window: int
+    series: int = 0
+    source_samples: int = 0
+    target_samples: int = 0
+    stale_skipped: int = 0
+    seen_on_target: set[Labels] = field(default_factory=set)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Verifier:
+    def __init__(
+        self,
+        reader: RemoteReadClient,
+        query: PromQLClient,
+        relabeler: Relabeler,
+        ignore: frozenset[str],
+        all_expected: set[Labels],
+        source_label: tuple[str, str] | None,
+    ) -> None:
+        self.reader = reader
+        self.query = query
+        self.relabeler = relabeler
+        self.ignore = ignore
+        self.all_expected = all_expected
+        self.source_label = source_label
+
+    def target_key(self, labels: Iterable[tuple[str, str]]) -> Labels:
+        return tuple(sorted((n, v) for n, v in labels if n not in self.ignore))
+
+    def view(self, batch: Batch, fraction: float, seed: int) -> _BatchView | None:
+        expected: dict[Labels, Labels] = {}
+        for labels in batch.series:
+            out = self.relabeler(labels)
+            if out is None or not sampled(labels, fraction, seed):
+                continue
+            expected[labels] = self.target_key(out)
+        if not expected:
+            return None
+        return _BatchView(batch, expected, self.selector_for(batch, expected))
+
+    def selector_for(self, batch: Batch, expected: dict[Labels, Labels]) -> str:
+        """Names of the expected series, the source label, and every batch matcher relabeling keeps valid."""
+        names = sorted({dict(key).get("__name__", "") for key in expected.values()})
+        matchers = [
+            Matcher("__name__", "=", names[0])
+            if len(names) == 1
+            else Matcher("__name__", "=~", "|".join(re2_escape(n) for n in names))
+        ]
+        if self.source_label:
+            matchers.append(Matcher(*self.source_label[:1], "=", self.source_label[1]))
+        for m in batch.matchers:
+            if m.name == "__name__" or m.op not in ("=", "=~") or m.name in self.ignore:
+                continue
+            if self.source_label and m.name == self.source_label[0]:
+                continue
+            if all(dict(src).get(m.name, "") == dict(key).get(m.name, "") for src, key in expected.items()):
+                matchers.append(m)
+        return selector_string(matchers)
+
+    # -- one batch × window ------------------------------------------------------------------------
+
+    def check(self, view: _BatchView, window: Window, depth: int = 0) -> _TaskResult:
+        try:
+            source = self._read_source(view, window)
+            target = self._read_target(view, window)
+        except SourceLimitExceeded:
+            if depth >= MAX_SPLIT_DEPTH or len(view.batch.series) < 2:
+                raise
+            log.info("batch %s window %d hit a limit: splitting it", view.batch.id, window.index)
+            result = _TaskResult(window.index)
+            for sub in split_batch(view.batch):
+                sub_expected = {s: k for s, k in view.expected.items() if s in sub.keys}
+                if sub_expected:
+                    part = self.check(
+                        _BatchView(sub, sub_expected, self.selector_for(sub, sub_expected)), window, depth + 1
+                    )
+                    _merge_into(result, part)
+            return result
+        return self._compare(view, window, *source, target)
+
+    def _read_source(self, view: _BatchView, window: Window) -> tuple[dict[Labels, SeriesData], int]:
+        qr = self.reader.read(view.batch.matchers, window.start_ms, window.end_ms)
+        out: dict[Labels, SeriesData] = {}
+        stale = 0
+        for ts in qr.timeseries:
+            key = tuple(sorted((label.name, label.value) for label in ts.labels))
+            expected = view.expected.get(key)
+            if expected is None or not ts.samples:
+                continue  # another batch's series, a dropped one, or not sampled
+            n = len(ts.samples)
+            t = np.fromiter((s.timestamp for s in ts.samples), dtype=np.int64, count=n)
+            v = np.fromiter((s.value for s in ts.samples), dtype=np.float64, count=n)
+            not_stale = v.view(np.uint64) != np.uint64(STALE_NAN_BITS)
+            stale += int(n - not_stale.sum())
+            in_window = not_stale & (t >= window.start_ms) & (t <= window.end_ms)
+            if not in_window.any():
+                continue
+            data = SeriesData.build(t[in_window], v[in_window])
+            if expected in out:  # two source series map to one target series (labels ignored): merge
+                prev = out[expected]
+                data = SeriesData.build(np.concatenate([prev.ts, data.ts]), np.concatenate([prev.values, data.values]))
+            out[expected] = data
+        return out, stale
+
+    def _read_target(self, view: _BatchView, window: Window) -> dict[Labels, SeriesData]:
+        # sel[R] at T holds the samples in (T-R, T] (Prometheus 3, Thanos) or [T-R, T] (Prometheus 2):
+        # ask one ms more and cut at the window's start, exact on both.
+        raw = self.query.raw_samples(view.target_selector, window.end_ms, window.end_ms - window.start_ms + 1)
+        out: dict[Labels, SeriesData] = {}
+        for labels, samples in raw.items():
+            kept = [(t, v) for t, v in samples if window.start_ms <= t <= window.end_ms]
+            if not kept:
+                continue
+            key = self.target_key(labels)
+            ts, vs = zip(*kept, strict=True)
+            data = SeriesData.build(ts, vs)
+            if key in out:  # series differing only in ignored labels (e.g. two replicas): one series
+                prev = out[key]
+                data = SeriesData.build(np.concatenate([prev.ts, data.ts]), np.concatenate([prev.values, data.values]))
+            out[key] = data
+        return out
+
+    def _compare(
+        self,
+        view: _BatchView,
+        window: Window,
+        source: dict[Labels, SeriesData],
+        stale: int,
+        target: dict[Labels, SeriesData],
+    ) -> _TaskResult:
+        result = _TaskResult(window.index, stale_skipped=stale)
+        expected_keys = set(view.expected.values())
+        result.series = len(source)
+        result.source_samples = sum(d.count for d in source.values())
+        for key in sorted(expected_keys | (target.keys() - self.all_expected)):
+            src = source.get(key)
+            tgt = target.get(key)
+            if tgt is not None:
+                result.target_samples += tgt.count
+                if key in expected_keys:
+                    result.seen_on_target.add(key)
+            if src is None and tgt is None:
+                continue
+            if key not in expected_keys:
+                kind = "extra"
+            elif tgt is None:
+                kind = "missing"
+            else:
+                kind = "mismatch"
+                if src is not None and src.count == tgt.count and src.digest() == tgt.digest():
+                    continue
+            diff = first_difference(src or EMPTY, tgt or EMPTY)
+            assert diff is not None
+            result.rows.append(
+                {
+                    "kind": kind,
+                    "series": series_text(key),
+                    "window": window.index,
+                    "window_start": iso_ms(window.start_ms),
+                    "windows": 1,
+                    "source_count": src.count if src else 0,
+                    "target_count": tgt.count if tgt else 0,
+                    "source_first_ts": src.first_ts() if src else None,
+                    "target_first_ts": tgt.first_ts() if tgt else None,
+                    "source_last_ts": src.last_ts() if src else None,
+                    "target_last_ts": tgt.last_ts() if tgt else None,
+                    "first_diff_ts": diff[0],
+                    "first_diff": _describe(diff),
+                    "source_value": diff[1],
+                    "target_value": diff[2],
+                    "_key": key,
+                }
+            )
+        return result
+
+
+def _merge_into(result: _TaskResult, part: _TaskResult) -> None:
+    result.series += part.series
+    result.source_samples += part.source_samples
+    result.target_samples += part.target_samples
+    result.stale_skipped += part.stale_skipped
+    result.seen_on_target |= part.seen_on_target
+    result.rows.extend(part.rows)
+
+
+def _bounded_map(fn: Callable[[Any], _TaskResult], items: Iterable[Any], concurrency: int) -> Iterator[_TaskResult]:
+    """Run fn over items with at most 2 × concurrency submitted at once (bounded memory); any order."""
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="verify") as pool:
+        pending: set[Future[_TaskResult]] = set()
+        try:
+            for item in items:
+                if len(pending) >= 2 * concurrency:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        yield f.result()
+                pending.add(pool.submit(fn, item))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def verify(
+    source: SourceSettings,
+    target: TargetSettings,
+    spec: MigrationSpec,
+    plan: Plan | None = None,
+    *,
+    window_ms: int | None = None,
+    sample_fraction: float = 1.0,
+    seed: int = 0,
+    concurrency: int = 4,
+    ignore_labels: Iterable[str] = DEFAULT_IGNORE_LABELS,
+    migration_id: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> VerificationReport:
+    """Compare source and target over the spec's range; never raises for differences (see ``.ok``).
+
+    ``plan``: the migration's saved plan (its batches are reused); None discovers the series again.
+    ``window_ms``: comparison window (default: the plan's/spec's window). ``sample_fraction`` < 1 checks
+    that deterministic share of the series (by a hash of their labels and ``seed``), in every window.
+    """
+    if not 0.0 < sample_fraction <= 1.0:
+        raise ConfigError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
+    if concurrency < 1:
+        raise ConfigError("concurrency must be at least 1")
+    if not target.promql_base:
+        raise ConfigError(
+            "verification reads the target through its query API, but the target has no query_url",
+            hint="set the target's query_url (Thanos Query: https://HOST:10902), e.g. --target-query-url",
+        )
+    t0 = time.monotonic()
+    migration_id = migration_id or (plan.migration_id if plan else spec.resolved_id(source.read_url, target.write_url))
+    if plan is None:
+        from m3migrate.migration import build_plan
+
+        plan = build_plan(source, spec, migration_id)
+    windows = make_windows(plan.start_ms, plan.end_ms, window_ms or plan.window_ms)
+    relabeler = spec.relabeler()
+    ignore = frozenset(ignore_labels)
+    source_label = (spec.source_label_name, spec.source_label_value) if spec.source_label_value else None
+    params = {"partial_response": "false", "max_source_resolution": "0s"}
+    headers = {target.tenant_header: target.tenant} if target.tenant else None
+    with (
+        RemoteReadClient(source, max_connections=max(16, concurrency)) as reader,
+        PromQLClient(target.promql_base, target, extra_params=params, extra_headers=headers) as query,
+    ):
+        verifier = _Verifier(reader, query, relabeler, ignore, set(), source_label)
+        all_expected: set[Labels] = set()
+        for batch in plan.batches:
+            for labels in batch.series:
+                out = relabeler(labels)
+                if out is not None:
+                    all_expected.add(verifier.target_key(out))
+        verifier.all_expected = all_expected
+        views = [v for v in (verifier.view(b, sample_fraction, seed) for b in plan.batches) if v is not None]
+        series_checked = len({k for v in views for k in v.expected.values()})
+        tasks = [(view, window) for window in windows for view in views]
+        per_window = {w.index: _TaskResult(w.index) for w in windows}
+        log.info(
+            "verifying %d of %d series over %d windows (%d tasks) against %s",
+            series_checked,
+            len(all_expected),
+            len(windows),
+            len(tasks),
+            redact_url(target.promql_base),
+        )
+        for done, part in enumerate(_bounded_map(lambda item: verifier.check(*item), tasks, concurrency), 1):
+            _merge_into(per_window[part.window], part)
+            if on_progress:
+                on_progress(done, len(tasks))
+    seen_on_target: set[Labels] = set()
+    rows: list[dict[str, Any]] = []
+    for r in per_window.values():
+        seen_on_target |= r.seen_on_target
+        rows.extend(r.rows)
+    problems, per_window_counts = _problems_frame(rows, seen_on_target)
+    window_frame = _windows_frame(windows, per_window, per_window_counts)
+    mismatches = problems[problems["kind"] == "mismatch"]
+    totals = {
+        "series_total": len(all_expected),
+        "series_checked": series_checked,
+        "sample_fraction": sample_fraction,
+        "windows": len(windows),
+        "batches": len(views),
+        "samples_source": int(window_frame["source_samples"].sum()),
+        "samples_target": int(window_frame["target_samples"].sum()),
+        "stale_markers_skipped": int(window_frame["stale_markers_skipped"].sum()),
+        "mismatches": len(mismatches),
+        "mismatched_series": int(mismatches["series"].nunique()),
+        "missing": int((problems["kind"] == "missing").sum()),
+        "extra": int((problems["kind"] == "extra").sum()),
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    return VerificationReport(totals, window_frame, problems, migration_id=migration_id)
+
+
+def _problems_frame(
+    rows: list[dict[str, Any]], seen_on_target: set[Labels]
+) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """One row per mismatching series × window, one per missing or extra series (all its windows);
+    and, per kind, the number of problem series per window."""
+    if not rows:
+        empty = pd.Series(dtype="int64")
+        return _typed(pd.DataFrame(columns=PROBLEM_COLUMNS)), dict.fromkeys(KINDS, empty)
+    df = pd.DataFrame(rows)
+    df = df.drop_duplicates(subset=["kind", "series", "window"])  # an extra seen by two batches of one metric
+    # A series absent from some windows but present in others is damaged, not missing.
+    partly = (df["kind"] == "missing") & df["_key"].map(lambda k: k in seen_on_target)
+    df.loc[partly, "kind"] = "mismatch"
+    counts = {kind: df[df["kind"] == kind].groupby("window").size() for kind in KINDS}
+    df = df.sort_values(["kind", "series", "window"], kind="stable")
+    per_window = df[df["kind"] == "mismatch"]
+    whole = df[df["kind"] != "mismatch"]
+    if not whole.empty:
+        whole = (
+            whole.groupby(["kind", "series"], sort=True)
+            .agg(
+                window=("window", "first"),
+                window_start=("window_start", "first"),
+                windows=("windows", "sum"),
+                source_count=("source_count", "sum"),
+                target_count=("target_count", "sum"),
+                source_first_ts=("source_first_ts", "first"),
+                target_first_ts=("target_first_ts", "first"),
+                source_last_ts=("source_last_ts", "last"),
+                target_last_ts=("target_last_ts", "last"),
+                first_diff_ts=("first_diff_ts", "first"),
+                first_diff=("first_diff", "first"),
+                source_value=("source_value", "first"),
+                target_value=("target_value", "first"),
+            )
+            .reset_index()
+        )
+        whole["first_diff"] = np.where(whole["kind"] == "missing", "series missing on target", "series only on target")
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    df = pd.concat([whole, per_window], ignore_index=True)[PROBLEM_COLUMNS]
+    df = df.sort_values(["kind", "series", "window"], key=lambda s: s.map(order) if s.name == "kind" else s)
+    return _typed(df.reset_index(drop=True)), counts
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    ints = ["window", "windows", "source_count", "target_count"]
+    nullable = ["source_first_ts", "target_first_ts", "source_last_ts", "target_last_ts", "first_diff_ts"]
+    df = df.copy()
+    for c in ints:
+        df[c] = df[c].astype("int64")
+    for c in nullable:
+        df[c] = df[c].astype("Int64")
+    for c in ("source_value", "target_value"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in ("kind", "series", "window_start", "first_diff"):
+        df[c] = df[c].astype("string")
+    return df
+
+
+def _windows_frame(
+    windows: list[Window], per_window: dict[int, _TaskResult], counts: dict[str, pd.Series]
+) -> pd.DataFrame:
+    rows = []
+    for w in windows:
+        r = per_window[w.index]
+        rows.append(
+            {
+                "window": w.index,
+                "start": iso_ms(w.start_ms),
+                "end": iso_ms(w.end_ms),
+                "series": r.series,
+                "source_samples": r.source_samples,
+                "target_samples": r.target_samples,
+                "stale_markers_skipped": r.stale_skipped,
+                "mismatches": int(counts["mismatch"].get(w.index, 0)),
+                "missing": int(counts["missing"].get(w.index, 0)),
+                "extra": int(counts["extra"].get(w.index, 0)),
+            }
+        )
+    return pd.DataFrame(rows, columns=WINDOW_COLUMNS)
