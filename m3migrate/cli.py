@@ -471,6 +471,45 @@ def _parse_instant(text: str) -> datetime:
 
 
 @app.command()
+def serve(
+    source_block: Annotated[str, typer.Option(help="Saved M3Source block name (prefect block register -m blocks).")],
+    target_block: Annotated[str, typer.Option(help="Saved ThanosTarget block name.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML/TOML file whose `migration` section is the default spec.")
+    ] = None,
+    replicate_every: Annotated[str, typer.Option(help="Replication schedule interval, e.g. 5m.")] = "5m",
+    replicate_active: Annotated[
+        bool, typer.Option(help="Start with the replication schedule on (default: paused until migrated).")
+    ] = False,
+) -> None:
+    """Serve the wizard's deployments (migrate, replicate, verify) for the Prefect UI, from this process."""
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import wizard_deployments
+    from m3migrate.spec import MigrationSpec
+
+    try:
+        spec = None
+        if config:
+            data = load_config_file(config).get("migration")
+            spec = MigrationSpec.model_validate(data) if data else None
+        deployments = wizard_deployments(
+            source_block,
+            target_block,
+            spec,
+            replicate_every_seconds=_minutes(replicate_every) * 60,
+            replicate_active=replicate_active,
+        )
+    except ValidationError as exc:
+        console.print(f"[red]{format_validation_error(exc, 'migration settings')}[/red]")
+        raise typer.Exit(EXIT_CONFIG) from None
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    prefect_serve(*deployments)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     from m3migrate import __version__

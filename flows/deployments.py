@@ -1,0 +1,70 @@
+"""The wizard's deployments, as a data engineer triggers them from the Prefect UI.
+
+`m3migrate serve` serves them from this process (no work pool needed); `prefect deploy --all` reads the
+same set from prefect.yaml for a process work pool. Default parameters reference saved blocks by slug
+(`{"$ref": {"block_document_slug": ...}}`), so secrets stay in the blocks and never in a deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.deployments.runner import RunnerDeployment
+
+from blocks import M3Source, ThanosTarget
+from flows.migrate import migrate
+from flows.replicate import DEFAULT_LAG_MINUTES, replicate
+from flows.verify import verify_flow
+from m3migrate.spec import MigrationSpec
+
+REPLICATE_EVERY_SECONDS = 300
+
+
+def block_ref(block_type: type, name: str) -> dict[str, Any]:
+    """A parameter value Prefect resolves to the saved block when a run starts."""
+    return {"$ref": {"block_document_slug": f"{block_type.get_block_type_slug()}/{name}"}}
+
+
+def wizard_deployments(
+    source_block: str,
+    target_block: str,
+    spec: MigrationSpec | None,
+    *,
+    replicate_every_seconds: int = REPLICATE_EVERY_SECONDS,
+    replicate_active: bool = False,
+    lag_minutes: int = DEFAULT_LAG_MINUTES,
+) -> list[RunnerDeployment]:
+    """migrate, replicate (interval schedule, paused until the migration has finished) and verify."""
+    params: dict[str, Any] = {
+        "source": block_ref(M3Source, source_block),
+        "target": block_ref(ThanosTarget, target_block),
+    }
+    if spec is not None:
+        params["spec"] = spec.model_dump(mode="json", exclude_none=True)
+    # Prefect's check of deployment defaults rejects block references ($ref) under a strict schema;
+    # the flows validate their parameters themselves when a run starts (blocks and spec are pydantic).
+    common: dict[str, Any] = {"tags": ["m3migrate"], "enforce_parameter_schema": False}
+    return [
+        migrate.to_deployment(
+            "migrate",
+            parameters=params,
+            **common,
+            concurrency_limit=1,
+            description="Step 3: copy history; rerun to resume, start_over to rewrite.",
+        ),
+        replicate.to_deployment(
+            "replicate",
+            parameters={**params, "lag_minutes": lag_minutes},
+            **common,
+            interval=replicate_every_seconds,
+            paused=not replicate_active,
+            concurrency_limit=1,
+            description="Step 4: one catch-up pass from the watermark to now - lag.",
+        ),
+        verify_flow.to_deployment(
+            "verify",
+            parameters=params,
+            **common,
+            description="Step 5a: compare source and target per series and window.",
+        ),
+    ]

@@ -1,0 +1,80 @@
+"""The served deployments: started from the UI's point of view (the API), with saved blocks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blocks import M3Source, ThanosTarget
+from m3migrate.sandbox.compare import diff, read_all, with_label
+
+pytestmark = [pytest.mark.servers, pytest.mark.prefect]
+ROOT = Path(__file__).parents[1]
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
+    prefect_api, source_history, prometheus_target, tmp_path
+):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    target = prometheus_target()
+    src = source_history.server.url
+    M3Source(read_url=f"{src}/api/v1/read", query_url=src).save("served-source", overwrite=True)
+    ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url).save("served-target", overwrite=True)
+    start, end = source_history.stats.start_ms, source_history.stats.start_ms + 6 * 3_600_000 - 1
+    config = tmp_path / "m.yaml"
+    config.write_text(yaml.safe_dump({"migration": {"migration_id": "served", "start": _iso(start), "end": _iso(end)}}))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT),
+           "M3MIGRATE_STATE_DIR": str(tmp_path / "state")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "m3migrate.cli", "serve", "--source-block", "served-source", "--target-block",
+         "served-target", "--config", str(config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    replicate_dep = client.read_deployment_by_name("replicate/replicate")
+                    client.read_deployment_by_name("verify/verify")
+                    break
+                except Exception:
+                    assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                    assert time.monotonic() < deadline, "serve did not register the deployments"
+                    time.sleep(1)
+            assert replicate_dep.paused is True, "replication waits until the migration has finished"
+            schedules = client.read_deployment_schedules(replicate_dep.id)
+            assert len(schedules) == 1
+            assert schedules[0].schedule.interval.total_seconds() == 300
+            assert replicate_dep.parameters["source"] == {
+                "$ref": {"block_document_slug": "m3migrate-m3-source/served-source"}
+            }
+
+        run = run_deployment("migrate/migrate", timeout=300)
+        assert run.state.is_completed(), run.state
+        expected = with_label(read_all(src, start, end), "_source", "m3db")
+        assert diff(expected, read_all(target.url, start, end)) == []
+
+        checked = run_deployment("verify/verify", timeout=300)
+        assert checked.state.is_completed(), checked.state
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
