@@ -27,6 +27,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosTarget
+from flows.validate import validate
 from m3migrate.errors import ConfigError
 from m3migrate.migration import prepare
 from m3migrate.plan import Plan
@@ -236,12 +237,27 @@ def _iso(ms: int) -> str:
 
 @flow(name="migrate", log_prints=False)
 def migrate(
-    source: M3Source, target: ThanosTarget, spec: MigrationSpec, start_over: bool = False, state_dir: str | None = None
+    source: M3Source,
+    target: ThanosTarget,
+    spec: MigrationSpec,
+    start_over: bool = False,
+    state_dir: str | None = None,
+    skip_validation: bool = False,
 ) -> dict[str, Any]:
-    """Move the spec's history from the M3 source into the Thanos target; rerun to resume."""
+    """Move the spec's history from the M3 source into the Thanos target; rerun to resume.
+
+    The validation flow runs first (a failing check stops the migration before any data moves) unless
+    skip_validation is set.
+    """
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
     state = MigrationState(state_root, spec.resolved_id(source.read_url, target.write_url))
+    if skip_validation:
+        logger.warning("validation skipped (skip_validation=True)")
+    else:
+        # Resuming: probe at the saved front, the oldest instant this run still writes.
+        front = None if start_over else state.load_progress().front_end_ms
+        validate(source, target, spec, probe_at_ms=front)
     with state.lock():
         plan = plan_migration(source, spec, state, start_over)
         summary = run_transfer(source, target, spec, state, "migrate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -348,22 +349,64 @@ def step_command(fn: Callable[..., None]) -> Callable[..., None]:
 
 @app.command()
 @step_command
+def validate(
+    inputs: Inputs,
+    report: Annotated[Path | None, typer.Option(help="Also write the report as JSON to this file.")] = None,
+    clock_skew_threshold: Annotated[
+        float, typer.Option(help="Seconds of clock difference that make a warning.")
+    ] = 30.0,
+) -> None:
+    """Check source, target and spec before any data moves; exit 1 if a check fails. Writes only the probe."""
+    from flows.validate import validate as validate_flow
+    from m3migrate.cli_validate import print_report
+    from m3migrate.validate import ValidationFailed
+
+    try:
+        result = validate_flow(inputs.source, inputs.target, inputs.spec, clock_skew_threshold_s=clock_skew_threshold)
+    except ValidationFailed as exc:
+        result = exc.report
+    print_report(result)
+    if report:
+        report.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if result.get("result") == "fail":
+        console.print("[red]validation failed:[/red] fix each FAIL as its 'fix' column says, then rerun")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+@step_command
 def migrate(
     inputs: Inputs,
     start_over: Annotated[
         bool, typer.Option("--start-over", help="Forget progress and rewrite from the start.")
     ] = False,
+    skip_validation: Annotated[
+        bool, typer.Option("--skip-validation", help="Do not run the validation checks first.")
+    ] = False,
 ) -> None:
     """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
     from flows.migrate import PROGRESS_LISTENERS
     from flows.migrate import migrate as migrate_flow
+    from m3migrate.cli_validate import print_report
+    from m3migrate.validate import ValidationFailed
 
     progress, listener = _progress_bar()
     try:
         with progress:
             summary = migrate_flow(
-                inputs.source, inputs.target, inputs.spec, start_over=start_over, state_dir=inputs.state_dir
+                inputs.source,
+                inputs.target,
+                inputs.spec,
+                start_over=start_over,
+                state_dir=inputs.state_dir,
+                skip_validation=skip_validation,
             )
+    except ValidationFailed as exc:
+        print_report(exc.report)
+        console.print(
+            "[red]validation failed:[/red] nothing was migrated; fix each FAIL and rerun (or --skip-validation)"
+        )
+        raise typer.Exit(EXIT_FAILED) from None
     finally:
         PROGRESS_LISTENERS.remove(listener)
     _print_summary(summary)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from m3migrate.codec import Matcher
 from m3migrate.config import SourceSettings
 from m3migrate.remote_read import RemoteReadClient
+from m3migrate.validate import PROBE_METRIC
 
 Labels = tuple[tuple[str, str], ...]
 Samples = list[tuple[int, int]]  # (timestamp ms, IEEE-754 bits of the value)
@@ -21,7 +22,9 @@ def bits(value: float) -> int:
 def read_all(
     base_url: str, start_ms: int, end_ms: int, matchers: Iterable[Matcher] = ALL, chunk_ms: int = 86_400_000, **settings
 ) -> dict[Labels, Samples]:
-    """Every series and sample of a Prometheus (remote read at /api/v1/read) in [start, end]."""
+    """Every series and sample of a Prometheus (remote read at /api/v1/read) in [start, end].
+
+    Validation's probe series (the one write outside the migrated data) is left out."""
     out: dict[Labels, Samples] = {}
     with RemoteReadClient(SourceSettings(read_url=f"{base_url}/api/v1/read", **settings)) as client:
         a = start_ms
@@ -29,6 +32,8 @@ def read_all(
             b = min(a + chunk_ms - 1, end_ms)
             for ts in client.read(list(matchers), a, b).timeseries:
                 key = tuple(sorted((label.name, label.value) for label in ts.labels))
+                if ("__name__", PROBE_METRIC) in key:
+                    continue
                 out.setdefault(key, []).extend((s.timestamp, bits(s.value)) for s in ts.samples)
             a = b + 1
     return out

@@ -1,0 +1,941 @@
+"""Pre-flight validation: check source, target and spec before any data moves.
+
+Each check is a plain function ``check_xxx(inp: ValidationInput) -> CheckResult`` (no Prefect here, so
+the engine is testable on its own); the flow in ``flows/validate.py`` runs each as a task. A check never
+raises for a problem it is meant to find: it returns status ``fail`` (blocks the migration) or ``warn``
+(does not), what it observed, and the exact flag, header or setting that fixes it. Problems that may go
+away on their own (connection refused, 5xx, timeouts) are marked ``transient`` so the task retries them.
+
+The only thing validation ever writes is ONE probe sample (see :func:`probe_labels` and
+docs/validation.md): series ``m3migrate_probe{_source="m3db",migration_id="<id>"}``, value 0, at exactly the
+migration's start time. That is the oldest instant the migration will write, so the probe cannot move a
+fresh head's clock past the history (a "recent" probe would make all history out of bounds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+
+from m3migrate.codec import Matcher, encode_labels, frame_series, single_request
+from m3migrate.config import SourceSettings, TargetSettings, origin, redact_url
+from m3migrate.errors import (
+    AuthError,
+    ConfigError,
+    EndpointError,
+    EndpointNotFound,
+    M3MigrateError,
+    MalformedResponse,
+    RejectReason,
+    SourceLimitExceeded,
+    TlsError,
+    TransientError,
+    WriteRejected,
+)
+from m3migrate.http import RetryPolicy, build_client
+from m3migrate.m3admin import M3AdminClient, M3Namespace
+from m3migrate.prompb import TimeSeries
+from m3migrate.promql import PromQLClient
+from m3migrate.remote_read import RemoteReadClient
+from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.spec import MigrationSpec
+
+__all__ = [
+    "CHECKS",
+    "M3_DEFAULT_SERIES_LIMIT",
+    "PROBE_METRIC",
+    "CheckResult",
+    "Status",
+    "ValidationFailed",
+    "ValidationInput",
+    "ValidationReport",
+    "check_clock_skew",
+    "check_naming",
+    "check_source_kind",
+    "check_source_limits",
+    "check_source_namespaces",
+    "check_source_promql",
+    "check_source_read",
+    "check_target_query",
+    "check_target_write",
+    "check_volume",
+    "probe_labels",
+    "run_all",
+]
+
+Status = Literal["pass", "warn", "fail"]
+PROBE_METRIC = "m3migrate_probe"
+M3_DEFAULT_SERIES_LIMIT = 100_000
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# One attempt per call: the Prefect task retries transient failures, so a dead endpoint fails fast.
+ONE_TRY = RetryPolicy(attempts=1, timeout_seconds=30)
+STATUS_ORDER = {"fail": 0, "warn": 1, "pass": 2}
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: status, what was observed, and how to fix it."""
+
+    name: str
+    status: Status
+    observed: str
+    fix: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transient(self) -> bool:
+        return bool(self.details.get("transient"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "observed": self.observed,
+            "fix": self.fix,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        return cls(data["name"], data["status"], data["observed"], data.get("fix", ""), dict(data.get("details", {})))
+
+
+@dataclass
+class ValidationReport:
+    """All check results of one validation run."""
+
+    checks: list[CheckResult]
+    migration_id: str = ""
+    created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == "fail" for c in self.checks)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c.status == s for c in self.checks) for s in ("pass", "warn", "fail")}
+
+    def get(self, name: str) -> CheckResult:
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "migration_id": self.migration_id,
+            "created": self.created,
+            "result": "fail" if self.failed else "pass",
+            "counts": self.counts,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        return cls(
+            [CheckResult.from_dict(c) for c in data["checks"]], data.get("migration_id", ""), data.get("created", "")
+        )
+
+    def to_markdown(self) -> str:
+        c = self.counts
+        lines = [
+            f"# Validation of migration {self.migration_id}",
+            "",
+            f"**{'FAILED' if self.failed else 'PASSED'}**: {c['pass']} pass, {c['warn']} warn, {c['fail']} fail. "
+            "Fix every fail (and read every warn), then rerun the validation.",
+            "",
+            "| status | check | observed | fix |",
+            "|---|---|---|---|",
+        ]
+        for check in self.checks:
+            lines.append(f"| {check.status.upper()} | {check.name} | {_md(check.observed)} | {_md(check.fix) or '-'} |")
+        return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+class ValidationFailed(M3MigrateError):
+    """At least one check failed; ``report`` is the JSON-able report (``ValidationReport.to_dict()``)."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint="fix the failed checks (see the report) and rerun")
+        self.report = report or {}
+
+    def __reduce__(self):  # picklable for Prefect's state storage
+        return (type(self), (self.args[0], self.report))
+
+
+@dataclass(frozen=True)
+class ValidationInput:
+    """What every check gets."""
+
+    source: SourceSettings
+    target: TargetSettings
+    spec: MigrationSpec
+    clock_skew_threshold_s: float = 30.0
+    probe_at_ms: int | None = None  # a resumed migration: its saved front, the oldest point it still writes
+
+    @property
+    def migration_id(self) -> str:
+        return self.spec.resolved_id(self.source.read_url, self.target.write_url)
+
+    @property
+    def probe_ms(self) -> int:
+        """When the probe sample is written: the oldest instant the migration (still) writes."""
+        if self.probe_at_ms is None:
+            return self.spec.start_ms
+        return min(max(self.probe_at_ms, self.spec.start_ms), self.spec.end_ms)
+
+
+def probe_labels(migration_id: str) -> tuple[tuple[str, str], ...]:
+    """The probe series' labels, sorted: ``m3migrate_probe{_source="m3db",migration_id="<id>"}``."""
+    return (("__name__", PROBE_METRIC), ("_source", "m3db"), ("migration_id", migration_id))
+
+
+# -- error -> result --------------------------------------------------------------------------------
+
+
+def _flags(side: str) -> dict[str, str]:
+    return {
+        "user": f"--{side}-user and M3MIGRATE_{side.upper()}_PASSWORD (or --{side}-bearer-token / "
+        f"M3MIGRATE_{side.upper()}_BEARER_TOKEN)",
+        "tls": f"--{side}-ca-file (the CA that signed the server certificate), https:// vs http:// in the URL, "
+        f"or --{side}-cert-file/--{side}-key-file for mutual TLS",
+    }
+
+
+def failure(name: str, exc: Exception, *, side: str, url_flag: str, what: str) -> CheckResult:
+    """A fail result naming the cause of ``exc`` and the flag that fixes it."""
+    flags = _flags(side)
+    details: dict[str, Any] = {"error": type(exc).__name__}
+    status = getattr(exc, "status", None)
+    if status is not None:
+        details["http_status"] = status
+    endpoint = getattr(exc, "endpoint", "")
+    where = f" ({endpoint})" if endpoint else ""
+    if isinstance(exc, AuthError):
+        if status == 403:
+            observed = f"{what}: HTTP 403 Forbidden{where}: the credentials were accepted but are not allowed"
+            fix = f"grant this user read{'/write' if side == 'target' else ''} access, or use other credentials via "
+            fix += flags["user"]
+        else:
+            observed = f"{what}: HTTP 401 Unauthorized{where}: credentials missing or wrong"
+            fix = f"set the right credentials: {flags['user']}"
+    elif isinstance(exc, TlsError):
+        observed = f"{what}: TLS handshake failed{where}: {exc.args[0] if exc.args else exc}"
+        fix = f"check {flags['tls']}"
+    elif isinstance(exc, EndpointNotFound):
+        observed = f"{what}: HTTP 404 Not Found{where}"
+        fix = (
+            f"fix the path in {url_flag} (M3: /api/v1/prom/remote/read, Prometheus: /api/v1/read)"
+            if side == "source"
+            else f"fix the path in {url_flag} (Thanos Receive: /api/v1/receive; Prometheus: /api/v1/write "
+            "with --web.enable-remote-write-receiver; VictoriaMetrics: /api/v1/write)"
+        )
+    elif isinstance(exc, TransientError):
+        details["transient"] = True
+        observed = f"{what}: unreachable or failing{where}: {exc.args[0] if exc.args else exc}"
+        fix = f"check host and port in {url_flag}, that the server runs and that this machine can reach it"
+    elif isinstance(exc, SourceLimitExceeded):
+        observed = f"{what}: refused by a source limit{where}: {exc.body or exc.args[0]}"
+        fix = _LIMIT_FIX
+    elif isinstance(exc, MalformedResponse):
+        observed = f"{what}: answer is not what the protocol promises{where}: {exc.args[0]}"
+        fix = f"check that {url_flag} points at the API itself, not at a UI, proxy or login page"
+    elif isinstance(exc, EndpointError) and "http request to an https server" in (exc.body or "").lower():
+        observed = f"{what}: plain HTTP sent to an HTTPS port{where}"
+        fix = f"use https:// in {url_flag} (and {flags['tls']})"
+    elif isinstance(exc, EndpointError):
+        observed = f"{what}: {exc}"
+        fix = f"check {url_flag} and the server's log"
+    elif isinstance(exc, ConfigError):
+        observed = f"{what}: {exc}"
+        fix = exc.hint or "fix the configuration"
+    else:
+        observed = f"{what}: {type(exc).__name__}: {exc}"
+        fix = f"check {url_flag}"
+    return CheckResult(name, "fail", observed, fix, details)
+
+
+_LIMIT_FIX = (
+    "raise the source's series limit: send header M3-Limit-Max-Series (config source.limit_max_series, or "
+    "--source-header M3-Limit-Max-Series=N) or raise limits.perQuery.maxFetchedSeries in the M3 Coordinator "
+    "config; or lower batch_max_series / source.max_series_per_query (Prometheus source: "
+    "--storage.remote.read-sample-limit)"
+)
+
+_ERRORS = (EndpointError, ConfigError, httpx.HTTPError, OSError)
+
+
+# -- source ------------------------------------------------------------------------------------------
+
+
+def _probe_matchers(migration_id: str) -> list[Matcher]:
+    return [Matcher("__name__", "=", PROBE_METRIC), Matcher("migration_id", "=", migration_id)]
+
+
+def check_source_read(inp: ValidationInput) -> CheckResult:
+    """Remote read answers a small probe query (matches nothing) with well-formed snappy protobuf."""
+    name = "source remote read"
+    src = inp.source
+    start = inp.spec.start_ms
+    try:
+        with RemoteReadClient(src, retry=ONE_TRY) as reader:
+            t0 = time.monotonic()
+            result = reader.read(_probe_matchers(inp.migration_id), start, min(start + 60_000, inp.spec.end_ms))
+            ms = (time.monotonic() - t0) * 1000
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-read-url", what="remote read probe")
+    return CheckResult(
+        name,
+        "pass",
+        f"{redact_url(src.read_url)} answered the probe with a well-formed snappy protobuf ReadResponse "
+        f"({len(result.timeseries)} series) in {ms:.0f} ms; TLS and credentials accepted",
+        details={"latency_ms": round(ms, 1)},
+    )
+
+
+def check_source_promql(inp: ValidationInput) -> CheckResult:
+    """The PromQL API (series discovery) answers."""
+    name = "source PromQL API"
+    src = inp.source
+    try:
+        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
+            answer = promql.query("vector(1)", inp.spec.end_ms)
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-query-url", what="PromQL query")
+    return CheckResult(
+        name, "pass", f"{redact_url(src.promql_base)}/api/v1/query answered ({answer.result_type or 'ok'})"
+    )
+
+
+def _admin(src: SourceSettings) -> M3AdminClient:
+    return M3AdminClient(src.admin_base, src, retry=ONE_TRY)
+
+
+def _ns_text(ns: M3Namespace) -> str:
+    kind = f"aggregated {ns.storage_policy}" if ns.aggregated else f"unaggregated, retention {_dur(ns.retention_ms)}"
+    state = "ready" if ns.ready else f"NOT READY ({ns.staging_status})"
+    return f"{ns.name} ({kind}, {state})"
+
+
+def _dur(ms: int) -> str:
+    if ms % DAY_MS == 0:
+        return f"{ms // DAY_MS}d"
+    if ms % HOUR_MS == 0:
+        return f"{ms // HOUR_MS}h"
+    return f"{ms // 60_000}m" if ms % 60_000 == 0 else f"{ms / 1000:g}s"
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_source_kind(inp: ValidationInput) -> CheckResult:
+    """M3 Coordinator or a plain Prometheus-compatible store; for M3 the namespaces and their state."""
+    name = "source kind"
+    try:
+        with _admin(inp.source) as admin:
+            kind = admin.detect()
+            namespaces = admin.namespaces() if kind == "m3" else None
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-query-url", what="source detection")
+    if kind == "prometheus":
+        return CheckResult(
+            name,
+            "pass",
+            "a Prometheus-compatible store (buildinfo answered; no M3 namespace API)",
+            details={"kind": kind},
+        )
+    if kind == "unknown":
+        return CheckResult(
+            name,
+            "warn",
+            "neither an M3 Coordinator (no namespace API) nor a Prometheus (no buildinfo)",
+            "set --source-query-url to the coordinator's origin (https://HOST:7201) or the Prometheus base URL; "
+            "namespace checks are skipped",
+            {"kind": kind},
+        )
+    nss = namespaces or []
+    listed = "; ".join(_ns_text(ns) for ns in nss) or "none"
+    details = {
+        "kind": kind,
+        "namespaces": [
+            {
+                "name": ns.name,
+                "aggregated": ns.aggregated,
+                "resolution_ms": ns.resolution_ms,
+                "retention_ms": ns.retention_ms,
+                "ready": ns.ready,
+                "storage_policy": ns.storage_policy,
+            }
+            for ns in nss
+        ],
+    }
+    not_ready = [ns.name for ns in nss if not ns.ready]
+    if not nss:
+        return CheckResult(
+            name,
+            "fail",
+            "an M3 Coordinator without namespaces: it holds no data",
+            "point --source-query-url at the coordinator of the cluster that holds the data",
+            details,
+        )
+    if not_ready:
+        return CheckResult(
+            name,
+            "warn",
+            f"an M3 Coordinator; namespaces: {listed}",
+            f"namespaces {', '.join(not_ready)} are not READY and are not read: wait for them "
+            "(GET /api/v1/services/m3db/namespace/ready) or ignore if they hold nothing needed",
+            details,
+        )
+    return CheckResult(name, "pass", f"an M3 Coordinator; namespaces: {listed}", details=details)
+
+
+def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) -> CheckResult:
+    """Which namespace serves the range: downsampling, the pinned policy, and what retention makes empty."""
+    name = "source namespaces"
+    src, spec = inp.source, inp.spec
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    try:
+        with _admin(src) as admin:
+            namespaces = admin.namespaces()
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-query-url", what="M3 namespaces")
+    if namespaces is None:
+        return CheckResult(name, "pass", "not an M3 Coordinator: no namespaces, data is read as stored")
+    ready = [ns for ns in namespaces if ns.ready]
+    unagg = [ns for ns in ready if not ns.aggregated]
+    agg = [ns for ns in ready if ns.aggregated]
+    policies = ", ".join(ns.storage_policy or "" for ns in agg) or "none"
+    if src.storage_policy:
+        try:
+            pinned = [ns for ns in agg if ns.matches_policy(src.storage_policy)]
+        except ConfigError as exc:
+            return CheckResult(name, "fail", str(exc), exc.hint)
+        if not pinned:
+            return CheckResult(
+                name,
+                "fail",
+                f"the pinned storage policy {src.storage_policy} matches no READY aggregated namespace "
+                f"(available: {policies}); M3 would answer 400 'could not find namespace for storage policy'",
+                f"set --source-storage-policy to one of: {policies}, or drop it (and --source-metrics-type) "
+                "to let M3 choose",
+                {"available_policies": [ns.storage_policy for ns in agg]},
+            )
+        serving = pinned[0]
+    elif src.metrics_type == "aggregated":
+        return CheckResult(
+            name,
+            "fail",
+            "M3-Metrics-Type aggregated without a storage policy",
+            f"set --source-storage-policy to one of: {policies}",
+        )
+    elif src.metrics_type == "unaggregated" or unagg:
+        if not unagg:
+            return CheckResult(
+                name,
+                "fail",
+                "no READY unaggregated namespace, but unaggregated reads are pinned",
+                f"drop --source-metrics-type or pin an aggregated one: {policies}",
+            )
+        serving = unagg[0]
+        cutoff = now_ms - serving.retention_ms
+        if src.metrics_type is None and spec.start_ms < cutoff and agg:
+            return CheckResult(
+                name,
+                "warn",
+                f"the range starts {_iso(spec.start_ms)}, before the unaggregated retention "
+                f"({_dur(serving.retention_ms)}, from {_iso(cutoff)}): M3 reads the WHOLE range from an "
+                f"aggregated namespace ({policies}), i.e. downsampled data",
+                f"to read raw data narrow --start to {_iso(cutoff)} or later and migrate older data in a second run "
+                f"pinned with --source-metrics-type aggregated --source-storage-policy <one of {policies}>; or pin "
+                "--source-metrics-type unaggregated (older part then comes back empty)",
+                {"unaggregated_cutoff": _iso(cutoff)},
+            )
+    else:
+        serving = max(agg, key=lambda ns: ns.retention_ms) if agg else None
+        if serving is None:
+            return CheckResult(name, "fail", "no READY namespace", "wait for the namespaces to become READY")
+    cutoff = now_ms - serving.retention_ms
+    what = _ns_text(serving)
+    if spec.start_ms < cutoff:
+        empty_to = min(cutoff, spec.end_ms)
+        return CheckResult(
+            name,
+            "warn",
+            f"reads come from {what}; its retention leaves {_iso(spec.start_ms)} .. {_iso(empty_to)} empty",
+            f"narrow --start to {_iso(cutoff)} or later, or pin a namespace with a longer retention "
+            f"(--source-metrics-type aggregated --source-storage-policy <one of {policies}>)",
+            {"empty_until": _iso(empty_to)},
+        )
+    return CheckResult(name, "pass", f"the whole range is read from {what}")
+
+
+def _sample_series(promql: PromQLClient, spec: MigrationSpec, slice_ms: int = HOUR_MS) -> list[dict[str, str]]:
+    """The series of the spec's selectors in the last ``slice_ms`` of the range."""
+    start = max(spec.start_ms, spec.end_ms - slice_ms)
+    return promql.series(list(spec.match), start, spec.end_ms)
+
+
+def check_source_limits(inp: ValidationInput) -> CheckResult:
+    """Series per batch against the source's series limit; a limit that refuses the probe is a fail."""
+    name = "source limits"
+    src, spec = inp.source, inp.spec
+    limit = src.limit_max_series or M3_DEFAULT_SERIES_LIMIT
+    per_batch = min(spec.batch_max_series, src.max_series_per_query)
+    try:
+        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
+            series = _sample_series(promql, spec)
+        with RemoteReadClient(src, retry=ONE_TRY) as reader:
+            matchers = [Matcher("__name__", "=", series[0]["__name__"])] if series else _probe_matchers("x")
+            reader.read(matchers, max(spec.start_ms, spec.end_ms - 5 * 60_000), spec.end_ms)
+    except SourceLimitExceeded as exc:
+        return CheckResult(
+            name,
+            "fail",
+            f"the source refused a probe query as over its limit: {exc.body or exc.args[0]} "
+            f"(limit header sent: {src.limit_max_series or 'none, M3 default 100000'})",
+            _LIMIT_FIX,
+            {"http_status": exc.status},
+        )
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-query-url", what="series probe")
+    details = {"series_last_hour": len(series), "series_per_batch": per_batch, "series_limit": limit}
+    if per_batch > limit:
+        return CheckResult(
+            name,
+            "fail",
+            f"batches of up to {per_batch} series exceed the source's series limit {limit}",
+            f"lower batch_max_series / source.max_series_per_query to {limit} or less, or raise the limit "
+            f"with header M3-Limit-Max-Series (source.limit_max_series)",
+            details,
+        )
+    return CheckResult(
+        name,
+        "pass",
+        f"{len(series)} series in the last hour of the range; batches of at most {per_batch} series "
+        f"stay under the series limit {limit}{'' if src.limit_max_series else ' (M3 default)'}",
+        details=details,
+    )
+
+
+# -- target ------------------------------------------------------------------------------------------
+
+
+def _prom_duration_ms(text: str) -> int | None:
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS, "y": 365 * DAY_MS}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def _target_ooo_window_ms(target: TargetSettings) -> int | None:
+    """The out-of-order window of a Prometheus target (from its config), None when unknown."""
+    if not target.promql_base:
+        return None
+    try:
+        with build_client(target) as client:
+            response = client.get(target.promql_base + "/api/v1/status/config", headers=_tenant(target))
+        yaml_text = response.json()["data"]["yaml"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    m = re.search(r"out_of_order_time_window:\s*(\S+)", yaml_text)
+    return _prom_duration_ms(m.group(1)) if m else 0
+
+
+def _tenant(target: TargetSettings) -> dict[str, str]:
+    return {target.tenant_header: target.tenant} if target.tenant else {}
+
+
+def check_target_write(inp: ValidationInput) -> CheckResult:
+    """Write ONE probe sample at the migration's start (a resumed one: its saved front): is history accepted?"""
+    name = "target write probe"
+    tgt = inp.target
+    labels = probe_labels(inp.migration_id)
+    series = TimeSeries()
+    at_ms = inp.probe_ms
+    series.samples.add(timestamp=at_ms, value=0.0)
+    body = single_request(frame_series(encode_labels(labels), series.SerializeToString()), 1)
+    probe = f'{PROBE_METRIC}{{_source="m3db",migration_id="{inp.migration_id}"}} = 0 @ {_iso(at_ms)}'
+    details: dict[str, Any] = {"probe_series": dict(labels), "probe_timestamp_ms": at_ms}
+    age_days = max(1, math.ceil((time.time() * 1000 - at_ms) / DAY_MS))
+    try:
+        with RemoteWriteClient(tgt, retry=ONE_TRY) as writer:
+            writer.write(body)
+    except WriteRejected as exc:
+        details.update(reasons=sorted(exc.reasons), http_status=exc.status)
+        if RejectReason.OUT_OF_BOUNDS in exc.reasons:
+            return CheckResult(
+                name,
+                "fail",
+                f"the target refused the probe {probe} as OUT OF BOUNDS: it has no out-of-order window and "
+                "already holds samples more than 1h newer than the migration's start, so it accepts no history",
+                f"enable the out-of-order window (Thanos Receive: --tsdb.out-of-order.time-window={age_days}d; "
+                f"Prometheus: storage.tsdb.out_of_order_time_window: {age_days}d) and run with "
+                "--write-mode out_of_order; or write into a fresh tenant (--target-tenant <new name>) that holds "
+                "nothing newer; narrowing --start does not help while the target holds recent data (a resumed "
+                "migration is probed at its saved front by the migrate flow)",
+                details,
+            )
+        if RejectReason.TOO_OLD in exc.reasons:
+            window = _target_ooo_window_ms(tgt)
+            window_text = f" ({_dur(window)})" if window else ""
+            oldest = ""
+            narrow = "later"
+            if window:
+                narrow = f"no earlier than {_iso(int(time.time() * 1000) - window + 10 * 60_000)}"
+                oldest = f"; the oldest start it accepts is about {_iso(int(time.time() * 1000) - window)}"
+            return CheckResult(
+                name,
+                "fail",
+                f"the target refused the probe {probe} as TOO OLD: the start is older than its out-of-order "
+                f"window{window_text}{oldest}",
+                f"widen the out-of-order window to at least {age_days}d (Thanos Receive: "
+                f"--tsdb.out-of-order.time-window={age_days}d; Prometheus: storage.tsdb.out_of_order_time_window: "
+                f"{age_days}d), or narrow the range: --start {narrow}",
+                {**details, "ooo_window_ms": window},
+            )
+        if exc.reasons <= {RejectReason.OUT_OF_ORDER, RejectReason.DUPLICATE}:
+            return CheckResult(
+                name,
+                "warn",
+                f"the probe series already holds a newer sample (an earlier validation with a later start): "
+                f"the probe {probe} is inconclusive ({exc.body})",
+                "use a new --migration-id to probe with a fresh probe series",
+                details,
+            )
+        if exc.status == 400 and tgt.tenant_header.lower() in (exc.body or "").lower():
+            return CheckResult(
+                name,
+                "fail",
+                f"the target refused the tenant header: {exc.body}",
+                f"fix --target-tenant (sent in header {tgt.tenant_header})",
+                details,
+            )
+        return CheckResult(
+            name,
+            "fail",
+            f"the target refused the probe {probe}: {exc.body}",
+            exc.hint or "see the target's log",
+            details,
+        )
+    except _ERRORS as exc:
+        return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write")
+    tenant = f" into tenant {tgt.tenant!r} ({tgt.tenant_header})" if tgt.tenant else ""
+    return CheckResult(
+        name,
+        "pass",
+        f"the target accepted the probe {probe}{tenant}: it accepts samples at the migration's start",
+        details=details,
+    )
+
+
+def check_target_query(inp: ValidationInput) -> CheckResult:
+    """The target's query URL answers (needed to verify and reconcile); its build info when offered."""
+    name = "target query API"
+    tgt = inp.target
+    if not tgt.promql_base:
+        return CheckResult(
+            name,
+            "warn",
+            "no target query URL: the migration cannot verify or reconcile",
+            "set --target-query-url (Thanos Query: https://HOST:10902)",
+        )
+    try:
+        with PromQLClient(tgt.promql_base, tgt, retry=ONE_TRY, extra_headers=_tenant(tgt)) as promql:
+            promql.query("vector(1)")
+            info = promql.build_info()
+    except _ERRORS as exc:
+        return failure(name, exc, side="target", url_flag="--target-query-url", what="target query")
+    version = f"version {info.get('version')}" if info else "no build info offered"
+    return CheckResult(
+        name, "pass", f"{redact_url(tgt.promql_base)} answered ({version})", details={"build_info": info or {}}
+    )
+
+
+# -- naming ------------------------------------------------------------------------------------------
+
+
+def check_naming(inp: ValidationInput) -> CheckResult:
+    """Names that exist in the target without _source="m3db", relabel rules, label-name problems."""
+    name = "naming"
+    src, tgt, spec = inp.source, inp.target, inp.spec
+    try:
+        relabeler = spec.relabeler()
+    except ConfigError as exc:
+        return CheckResult(name, "fail", f"the relabel rules do not compile: {exc}", exc.hint or "fix relabel_rules")
+    try:
+        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
+            series = _sample_series(promql, spec)
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-query-url", what="source series")
+    labelsets = [tuple(sorted(s.items())) for s in series]
+    try:
+        for labels in labelsets:
+            relabeler(labels)
+        collisions = relabeler.find_collisions(labelsets)
+    except ConfigError as exc:
+        return CheckResult(
+            name,
+            "fail",
+            f"relabeling makes invalid series: {exc}",
+            exc.hint or "fix the relabel rules (target_label / replacement)",
+        )
+    if collisions:
+        a, b, out = collisions[0]
+        return CheckResult(
+            name,
+            "fail",
+            f"{len(collisions)}+ pairs of source series become one after relabeling, e.g. {dict(a)} and {dict(b)} "
+            f"-> {dict(out)}",
+            "narrow the rename rule or the --match selectors so distinct series stay distinct",
+        )
+    source_names = sorted({s.get("__name__", "") for s in series} - {""})
+    if not tgt.promql_base:
+        return CheckResult(
+            name,
+            "warn",
+            f"{len(source_names)} source metric names; the target was not checked",
+            "set --target-query-url to find names that clash with data written directly",
+        )
+    try:
+        with PromQLClient(tgt.promql_base, tgt, retry=ONE_TRY, extra_headers=_tenant(tgt)) as tq:
+            direct = set(tq.label_values("__name__", ['{__name__=~".+",_source!="m3db"}']))
+    except _ERRORS as exc:
+        return failure(name, exc, side="target", url_flag="--target-query-url", what="target metric names")
+    direct.discard(PROBE_METRIC)
+    prefix = "prometheus_"
+    clashes = [(n, n[len(prefix) :]) for n in source_names if n.startswith(prefix) and n[len(prefix) :] in direct]
+    renamed = {n: dict(relabeler((("__name__", n),)) or ()).get("__name__", n) for n in source_names}
+    same = sorted(n for n in source_names if renamed[n] in direct and not n.startswith(prefix))
+    details = {
+        "source_names": len(source_names),
+        "target_direct_names": len(direct),
+        "prefix_clashes": [list(c) for c in clashes],
+        "same_name": same,
+    }
+    if clashes and not spec.merge_prometheus_prefix:
+        listed = ", ".join(f"{a} (source) vs {b} (target)" for a, b in clashes[:10])
+        return CheckResult(
+            name,
+            "warn",
+            f"{len(clashes)} metric(s) exist under two names: {listed}; the target's are written directly "
+            '(no _source="m3db")',
+            "to merge them pass --merge-prometheus-prefix, i.e. the relabel rule "
+            "{source_labels: [__name__], regex: 'prometheus_(.+)', target_label: __name__, replacement: '$1'}",
+            details,
+        )
+    note = f"; {len(clashes)} prometheus_<name> metric(s) will merge with the target's names" if clashes else ""
+    return CheckResult(
+        name,
+        "pass",
+        f"{len(source_names)} source metric names, rules compile, no empty/duplicate label names or collisions{note}",
+        details=details,
+    )
+
+
+# -- volume ------------------------------------------------------------------------------------------
+
+
+def _target_retention_ms(target: TargetSettings) -> tuple[int | None, str]:
+    """(retention, where from) of a Prometheus or VictoriaMetrics target; (None, "") when unknown."""
+    base = target.promql_base or origin(target.write_url)
+    try:
+        with build_client(target) as client:
+            response = client.get(base + "/api/v1/status/flags", headers=_tenant(target))
+            if response.status_code == 200:
+                value = response.json()["data"].get("storage.tsdb.retention.time")
+                if value:
+                    return _prom_duration_ms(value), f"storage.tsdb.retention.time={value}"
+            response = client.get(base + "/flags")
+            if response.status_code == 200:
+                m = re.search(r'-retentionPeriod="?([0-9a-z]+)"?', response.text)
+                if m:
+                    raw = m.group(1)
+                    ms = _prom_duration_ms(raw if not raw.isdigit() else raw + "d")
+                    if raw.isdigit():
+                        ms = int(raw) * 30 * DAY_MS  # VictoriaMetrics: a bare number means months
+                    return ms, f"-retentionPeriod={raw}"
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return None, ""
+
+
+def check_volume(inp: ValidationInput) -> CheckResult:
+    """Series, samples, bytes and duration from a measured read probe; target retention vs the range."""
+    name = "volume estimate"
+    src, spec = inp.source, inp.spec
+    range_ms = spec.end_ms - spec.start_ms
+    try:
+        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
+            series = _sample_series(promql, spec)
+        probe_samples = probe_series = probe_bytes = 0
+        seconds = 0.0
+        probe_ms = min(range_ms, 6 * HOUR_MS)
+        if series:
+            metric = series[0]["__name__"]
+            with RemoteReadClient(src, retry=ONE_TRY) as reader:
+                t0 = time.monotonic()
+                result = reader.read([Matcher("__name__", "=", metric)], spec.end_ms - probe_ms, spec.end_ms)
+                seconds = time.monotonic() - t0
+                probe_bytes = reader.stats.compressed_bytes
+            probe_series = len(result.timeseries)
+            probe_samples = sum(len(ts.samples) for ts in result.timeseries)
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-read-url", what="volume probe")
+    n = len(series)
+    per_series_ms = probe_samples / probe_series / probe_ms if probe_series else 0.0
+    samples = round(n * per_series_ms * range_ms)
+    bytes_per_sample = probe_bytes / probe_samples if probe_samples else 0.0
+    rate = probe_samples / seconds if seconds > 0 else 0.0
+    duration_s = samples / (rate * spec.task_concurrency) if rate else 0.0
+    details = {
+        "series": n,
+        "samples": samples,
+        "bytes": round(samples * bytes_per_sample),
+        "probe_samples": probe_samples,
+        "probe_seconds": round(seconds, 3),
+        "probe_samples_per_second": round(rate),
+        "expected_seconds": round(duration_s, 1),
+    }
+    observed = (
+        f"~{n:,} series, ~{samples:,} samples, ~{details['bytes'] / 1e6:,.1f} MB compressed; read probe "
+        f"{probe_samples:,} samples in {seconds:.2f} s ({rate:,.0f}/s) -> ~{duration_s:,.0f} s with "
+        f"{spec.task_concurrency} tasks"
+    )
+    retention, where = _target_retention_ms(inp.target)
+    if retention is not None:
+        details["target_retention_ms"] = retention
+        oldest_kept = int(time.time() * 1000) - retention
+        if spec.start_ms < oldest_kept:
+            return CheckResult(
+                name,
+                "warn",
+                f"{observed}; the target's retention ({where}) deletes data older than {_iso(oldest_kept)}, "
+                f"the range starts {_iso(spec.start_ms)}",
+                "raise the target's retention (Thanos Receive --tsdb.retention and the compactor's "
+                "--retention.resolution-raw; Prometheus --storage.tsdb.retention.time; VictoriaMetrics "
+                "-retentionPeriod) or narrow --start",
+                details,
+            )
+        observed += f"; target retention {where} covers the range"
+    return CheckResult(name, "pass", observed, details=details)
+
+
+# -- clock skew --------------------------------------------------------------------------------------
+
+
+def _server_offset(settings: SourceSettings | TargetSettings, url: str, now: Callable[[], float]) -> float | None:
+    """Server clock minus ours, in seconds, from the Date header (None if the server sent none)."""
+    with build_client(settings) as client:
+        before = now()
+        response = client.get(url)
+        after = now()
+    date = response.headers.get("Date")
+    if not date:
+        return None
+    server = parsedate_to_datetime(date).timestamp()
+    return server + 0.5 - (before + after) / 2  # Date is truncated to the second
+
+
+def check_clock_skew(inp: ValidationInput, *, now: Callable[[], float] = time.time) -> CheckResult:
+    """Date headers of source and target against this machine's clock."""
+    name = "clock skew"
+    limit = inp.clock_skew_threshold_s
+    offsets: dict[str, float] = {}
+    missing = []
+    for side, settings, url in (
+        ("source", inp.source, inp.source.promql_base + "/api/v1/status/buildinfo"),
+        ("target", inp.target, (inp.target.promql_base or origin(inp.target.write_url)) + "/"),
+    ):
+        try:
+            offset = _server_offset(settings, url, now)
+        except _ERRORS as exc:
+            missing.append(f"{side}: no answer ({type(exc).__name__})")
+            continue
+        if offset is None:
+            missing.append(f"{side}: no Date header")
+        else:
+            offsets[side] = offset
+    text = ", ".join(f"{s} {o:+.1f} s" for s, o in offsets.items()) or "no server time"
+    details = {f"{s}_offset_s": round(o, 1) for s, o in offsets.items()}
+    if "source" in offsets and "target" in offsets:
+        details["source_target_s"] = round(offsets["source"] - offsets["target"], 1)
+    skewed = {k: v for k, v in details.items() if abs(v) > limit}
+    if skewed:
+        return CheckResult(
+            name,
+            "warn",
+            f"clock offsets against this machine (from the Date headers): {text}; beyond {limit:.0f} s",
+            "synchronise the clocks (NTP/chrony) of this machine, the source and the target: a skewed clock "
+            "moves the 'now' that limits the range and the target's accept window",
+            details,
+        )
+    if not offsets:
+        return CheckResult(
+            name,
+            "warn",
+            f"could not measure: {'; '.join(missing)}",
+            "make the source and target reachable (see the other checks), then rerun",
+            details,
+        )
+    note = f" ({'; '.join(missing)})" if missing else ""
+    return CheckResult(
+        name, "pass", f"clock offsets from the Date headers: {text}, within {limit:.0f} s{note}", details=details
+    )
+
+
+# -- all ---------------------------------------------------------------------------------------------
+
+CHECKS: dict[str, Callable[[ValidationInput], CheckResult]] = {
+    "source remote read": check_source_read,
+    "source PromQL API": check_source_promql,
+    "source kind": check_source_kind,
+    "source namespaces": check_source_namespaces,
+    "source limits": check_source_limits,
+    "target write probe": check_target_write,
+    "target query API": check_target_query,
+    "naming": check_naming,
+    "volume estimate": check_volume,
+    "clock skew": check_clock_skew,
+}
+
+
+def run_check(name: str, inp: ValidationInput) -> CheckResult:
+    """One check; an unexpected exception becomes a fail naming it (a check never crashes the run)."""
+    try:
+        result = CHECKS[name](inp)
+    except Exception as exc:  # a bug in a check must not hide the other checks' results
+        return CheckResult(
+            name,
+            "fail",
+            f"the check itself crashed: {type(exc).__name__}: {exc}",
+            "report this as a bug of m3migrate",
+            {"error": type(exc).__name__},
+        )
+    result.name = name
+    return result
+
+
+def run_all(inp: ValidationInput) -> ValidationReport:
+    """Every check in order, without Prefect."""
+    return ValidationReport([run_check(n, inp) for n in CHECKS], migration_id=inp.migration_id)
