@@ -646,7 +646,8 @@ def test_victoriametrics_accepts_a_write(victoriametrics_target: Callable[..., S
     assert len(lines) == 1
     assert lines[0]["metric"] == series
     assert lines[0]["timestamps"] == [t for t, _ in samples]
-    # VictoriaMetrics keeps values as decimals (about 15 significant digits), not as IEEE-754 bits
+    # VictoriaMetrics keeps values as decimals (about 12 significant digits, integers exact below 2^55),
+    # not as IEEE-754 bits
     assert lines[0]["values"] == pytest.approx([v for _, v in samples], rel=1e-12)
 
 
