@@ -16,7 +16,6 @@ import yaml
 from blocks import M3Source, ThanosTarget
 from m3migrate.sandbox.compare import diff, read_all, with_label
 
-pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 ROOT = Path(__file__).parents[1]
 
 
@@ -24,6 +23,8 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+@pytest.mark.servers
+@pytest.mark.prefect
 def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
     prefect_api, source_history, prometheus_target, tmp_path
 ):
@@ -37,12 +38,30 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
     start, end = source_history.stats.start_ms, source_history.stats.start_ms + 6 * 3_600_000 - 1
     config = tmp_path / "m.yaml"
     config.write_text(yaml.safe_dump({"migration": {"migration_id": "served", "start": _iso(start), "end": _iso(end)}}))
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT),
-           "M3MIGRATE_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PYTHONPATH": str(ROOT),
+        "M3MIGRATE_STATE_DIR": str(tmp_path / "state"),
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "m3migrate.cli", "serve", "--source-block", "served-source", "--target-block",
-         "served-target", "--config", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "m3migrate.cli",
+            "serve",
+            "--source-block",
+            "served-source",
+            "--target-block",
+            "served-target",
+            "--config",
+            str(config),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=ROOT,
     )
     try:
         with get_client(sync_client=True) as client:
@@ -78,3 +97,23 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_prefect_yaml_entrypoints_are_flows_and_reference_blocks():
+    import importlib.util
+
+    from prefect import Flow
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    names = {d["name"] for d in config["deployments"]}
+    assert {"migrate", "replicate", "verify", "validate"} <= names
+    for deployment in config["deployments"]:
+        path, _, attr = deployment["entrypoint"].partition(":")
+        spec = importlib.util.spec_from_file_location(f"entry_{deployment['name']}", ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert isinstance(getattr(module, attr), Flow), deployment["entrypoint"]
+        assert set(deployment["parameters"]) == {"source", "target"}
+        assert all("$ref" in v for v in deployment["parameters"].values())
+    replicate = next(d for d in config["deployments"] if d["name"] == "replicate")
+    assert replicate["schedules"][0]["interval"] == 300 and replicate["schedules"][0]["active"] is False
