@@ -27,9 +27,13 @@ DEFAULT_LAG_MINUTES = 15  # more than M3's default bufferPast (10m): late writes
 
 
 @task(name="plan-replication-pass", cache_policy=NONE)
-def plan_replication_pass(source: M3Source, spec: MigrationSpec, state: MigrationState, until_ms: int) -> Plan | None:
+def plan_replication_pass(
+    source: M3Source, spec: MigrationSpec, state: MigrationState, until_ms: int
+) -> tuple[Plan | None, list[str]]:
+    """The pass to run (None when up to date) and the source changes seen since the last pass."""
     logger = get_run_logger()
-    for change in namespace_changes(source.settings(), state):
+    changes = namespace_changes(source.settings(), state)
+    for change in changes:
         logger.warning("source changed since the last pass: %s (replication continues for the rest)", change)
     plan = plan_pass(source.settings(), spec, state, until_ms)
     if plan is not None:
@@ -40,7 +44,7 @@ def plan_replication_pass(source: M3Source, spec: MigrationSpec, state: Migratio
             _iso(plan.start_ms),
             _iso(plan.end_ms),
         )
-    return plan
+    return plan, changes
 
 
 def _iso(ms: int) -> str:
@@ -65,11 +69,16 @@ def replicate(
     until_ms = int((until.timestamp() if until else time.time() - lag_minutes * 60) * 1000)
     try:
         with state.lock(wait_seconds=wait_for_lock_seconds):
-            plan = plan_replication_pass(source, spec, state, until_ms)
+            plan, changes = plan_replication_pass(source, spec, state, until_ms)
             if plan is None:
                 lag = time.time() - (state.load_replication().watermark_ms or 0) / 1000
                 logger.info("nothing to replicate: the watermark is already at %s", _iso(until_ms))
-                return {"migration_id": state.migration_id, "status": "up-to-date", "lag_seconds": round(lag, 1)}
+                return {
+                    "migration_id": state.migration_id,
+                    "status": "up-to-date",
+                    "lag_seconds": round(lag, 1),
+                    "source_changes": changes,
+                }
             summary = run_transfer(source, target, spec, state, "replicate")
             outcome = finish_pass(state, plan, summary["samples"])
     except MigrationLocked as exc:
@@ -84,6 +93,7 @@ def replicate(
         "samples": summary["samples"],
         "samples_moved_now": summary["samples_moved_now"],
         "passes": outcome.replication.passes,
+        "source_changes": changes,
     }
     if outcome.lag_growing:
         logger.warning(

@@ -170,3 +170,46 @@ def test_concurrent_runs_never_overlap(prefect_api, small_source, prometheus_tar
         source_block, target_block, spec, until=datetime.fromtimestamp(end / 1000 + 600, UTC), state_dir=str(tmp_path)
     )
     assert result["status"] == "replicated"
+
+
+def test_namespace_changes_on_an_m3_source_are_reported_and_replication_continues(
+    prefect_api, small_source, prometheus_target, tmp_path
+):
+    """Namespaces are M3-only: a named fake coordinator serves them, forwarding data to the real source."""
+    from tests.fake_m3 import FakeM3Coordinator, fake_namespace
+
+    target = prometheus_target()
+    src_url = small_source.server.url
+    start, end = small_source.stats.start_ms, small_source.stats.end_ms
+    with FakeM3Coordinator(
+        {"default": fake_namespace("48h")}, upstream_read_url=f"{src_url}/api/v1/read", upstream_query_url=src_url
+    ) as m3:
+        source_block = M3Source(read_url=f"{m3.url}/api/v1/prom/remote/read", query_url=m3.url)
+        target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write")
+        spec = MigrationSpec(migration_id="ns", start=_iso(start), end=_iso(end))
+        migrate(source_block, target_block, spec, state_dir=str(tmp_path), skip_validation=True)
+        first = replicate(
+            source_block,
+            target_block,
+            spec,
+            until=datetime.fromtimestamp(end / 1000 + 300, UTC),
+            state_dir=str(tmp_path),
+        )
+        assert first["source_changes"] == []
+        m3.namespaces["agg_1m_40d"] = fake_namespace("40d", resolution="1m")
+        del m3.namespaces["default"]
+        m3.namespaces["default_v2"] = fake_namespace("72h")
+        _write_new(src_url, sorted(read_all(src_url, end - MINUTE, end))[:2], end, end + 10 * MINUTE)
+        second = replicate(
+            source_block,
+            target_block,
+            spec,
+            until=datetime.fromtimestamp(end / 1000 + 600, UTC),
+            state_dir=str(tmp_path),
+        )
+    assert second["status"] == "replicated" and second["samples"] == 2 * 10
+    assert sorted(second["source_changes"]) == [
+        "namespace created: agg_1m_40d (1m:40d)",
+        "namespace created: default_v2 (unaggregated)",
+        "namespace deleted: default (unaggregated)",
+    ]
