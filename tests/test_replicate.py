@@ -199,7 +199,8 @@ def test_namespace_changes_on_an_m3_source_are_reported_and_replication_continue
         m3.namespaces["agg_1m_40d"] = fake_namespace("40d", resolution="1m")
         del m3.namespaces["default"]
         m3.namespaces["default_v2"] = fake_namespace("72h")
-        _write_new(src_url, sorted(read_all(src_url, end - MINUTE, end))[:2], end, end + 10 * MINUTE)
+        # new samples after the first pass's watermark (end + 5 min)
+        _write_new(src_url, sorted(read_all(src_url, end - MINUTE, end))[:2], end + 5 * MINUTE, end + 10 * MINUTE)
         second = replicate(
             source_block,
             target_block,
@@ -207,7 +208,7 @@ def test_namespace_changes_on_an_m3_source_are_reported_and_replication_continue
             until=datetime.fromtimestamp(end / 1000 + 600, UTC),
             state_dir=str(tmp_path),
         )
-    assert second["status"] == "replicated" and second["samples"] == 2 * 10
+    assert second["status"] == "replicated" and second["samples"] == 2 * 5
     assert sorted(second["source_changes"]) == [
         "namespace created: agg_1m_40d (1m:40d)",
         "namespace created: default_v2 (unaggregated)",
