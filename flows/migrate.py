@@ -33,6 +33,7 @@ from m3migrate.migration import prepare
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, Stage
+from m3migrate.timefmt import iso_ms
 from tasks.transfer import TransferContext, close_transfers, results_storage, transfer_batch_window
 
 ProgressListener = Callable[[dict[str, Any]], None]
@@ -158,8 +159,8 @@ def transfer_windows(
         window_rows.append(
             {
                 "window": k,
-                "start": _iso(window.start_ms),
-                "end": _iso(window.end_ms),
+                "start": iso_ms(window.start_ms),
+                "end": iso_ms(window.end_ms),
                 "series": series,
                 "samples": samples,
             }
@@ -168,7 +169,7 @@ def transfer_windows(
         if k == nw - 1 or (k + 1) % max(1, nw // 20) == 0:
             logger.info(
                 "front at %s: window %d/%d, %d samples so far, %.0f samples/s, ETA %.0f s",
-                _iso(window.end_ms),
+                iso_ms(window.end_ms),
                 k + 1,
                 nw,
                 totals["samples"],
@@ -229,10 +230,6 @@ def _transfer_context(
         write_concurrency=spec.write_concurrency,
         results_dir=str(state.results_dir),
     )
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 @flow(name="migrate", log_prints=False)

@@ -22,6 +22,7 @@ from m3migrate.plan import Plan
 from m3migrate.replication import finish_pass, namespace_changes, plan_pass
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationLocked, MigrationState
+from m3migrate.timefmt import iso_ms
 
 DEFAULT_LAG_MINUTES = 15  # more than M3's default bufferPast (10m): late writes are not missed
 
@@ -41,14 +42,10 @@ def plan_replication_pass(
             "replication pass %s: %d series over %s .. %s",
             plan.id,
             plan.series_count,
-            _iso(plan.start_ms),
-            _iso(plan.end_ms),
+            iso_ms(plan.start_ms),
+            iso_ms(plan.end_ms),
         )
     return plan, changes
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 @flow(name="replicate", log_prints=False)
@@ -72,7 +69,7 @@ def replicate(
             plan, changes = plan_replication_pass(source, spec, state, until_ms)
             if plan is None:
                 lag = time.time() - (state.load_replication().watermark_ms or 0) / 1000
-                logger.info("nothing to replicate: the watermark is already at %s", _iso(until_ms))
+                logger.info("nothing to replicate: the watermark is already at %s", iso_ms(until_ms))
                 return {
                     "migration_id": state.migration_id,
                     "status": "up-to-date",
@@ -87,7 +84,7 @@ def replicate(
     result = {
         "migration_id": state.migration_id,
         "status": "replicated",
-        "watermark": _iso(outcome.replication.watermark_ms),
+        "watermark": iso_ms(outcome.replication.watermark_ms),
         "lag_seconds": round(outcome.lag_seconds, 1),
         "series": plan.series_count,
         "samples": summary["samples"],

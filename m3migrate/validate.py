@@ -48,6 +48,7 @@ from m3migrate.promql import PromQLClient
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms
 
 __all__ = [
     "CHECKS",
@@ -343,10 +344,6 @@ def _dur(ms: int) -> str:
     return f"{ms // 60_000}m" if ms % 60_000 == 0 else f"{ms / 1000:g}s"
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def check_source_kind(inp: ValidationInput) -> CheckResult:
     """M3 Coordinator or a plain Prometheus-compatible store; for M3 the namespaces and their state."""
     name = "source kind"
@@ -462,13 +459,13 @@ def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) 
             return CheckResult(
                 name,
                 "warn",
-                f"the range starts {_iso(spec.start_ms)}, before the unaggregated retention "
-                f"({_dur(serving.retention_ms)}, from {_iso(cutoff)}): M3 reads the WHOLE range from an "
+                f"the range starts {iso_ms(spec.start_ms)}, before the unaggregated retention "
+                f"({_dur(serving.retention_ms)}, from {iso_ms(cutoff)}): M3 reads the WHOLE range from an "
                 f"aggregated namespace ({policies}), i.e. downsampled data",
-                f"to read raw data narrow --start to {_iso(cutoff)} or later and migrate older data in a second run "
+                f"to read raw data narrow --start to {iso_ms(cutoff)} or later and migrate older data in a second run "
                 f"pinned with --source-metrics-type aggregated --source-storage-policy <one of {policies}>; or pin "
                 "--source-metrics-type unaggregated (older part then comes back empty)",
-                {"unaggregated_cutoff": _iso(cutoff)},
+                {"unaggregated_cutoff": iso_ms(cutoff)},
             )
     else:
         serving = max(agg, key=lambda ns: ns.retention_ms) if agg else None
@@ -481,10 +478,10 @@ def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) 
         return CheckResult(
             name,
             "warn",
-            f"reads come from {what}; its retention leaves {_iso(spec.start_ms)} .. {_iso(empty_to)} empty",
-            f"narrow --start to {_iso(cutoff)} or later, or pin a namespace with a longer retention "
+            f"reads come from {what}; its retention leaves {iso_ms(spec.start_ms)} .. {iso_ms(empty_to)} empty",
+            f"narrow --start to {iso_ms(cutoff)} or later, or pin a namespace with a longer retention "
             f"(--source-metrics-type aggregated --source-storage-policy <one of {policies}>)",
-            {"empty_until": _iso(empty_to)},
+            {"empty_until": iso_ms(empty_to)},
         )
     return CheckResult(name, "pass", f"the whole range is read from {what}")
 
@@ -575,7 +572,7 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
     at_ms = inp.probe_ms
     series.samples.add(timestamp=at_ms, value=0.0)
     body = single_request(frame_series(encode_labels(labels), series.SerializeToString()), 1)
-    probe = f'{PROBE_METRIC}{{_source="m3db",migration_id="{inp.migration_id}"}} = 0 @ {_iso(at_ms)}'
+    probe = f'{PROBE_METRIC}{{_source="m3db",migration_id="{inp.migration_id}"}} = 0 @ {iso_ms(at_ms)}'
     details: dict[str, Any] = {"probe_series": dict(labels), "probe_timestamp_ms": at_ms}
     age_days = max(1, math.ceil((time.time() * 1000 - at_ms) / DAY_MS))
     try:
@@ -602,8 +599,8 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
             oldest = ""
             narrow = "later"
             if window:
-                narrow = f"no earlier than {_iso(int(time.time() * 1000) - window + 10 * 60_000)}"
-                oldest = f"; the oldest start it accepts is about {_iso(int(time.time() * 1000) - window)}"
+                narrow = f"no earlier than {iso_ms(int(time.time() * 1000) - window + 10 * 60_000)}"
+                oldest = f"; the oldest start it accepts is about {iso_ms(int(time.time() * 1000) - window)}"
             return CheckResult(
                 name,
                 "fail",
@@ -830,8 +827,8 @@ def check_volume(inp: ValidationInput) -> CheckResult:
             return CheckResult(
                 name,
                 "warn",
-                f"{observed}; the target's retention ({where}) deletes data older than {_iso(oldest_kept)}, "
-                f"the range starts {_iso(spec.start_ms)}",
+                f"{observed}; the target's retention ({where}) deletes data older than {iso_ms(oldest_kept)}, "
+                f"the range starts {iso_ms(spec.start_ms)}",
                 "raise the target's retention (Thanos Receive --tsdb.retention and the compactor's "
                 "--retention.resolution-raw; Prometheus --storage.tsdb.retention.time; VictoriaMetrics "
                 "-retentionPeriod) or narrow --start",

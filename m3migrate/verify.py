@@ -44,6 +44,7 @@ from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.selectors import re2_escape
 from m3migrate.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms
 
 log = logging.getLogger("m3migrate.verify")
 
@@ -199,13 +200,6 @@ def _describe(diff: tuple[int, float | None, float | None]) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # report
-
-
-def iso_ms(ms: int | None) -> str:
-    """RFC 3339 with milliseconds, UTC; '' for None."""
-    if ms is None:
-        return ""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 @dataclass

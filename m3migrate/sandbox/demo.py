@@ -15,16 +15,12 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from m3migrate.sandbox.compare import diff, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, start_source
 from m3migrate.sandbox.servers import start_prometheus
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+from m3migrate.timefmt import iso_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"[demo] source (M3 stand-in)    remote read  {source.server.url}/api/v1/read", flush=True)
         print(f"[demo] target (Thanos stand-in) remote write {target.url}/api/v1/write", flush=True)
-        migration = MigrationSpec(migration_id="demo", start=_iso(source.stats.start_ms), end=_iso(source.stats.end_ms))
+        migration = MigrationSpec(
+            migration_id="demo", start=iso_ms(source.stats.start_ms), end=iso_ms(source.stats.end_ms)
+        )
         t0 = time.monotonic()
         summary = migrate(
             M3Source(read_url=f"{source.server.url}/api/v1/read", query_url=source.server.url),
