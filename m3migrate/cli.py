@@ -514,6 +514,125 @@ def _parse_instant(text: str) -> datetime:
 
 
 @app.command()
+@step_command
+def close(
+    inputs: Inputs,
+    approval_timeout_hours: Annotated[
+        float, typer.Option(min=0.0, help="How long the gate waits for a decision; then nothing is stopped.")
+    ] = 72.0,
+    sample_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Verify this share of the series (e.g. 0.01).")
+    ] = 1.0,
+    replicate_deployment: Annotated[
+        str, typer.Option(help="The deployment whose schedule a stop decision pauses.")
+    ] = "replicate/replicate",
+    lag: Annotated[str, typer.Option(help="The final catch-up stays this far behind now, e.g. 15m.")] = "15m",
+) -> None:
+    """Final catch-up, verify, then wait for the cutover decision (Prefect UI or `m3migrate approve`)."""
+    import os
+
+    from flows.close import close as close_flow
+
+    if not inputs.target.query_url:
+        raise ConfigError(
+            "close verifies the target through its query API, but no target query URL is set",
+            hint="pass --target-query-url (Thanos Query: https://HOST:10902) or set target.query_url",
+        )
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            "[yellow]warning:[/yellow] PREFECT_API_URL is not set: the gate runs on a temporary API that only "
+            "this process can reach. To approve from the UI or another shell, start `prefect server start` "
+            "and export PREFECT_API_URL=http://127.0.0.1:4200/api first."
+        )
+    console.print(
+        "The run pauses for the cutover decision after the catch-up and verification. Approve it in the "
+        "Prefect UI (the flow run's Resume button) or with:\n"
+        "  m3migrate approve --flow-run <the flow run id logged below> --decision stop|keep --approver NAME",
+        markup=False,
+        highlight=False,
+    )
+    result = close_flow(
+        inputs.source,
+        inputs.target,
+        inputs.spec,
+        replicate_deployment=replicate_deployment,
+        approval_timeout_hours=approval_timeout_hours,
+        sample_fraction=sample_fraction,
+        state_dir=inputs.state_dir,
+        lag_minutes=_minutes(lag),
+    )
+    out.print(f"flow run {result.get('flow_run_id')}: decision {result['decision']}", markup=False, highlight=False)
+    schedule = result.get("schedule")
+    if schedule is not None:
+        if schedule.get("found"):
+            state = "paused" if schedule["deployment_paused"] else "active"
+            out.print(f"{replicate_deployment} is {state} (read back at {schedule['read_at']})", markup=False)
+        else:
+            console.print(f"[red]no deployment {replicate_deployment}: no replication schedule was changed[/red]")
+    if result["decision"] == "undecided":
+        console.print("[yellow]undecided: nobody decided before the timeout; nothing was stopped[/yellow]")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def approve(
+    flow_run: Annotated[str, typer.Option("--flow-run", help="Id of the paused close flow run.")],
+    decision: Annotated[str, typer.Option("--decision", help="stop (the cutover is done) or keep (replicating).")],
+    approver: Annotated[str, typer.Option("--approver", help="Who decides; recorded with the decision.")],
+    comment: Annotated[str, typer.Option(help="Recorded with the decision.")] = "",
+    override_failed_verification: Annotated[
+        bool, typer.Option("--override-failed-verification", help="Decide although the verification failed.")
+    ] = False,
+) -> None:
+    """Resume a paused close run with the cutover decision (needs the same PREFECT_API_URL as the run)."""
+    from uuid import UUID
+
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    choices = {"stop": "stop_replication", "keep": "keep_replicating"}
+    if decision not in choices:
+        console.print(f"[red]--decision must be stop or keep, not {decision!r}[/red]")
+        raise typer.Exit(EXIT_CONFIG)
+    if not approver.strip():
+        console.print("[red]--approver must not be blank[/red]")
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        run_id = UUID(flow_run)
+    except ValueError:
+        console.print(f"[red]--flow-run {flow_run!r} is not a flow run id (a UUID)[/red]")
+        raise typer.Exit(EXIT_CONFIG) from None
+    run_input = {
+        "decision": choices[decision],
+        "approver": approver.strip(),
+        "comment": comment,
+        "override_failed_verification": override_failed_verification,
+    }
+    try:
+        resume_flow_run(run_id, run_input=run_input)
+    except ObjectNotFound:
+        console.print(f"[red]no flow run {run_id}[/red] on this Prefect API (is PREFECT_API_URL the run's server?)")
+        raise typer.Exit(EXIT_FAILED) from None
+    except NotPausedError:
+        console.print(f"[red]flow run {run_id} is not paused[/red]: it is not waiting for a decision")
+        raise typer.Exit(EXIT_FAILED) from None
+    except FlowPauseTimeout:
+        console.print(f"[red]flow run {run_id} waited too long[/red]: its approval timed out; run close again")
+        raise typer.Exit(EXIT_FAILED) from None
+    except RuntimeError as exc:
+        console.print(f"[red]flow run {run_id} was not resumed:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"resumed {run_id} with {choices[decision]} by {approver.strip()}", markup=False, highlight=False)
+    if not override_failed_verification:
+        out.print(
+            "if its verification failed, the run refuses this and waits again (see its logs); "
+            "add --override-failed-verification to decide anyway",
+            markup=False,
+            highlight=False,
+        )
+
+
+@app.command()
 def serve(
     source_block: Annotated[str, typer.Option(help="Saved M3Source block name (prefect block register -m blocks).")],
     target_block: Annotated[str, typer.Option(help="Saved ThanosTarget block name.")],
