@@ -12,6 +12,7 @@ from typing import Any
 from prefect.deployments.runner import RunnerDeployment
 
 from blocks import M3Source, ThanosTarget
+from flows.close import close
 from flows.migrate import migrate
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
@@ -34,7 +35,7 @@ def wizard_deployments(
     replicate_active: bool = False,
     lag_minutes: int = DEFAULT_LAG_MINUTES,
 ) -> list[RunnerDeployment]:
-    """migrate, replicate (interval schedule, paused until the migration has finished) and verify."""
+    """migrate, replicate (interval schedule, paused until the migration has finished), verify and close."""
     params: dict[str, Any] = {
         "source": block_ref(M3Source, source_block),
         "target": block_ref(ThanosTarget, target_block),
@@ -66,5 +67,11 @@ def wizard_deployments(
             parameters=params,
             **common,
             description="Step 5a: compare source and target per series and window.",
+        ),
+        close.to_deployment(
+            "close",
+            parameters=params,
+            description="Step 5b: final catch-up, verify, then wait for a human's cutover decision.",
+            **common,
         ),
     ]
