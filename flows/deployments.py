@@ -16,6 +16,7 @@ from flows.close import close
 from flows.migrate import migrate
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
+from flows.wizard import end_to_end
 from m3migrate.spec import MigrationSpec
 
 REPLICATE_EVERY_SECONDS = 300
@@ -35,7 +36,7 @@ def wizard_deployments(
     replicate_active: bool = False,
     lag_minutes: int = DEFAULT_LAG_MINUTES,
 ) -> list[RunnerDeployment]:
-    """migrate, replicate (interval schedule, paused until the migration has finished), verify and close."""
+    """end-to-end, and each step: migrate, replicate (interval schedule, paused until migrated), verify, close."""
     params: dict[str, Any] = {
         "source": block_ref(M3Source, source_block),
         "target": block_ref(ThanosTarget, target_block),
@@ -72,6 +73,12 @@ def wizard_deployments(
             "close",
             parameters=params,
             description="Step 5b: final catch-up, verify, then wait for a human's cutover decision.",
+            **common,
+        ),
+        end_to_end.to_deployment(
+            "end-to-end",
+            parameters=params,
+            description="The whole wizard: validate, migrate, replicate, close (waits for the cutover form).",
             **common,
         ),
     ]

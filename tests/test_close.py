@@ -338,3 +338,38 @@ def test_cli_close_prints_how_to_approve_and_exits_1_when_undecided(setup, prefe
     assert run.returncode == 1, run.stderr[-3000:]
     assert "m3migrate approve --flow-run" in run.stderr
     assert "decision undecided" in run.stdout and "nothing was stopped" in run.stderr
+
+
+def test_end_to_end_runs_every_step_and_waits_at_the_gate(setup):
+    """The one-button wizard: validate and migrate (resumed: all cached), replicate, close; keep decided."""
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.wizard import end_to_end
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["state"] = end_to_end(
+            source=setup.source,
+            target=setup.clean,
+            spec=setup.spec,
+            state_dir=setup.state_dir,
+            poll_interval_seconds=1,
+            return_state=True,
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    holder = CloseRun.__new__(CloseRun)
+    holder.thread, holder.result, holder.error = thread, None, None
+    run_id, description = wait_paused(holder, 1)
+    assert "verification passed" in description
+    resume_flow_run(run_id, run_input={"decision": "keep_replicating", "approver": "bob"})
+    thread.join(120)
+    assert not thread.is_alive()
+    state = result["state"]
+    assert state.is_completed(), state
+    out = state.result()
+    assert out["migration"]["samples_moved_now"] == 0 and out["migration"]["tasks_cached"] > 0
+    assert out["replication"]["status"] in ("replicated", "up-to-date")
+    assert out["close"]["decision"] == "keep_replicating" and out["close"]["approver"] == "bob"

@@ -71,6 +71,7 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
                     replicate_dep = client.read_deployment_by_name("replicate/replicate")
                     client.read_deployment_by_name("verify/verify")
                     client.read_deployment_by_name("close/close")
+                    client.read_deployment_by_name("end-to-end/end-to-end")
                     break
                 except Exception:
                     assert server.poll() is None, server.stderr.read().decode()[-2000:]
@@ -107,7 +108,7 @@ def test_prefect_yaml_entrypoints_are_flows_and_reference_blocks():
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {d["name"] for d in config["deployments"]}
-    assert {"migrate", "replicate", "verify", "validate", "close"} <= names
+    assert {"end-to-end", "migrate", "replicate", "verify", "validate", "close"} <= names
     for deployment in config["deployments"]:
         path, _, attr = deployment["entrypoint"].partition(":")
         spec = importlib.util.spec_from_file_location(f"entry_{deployment['name']}", ROOT / path)
