@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (each sets the machine up first):
-#   make demo   a full migration against a local sandbox of real servers
+#   make demo   a full migration against a local sandbox of real servers (ARGS=--yes approves by itself)
 #   make test   every test
 .PHONY: setup demo test lint
 setup:

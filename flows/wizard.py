@@ -17,7 +17,7 @@ from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from m3migrate.spec import MigrationSpec
 
 
-@flow(name="end-to-end", log_prints=False, timeout_seconds=close.timeout_seconds)
+@flow(name="end-to-end", log_prints=False, timeout_seconds=close.timeout_seconds, persist_result=True)
 def end_to_end(
     source: M3Source,
     target: ThanosTarget,

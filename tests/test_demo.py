@@ -1,0 +1,62 @@
+"""The README's first command, non-interactively: a whole verified migration, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Processes whose command line or environment names the text (the Prefect server's PREFECT_HOME does)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline or text in environ:
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found
+
+
+@pytest.mark.servers
+def test_demo_with_yes_ends_verified_and_leaves_no_process(tmp_path):
+    workdir = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)  # the demo starts its own Prefect server with the UI
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "m3migrate.sandbox.demo",
+            "--yes",
+            "--series",
+            "60",
+            "--days",
+            "0.25",
+            "--interval",
+            "60",
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
+    assert "Prefect UI" in out and "the cutover form waits in the Prefect UI" in out
+    assert "verification: ok=True" in out and "missing=0, extra=0, mismatches=0" in out
+    assert "cutover decision: stop_replication" in out
+    assert _processes_mentioning(str(workdir)) == []
