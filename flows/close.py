@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -35,7 +36,8 @@ from blocks import M3Source, ThanosTarget
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
 from m3migrate.errors import ConfigError
-from m3migrate.spec import MigrationSpec
+from m3migrate.spec import MigrationSpec, default_state_dir
+from m3migrate.state import MigrationState
 from m3migrate.verify import VerificationFailed
 
 REPLICATE_DEPLOYMENT = "replicate/replicate"
@@ -298,9 +300,19 @@ def close(
     if replication.get("status") == "skipped-locked":
         logger.warning("the final catch-up was skipped: %s", replication.get("reason"))
 
-    # 2. verification
+    # 2. verification of everything copied so far: the bulk range and what replication added up to its watermark
+    watermark = (
+        MigrationState(Path(state_dir) if state_dir else default_state_dir(), migration_id)
+        .load_replication()
+        .watermark_ms
+    )
+    checked_spec = spec
+    if watermark is not None and watermark > spec.end_ms:
+        checked_spec = spec.model_copy(
+            update={"end": datetime.fromtimestamp(watermark / 1000, UTC), "migration_id": migration_id}
+        )
     try:
-        verification = verify_flow(source, target, spec, sample_fraction=sample_fraction, state_dir=state_dir)
+        verification = verify_flow(source, target, checked_spec, sample_fraction=sample_fraction, state_dir=state_dir)
         verified = True
     except VerificationFailed as exc:
         verification = {**exc.summary, "ok": False} if exc.summary else {"ok": False, "error": str(exc)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,4 +60,7 @@ def test_demo_with_yes_ends_verified_and_leaves_no_process(tmp_path):
     assert "Prefect UI" in out and "the cutover form waits in the Prefect UI" in out
     assert "verification: ok=True" in out and "missing=0, extra=0, mismatches=0" in out
     assert "cutover decision: stop_replication" in out
+    migrated = int(re.search(r"migrated \d+ series, ([\d,]+) samples", out).group(1).replace(",", ""))
+    verified = int(re.search(r"samples_source=(\d+)", out).group(1))
+    assert verified > migrated, "the close step verifies what replication copied from the live writes too"
     assert _processes_mentioning(str(workdir)) == []
