@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -27,14 +26,11 @@ from blocks import M3Source, ThanosTarget
 from m3migrate.sandbox.history import HistorySpec, start_source
 from m3migrate.sandbox.servers import start_prometheus
 from m3migrate.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms as _iso
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 ROOT = Path(__file__).parents[1]
 DEPLOYMENT = "replicate/replicate"
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,9 @@ import yaml
 
 from blocks import M3Source, ThanosTarget
 from m3migrate.sandbox.compare import diff, read_all, with_label
+from m3migrate.timefmt import iso_ms as _iso
 
 ROOT = Path(__file__).parents[1]
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @pytest.mark.servers

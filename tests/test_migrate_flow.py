@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,9 @@ from m3migrate.sandbox.compare import diff, read_all, with_label
 from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.servers import start_prometheus
 from m3migrate.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms as _iso
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _spec(source: SourceSandbox, **kw) -> MigrationSpec:

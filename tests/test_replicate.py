@@ -25,13 +25,10 @@ from m3migrate.sandbox.compare import diff, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, start_source
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState
+from m3migrate.timefmt import iso_ms as _iso
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 MINUTE = 60_000
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _write_new(url: str, series: list[tuple[tuple[str, str], ...]], start_ms: int, end_ms: int) -> int:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from m3migrate.promql import PromQLClient
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.servers import bcrypt_hash, free_port, make_tls_files, start_prometheus
 from m3migrate.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms as _iso
 from m3migrate.validate import (
     PROBE_METRIC,
     CheckResult,
@@ -45,10 +45,6 @@ from tests.fake_m3 import FakeM3Coordinator, fake_namespace
 
 ROOT = Path(__file__).parents[1]
 DAY_MS = 86_400_000
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _now_ms() -> int:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 
 from m3migrate.codec import STALE_NAN_BITS
 from m3migrate.plan import make_windows
+from m3migrate.timefmt import iso_ms as _iso
 from m3migrate.verify import (
     CANONICAL_NAN_BITS,
     SeriesData,
@@ -32,10 +32,6 @@ from m3migrate.verify import (
 
 ROOT = Path(__file__).parents[1]
 HOUR_MS = 3_600_000
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _float(bits: int) -> float:
