@@ -103,12 +103,17 @@ class Transfer:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def run(self, batch: Batch, window: Window) -> TransferResult:
-        """Copy the batch's series over the window; returns only after the target acknowledged all."""
+    def run(self, batch: Batch, window: Window, *, resumed: bool = False) -> TransferResult:
+        """Copy the batch's series over the window; returns only after the target acknowledged all.
+
+        ``resumed`` says an earlier attempt may have written part of this batch × window (a crash or a
+        retry): only then is an "out of order" refusal taken as "already written" and reconciled. On a
+        first attempt it means something else wrote newer data, and it fails loudly instead.
+        """
         result = TransferResult(batch_id=batch.id, window=window.index)
         read_retries0, write_retries0 = self.reader.stats.retries, self.writer.stats.retries
         for part in self._reads(batch, window.start_ms, window.end_ms, result):
-            self._write_result(part, batch, result)
+            self._write_result(part, batch, result, resumed)
             del part
         result.read_retries = self.reader.stats.retries - read_retries0  # approximate under concurrency
         result.write_retries = self.writer.stats.retries - write_retries0
@@ -175,7 +180,7 @@ class Transfer:
             ts.ClearField("labels")
             yield label_bytes, ts
 
-    def _write_result(self, qr: QueryResult, batch: Batch, result: TransferResult) -> None:
+    def _write_result(self, qr: QueryResult, batch: Batch, result: TransferResult, resumed: bool) -> None:
         counters = _Counters()
         chains = pack_write_requests(
             self._series_for_write(qr, batch, counters),
@@ -187,7 +192,7 @@ class Transfer:
         result.foreign_series += counters.foreign
         result.dropped_series += counters.dropped
         t0 = time.perf_counter()
-        futures = [self._pool.submit(self._send_chain, chain) for chain in chains]
+        futures = [self._pool.submit(self._send_chain, chain, resumed) for chain in chains]
         errors: list[BaseException] = []
         for f in futures:
             try:
@@ -201,19 +206,19 @@ class Transfer:
         result.requests += sum(len(c.requests) for c in chains)
         result.bytes_written += sum(len(r.body) for c in chains for r in c.requests)
 
-    def _send_chain(self, chain: WriteChain) -> int:
+    def _send_chain(self, chain: WriteChain, resumed: bool) -> int:
         """Send a chain's requests in order; returns how many series needed reconciling."""
         reconciled = 0
         for request in chain.requests:
-            reconciled += self._send(request)
+            reconciled += self._send(request, resumed)
         return reconciled
 
-    def _send(self, request: WriteBody) -> int:
+    def _send(self, request: WriteBody, resumed: bool) -> int:
         try:
             self.writer.write(request)
             return 0
         except WriteRejected as exc:
-            if not exc.reasons <= {RejectReason.OUT_OF_ORDER}:
+            if not resumed or not exc.reasons <= {RejectReason.OUT_OF_ORDER}:
                 raise
             if exc.partial:
                 # Thanos committed the valid samples; the refused ones are older than what each series
@@ -230,5 +235,5 @@ class Transfer:
             )
             reconciled = 0
             for framed in request.parts:
-                reconciled += self._send(single_request(framed, samples=0))
+                reconciled += self._send(single_request(framed, samples=0), resumed)
             return reconciled

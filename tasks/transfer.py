@@ -99,5 +99,14 @@ def results_storage(results_dir: Path) -> Path:
     persist_result=True,
 )
 def transfer_batch_window(ctx: TransferContext, batch: Batch, window: Window) -> dict:
-    """Copy one batch over one window; returns counts once every request was acknowledged."""
-    return get_transfer(ctx).run(batch, window).as_dict()
+    """Copy one batch over one window; returns counts once every request was acknowledged.
+
+    An attempt marker, written before the first request, tells a later attempt (task retry, or a rerun
+    after a crash) that the target may already hold part of this batch × window.
+    """
+    marker = Path(ctx.results_dir) / "attempts" / f"g{ctx.generation}-{batch.id}-w{window.index}"
+    resumed = marker.exists()
+    if not resumed:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    return get_transfer(ctx).run(batch, window, resumed=resumed).as_dict()
