@@ -1,0 +1,479 @@
+"""m3migrate benchmark: raw read, raw ingest and m3migrate end to end on one data set, one command.
+
+    .venv/bin/python bench/run.py --preset quick      # 200 series x 1 d x 15 s   (~1.2 M samples)
+    .venv/bin/python bench/run.py --preset default    # 1000 series x 7 d x 15 s (~40 M samples)
+    .venv/bin/python bench/run.py --preset large      # 10x default's series (RSS comparison)
+
+Steps, each against fresh Prometheus 2.42 servers on 127.0.0.1:
+  1. raw read    remote read of the whole range (<= 1 d windows, 2 in flight), bodies decompressed and discarded
+  2. raw ingest  the same data, pre-encoded as WriteRequests per 30 min window, sent with 2 and 4 in flight
+                 (barrier per window so every series stays in order); the best is kept
+  3. m3migrate   `python -m m3migrate.cli migrate` as a subprocess with its own ephemeral Prefect API
+                 (PREFECT_HOME in a temp dir), default settings and tuned settings; wall time, CPU seconds
+                 of the process tree (and of the Prefect API server on its own), peak RSS
+After every write the target is read back and must hold exactly the source's series and samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    ALL,
+    add_preset_args,
+    chunks,
+    count_all,
+    machine_info,
+    read_chunk_ms,
+    resolve_preset,
+    start_bench_source,
+    wait_quiet,
+)
+
+from m3migrate.codec import WriteBody, decode_read_response, encode_labels, pack_write_requests
+from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.remote_read import RemoteReadClient
+from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.sandbox.servers import start_prometheus
+from m3migrate.timefmt import iso_ms
+
+ROOT = Path(__file__).resolve().parent.parent
+INGEST_WINDOW_MS = 30 * 60_000  # in-order safe: everything in flight stays within the target's 1 h accept window
+
+M3MIGRATE_CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {"args": [], "ooo": False},
+    "tuned-inorder-60m": {
+        "args": ["--window-minutes", "60", "--task-concurrency", "4", "--write-concurrency", "4"],
+        "ooo": False,
+    },
+    "tuned-ooo-6h": {
+        "args": [
+            "--write-mode",
+            "out_of_order",
+            "--window-minutes",
+            "360",
+            "--batch-max-series",
+            "500",
+            "--task-concurrency",
+            "4",
+            "--write-concurrency",
+            "4",
+        ],
+        "ooo": True,
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- 1. raw read --------------------------------------------------------------------------------------
+
+
+def raw_read(url: str, start_ms: int, end_ms: int, chunk_ms: int, samples: int, concurrency: int = 2) -> dict:
+    ranges = chunks(start_ms, end_ms, chunk_ms)
+    nbytes = 0
+    with RemoteReadClient(SourceSettings(read_url=f"{url}/api/v1/read"), max_connections=4) as client:
+
+        def one(rng: tuple[int, int]) -> int:
+            return len(client.read_raw(ALL, *rng))  # decompressed, then discarded
+
+        c0, t0 = cpu_self(), time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            for n in pool.map(one, ranges):
+                nbytes += n
+        wall = time.perf_counter() - t0
+        cpu = cpu_self() - c0
+    return {
+        "seconds": round(wall, 3),
+        "samples_per_s": round(samples / wall),
+        "reads": len(ranges),
+        "chunk_hours": round(chunk_ms / 3_600_000, 2),
+        "concurrency": concurrency,
+        "decompressed_bytes": nbytes,
+        "client_cpu_s": round(cpu, 2),
+    }
+
+
+# -- 2. raw ingest ------------------------------------------------------------------------------------
+
+
+def pre_encode(url: str, start_ms: int, end_ms: int, req_samples: int, spool: Path) -> tuple[list[list], dict]:
+    """Read the data per 30 min window and pack it into WriteRequests spooled to a file.
+
+    Returns per window the list of (offset, length, series, samples) of its requests."""
+    windows = chunks(start_ms, end_ms, INGEST_WINDOW_MS)
+    index: list[list] = []
+    labels_cache: dict[tuple, bytes] = {}
+    total = requests = 0
+    t0 = time.perf_counter()
+    with (
+        RemoteReadClient(SourceSettings(read_url=f"{url}/api/v1/read"), max_connections=4) as client,
+        open(spool, "wb") as f,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        for raw in pool.map(lambda w: client.read_raw(ALL, *w), windows):
+            qr = decode_read_response(raw, endpoint=url)
+            pairs = []
+            for ts in qr.timeseries:
+                key = tuple((label.name, label.value) for label in ts.labels)
+                lb = labels_cache.get(key)
+                if lb is None:
+                    lb = labels_cache[key] = encode_labels(key)
+                ts.ClearField("labels")
+                pairs.append((lb, ts))
+            chains = pack_write_requests(pairs, max_bytes=64 << 20, max_samples=req_samples)
+            entries = []
+            for chain in chains:
+                if len(chain.requests) != 1:
+                    raise RuntimeError("a series exceeds one request in a 30 min window; raise req_samples")
+                body = chain.requests[0]
+                off = f.tell()
+                f.write(body.body)
+                entries.append((off, len(body.body), body.series, body.samples))
+                total += body.samples
+                requests += 1
+            index.append(entries)
+    return index, {
+        "encode_seconds": round(time.perf_counter() - t0, 1),
+        "requests": requests,
+        "samples": total,
+        "spool_bytes": spool.stat().st_size,
+    }
+
+
+def raw_ingest(target_url: str, index: list[list], spool: Path, in_flight: int) -> dict:
+    total = sum(e[3] for w in index for e in w)
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        with (
+            RemoteWriteClient(
+                TargetSettings(write_url=f"{target_url}/api/v1/write"), max_connections=in_flight * 2
+            ) as client,
+            ThreadPoolExecutor(in_flight) as pool,
+        ):
+            # warm the page cache so the timed part does not measure the disk
+            for w in index:
+                for off, ln, _, _ in w:
+                    os.pread(fd, ln, off)
+
+            def send(e: tuple) -> None:
+                off, ln, series, samples = e
+                client.write(WriteBody(os.pread(fd, ln, off), series, samples, 0))
+
+            c0, t0 = cpu_self(), time.perf_counter()
+            for w in index:  # barrier per window: a series is never in two requests in flight
+                list(pool.map(send, w))
+            wall = time.perf_counter() - t0
+            cpu = cpu_self() - c0
+    finally:
+        os.close(fd)
+    return {
+        "in_flight": in_flight,
+        "seconds": round(wall, 3),
+        "samples_per_s": round(total / wall),
+        "client_cpu_s": round(cpu, 2),
+    }
+
+
+# -- 3. m3migrate -------------------------------------------------------------------------------------
+
+
+class TreeSampler:
+    """Polls a process tree: last CPU times per pid (so exited children count), peak RSS per role."""
+
+    def __init__(self, pid: int, period: float = 0.25) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.root = psutil.Process(pid)
+        self.period = period
+        self.cpu: dict[int, float] = {}
+        self.role: dict[int, str] = {}
+        self.peak_rss: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _classify(self, p) -> str:
+        if p.pid == self.root.pid:
+            return "cli"
+        try:
+            cmd = " ".join(p.cmdline())
+        except Exception:
+            return "other"
+        if "uvicorn" in cmd or "prefect.server" in cmd or "server start" in cmd:
+            return "prefect-server"
+        return "other"
+
+    def _poll(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except self.psutil.Error:
+            return
+        for p in procs:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    rss = p.memory_info().rss
+            except self.psutil.Error:
+                continue
+            if p.pid not in self.role:
+                self.role[p.pid] = self._classify(p)
+            role = self.role[p.pid]
+            self.cpu[p.pid] = t.user + t.system  # children_* would count reaped children twice
+            self.peak_rss[role] = max(self.peak_rss.get(role, 0), rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poll()
+            self._stop.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, c in self.cpu.items():
+            out[self.role[pid]] = out.get(self.role[pid], 0.0) + c
+        return out
+
+
+def run_m3migrate(
+    name: str, cfg: dict, source_url: str, target_url: str, start_ms: int, end_ms: int, tmp: Path, samples: int
+) -> dict:
+    home = tmp / f"prefect-{name}"
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+        PYTHONIOENCODING="utf-8",
+    )
+    argv = [
+        str(ROOT / ".venv/bin/python"), "-m", "m3migrate.cli", "migrate",
+        "--source-read-url", f"{source_url}/api/v1/read", "--source-query-url", source_url,
+        "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
+        "--start", iso_ms(start_ms), "--end", iso_ms(end_ms),
+        "--migration-id", f"bench-{name}", "--skip-validation", "--state-dir", str(tmp / f"state-{name}"),
+        *cfg["args"],
+    ]  # fmt: skip
+    with open(tmp / f"m3migrate-{name}.log", "wb") as logf:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
+        sampler = TreeSampler(proc.pid)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        sampler.stop()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    by_role = sampler.cpu_by_role()
+    # (wait4's ru_maxrss is not used: Linux carries the bench process's high-water mark across fork + exec)
+    cli_tree_cpu = ru.ru_utime + ru.ru_stime
+    server_cpu = by_role.get("prefect-server", 0.0)
+    # wait4 covers the CLI plus the children it reaped (the API server, if it was waited for); the sampler's
+    # last poll of the CLI itself misses at most one period, so the larger of the two is the tool's own CPU
+    tool_cpu = max(by_role.get("cli", 0.0), cli_tree_cpu - server_cpu)
+    out = {
+        "name": name,
+        "args": cfg["args"],
+        "exit_code": proc.returncode,
+        "seconds": round(wall, 3),
+        "samples_per_s": round(samples / wall),
+        "cpu_s_wait4": round(cli_tree_cpu, 2),
+        "cpu_s_by_role": {k: round(v, 2) for k, v in by_role.items()},
+        "cpu_s_tree": round(tool_cpu + sum(v for k, v in by_role.items() if k != "cli"), 2),
+        "cpu_s_prefect_server": round(server_cpu, 2),
+        "cpu_s_tool": round(tool_cpu, 2),
+        "tool_cpu_ns_per_sample": round(tool_cpu / samples * 1e9, 1),
+        "tree_cpu_ns_per_sample": round(
+            (tool_cpu + sum(v for k, v in by_role.items() if k != "cli")) / samples * 1e9, 1
+        ),
+        "peak_rss_mb_cli": round(sampler.peak_rss.get("cli", 0) / 2**20, 1),
+        "peak_rss_mb_prefect_server": round(sampler.peak_rss.get("prefect-server", 0) / 2**20, 1),
+        "log": str(tmp / f"m3migrate-{name}.log"),
+    }
+    text = (tmp / f"m3migrate-{name}.log").read_text(encoding="utf-8", errors="replace")
+    for key in ("seconds", "samples_per_second", "windows", "batches", "requests"):
+        m = re.search(rf"\b{key}\s*[│|]\s*([\d.,]+)", text)
+        if m:
+            out[f"flow_{key}"] = float(m.group(1).replace(",", ""))
+    if "flow_seconds" in out:
+        out["startup_and_plan_seconds"] = round(wall - out["flow_seconds"], 2)
+    if proc.returncode != 0:
+        tail = (tmp / f"m3migrate-{name}.log").read_text(errors="replace")[-3000:]
+        log(f"m3migrate {name} FAILED (exit {proc.returncode}):\n{tail}")
+    return out
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def verify(target_url: str, start_ms: int, end_ms: int, chunk_ms: int, expected: dict, what: str) -> bool:
+    got = count_all(target_url, start_ms, end_ms, chunk_ms)
+    ok = got == expected
+    if ok:
+        log(f"{what}: target verified ({got['series']} series, {got['samples']:,} samples)")
+    else:
+        log(f"*** MISMATCH *** {what}: target holds {got}, source holds {expected}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_args(ap)
+    ap.add_argument("--json-out", type=Path, help="default: bench/results/<preset>.json")
+    ap.add_argument("--configs", default=",".join(M3MIGRATE_CONFIGS), help="m3migrate configs to run")
+    ap.add_argument("--in-flight", default="2,4", help="raw ingest concurrencies to try")
+    ap.add_argument("--skip-raw-ingest", action="store_true")
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for load1 < 0.7")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = ap.parse_args(argv)
+    p = resolve_preset(a)
+    json_out = a.json_out or ROOT / "bench" / "results" / f"{a.preset}.json"
+    configs = [c for c in a.configs.split(",") if c]
+    for c in configs:
+        if c not in M3MIGRATE_CONFIGS:
+            ap.error(f"unknown config {c!r}; known: {', '.join(M3MIGRATE_CONFIGS)}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="m3migrate-bench-"))
+    results: dict[str, Any] = {"preset": a.preset, "params": p, "machine": machine_info(), "argv": sys.argv}
+    log(f"preset {a.preset}: {p['series']} series x {p['days']} d x {p['interval']} s; workdir {tmp}")
+    t0 = time.monotonic()
+    source = start_bench_source(p, tmp)
+    st = source.stats
+    log(f"source ready in {time.monotonic() - t0:.1f} s (build/copy {source.build_seconds:.1f} s): "
+        f"{st.series} series, {st.samples:,} samples, {iso_ms(st.start_ms)} .. {iso_ms(st.end_ms)}")  # fmt: skip
+    servers = [source.server]
+    ok_all = True
+    try:
+        chunk_ms = read_chunk_ms(st.series, int(p["interval"]))
+        expected = count_all(source.server.url, st.start_ms, st.end_ms, chunk_ms)
+        if expected != {"series": st.series, "samples": st.samples}:
+            log(f"*** MISMATCH *** source read back {expected}, spec says {st.series} / {st.samples}")
+            ok_all = False
+        samples = expected["samples"]
+        results["data"] = {**expected, "start": iso_ms(st.start_ms), "end": iso_ms(st.end_ms)}
+        results["quiet"] = {} if a.no_wait else wait_quiet()
+        results["quiet"]["load1_before_measuring"] = round(os.getloadavg()[0], 2)
+
+        # 1. raw read (run twice, keep the best: the first also warms the source's page cache)
+        rr = [raw_read(source.server.url, st.start_ms, st.end_ms, chunk_ms, samples) for _ in range(2)]
+        results["raw_read"] = max(rr, key=lambda r: r["samples_per_s"])
+        log(f"raw read: {results['raw_read']['samples_per_s']:,} samples/s ({[r['seconds'] for r in rr]} s)")
+
+        # 2. raw ingest
+        if not a.skip_raw_ingest:
+            window_samples = st.series * INGEST_WINDOW_MS // (int(p["interval"]) * 1000)
+            req_samples = int(max(5_000, min(100_000, math.ceil(window_samples / 4))))
+            index, enc = pre_encode(source.server.url, st.start_ms, st.end_ms, req_samples, tmp / "ingest.spool")
+            enc["max_samples_per_request"] = req_samples
+            log(f"pre-encoded {enc['requests']} requests ({enc['samples']:,} samples, {enc['spool_bytes']:,} B) "
+                f"in {enc['encode_seconds']} s")  # fmt: skip
+            runs = []
+            for n in [int(x) for x in a.in_flight.split(",")]:
+                target = start_prometheus(tmp, name=f"ingest-{n}", remote_write_receiver=True)
+                try:
+                    r = raw_ingest(target.url, index, tmp / "ingest.spool", n)
+                    r["verified"] = verify(target.url, st.start_ms, st.end_ms, chunk_ms, expected, f"raw ingest x{n}")
+                    ok_all &= r["verified"]
+                finally:
+                    target.stop()
+                    shutil.rmtree(tmp / f"ingest-{n}", ignore_errors=True)
+                log(f"raw ingest {n} in flight: {r['samples_per_s']:,} samples/s in {r['seconds']} s")
+                runs.append(r)
+            (tmp / "ingest.spool").unlink()
+            results["raw_ingest"] = {**max(runs, key=lambda r: r["samples_per_s"]), "runs": runs, "encode": enc}
+
+        # 3. m3migrate end to end
+        baseline = min(results["raw_read"]["samples_per_s"], results.get("raw_ingest", {}).get("samples_per_s", 1e18))
+        results["baseline_samples_per_s"] = baseline
+        results["m3migrate"] = []
+        for name in configs:
+            cfg = M3MIGRATE_CONFIGS[name]
+            ooo = f"{max(30, math.ceil(p['days']) + 2)}d" if cfg["ooo"] else None
+            target = start_prometheus(tmp, name=f"target-{name}", remote_write_receiver=True, ooo_window=ooo)
+            try:
+                log(f"m3migrate {name} {' '.join(cfg['args'])} ...")
+                r = run_m3migrate(name, cfg, source.server.url, target.url, st.start_ms, st.end_ms, tmp, samples)
+                r["ratio_to_baseline"] = round(r["samples_per_s"] / baseline, 3)
+                r["verified"] = r["exit_code"] == 0 and verify(
+                    target.url, st.start_ms, st.end_ms, chunk_ms, expected, f"m3migrate {name}"
+                )
+                ok_all &= r["verified"]
+            finally:
+                target.stop()
+                shutil.rmtree(tmp / f"target-{name}", ignore_errors=True)
+            log(f"m3migrate {name}: {r['samples_per_s']:,} samples/s ({r['ratio_to_baseline']:.0%}), "
+                f"tool CPU {r['tool_cpu_ns_per_sample']} ns/sample, Prefect server {r['cpu_s_prefect_server']} s, "
+                f"peak RSS {r['peak_rss_mb_cli']} MB")  # fmt: skip
+            results["m3migrate"].append(r)
+    finally:
+        for s in servers:
+            s.stop()
+        if not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    results["verified"] = ok_all
+    results["load1_at_end"] = round(os.getloadavg()[0], 2)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    log(f"wrote {json_out}")
+    if not ok_all:
+        log("*** MISMATCH: at least one target did not hold exactly the source's data ***")
+    return 0 if ok_all else 1
+
+
+def print_table(r: dict) -> None:
+    base = r["baseline_samples_per_s"]
+    rows = [("raw read (remote read, 2 in flight)", r["raw_read"]["samples_per_s"], "", "", "", "")]
+    if "raw_ingest" in r:
+        ri = r["raw_ingest"]
+        rows.append((f"raw ingest (best: {ri['in_flight']} in flight)", ri["samples_per_s"], "", "", "", ""))
+    for m in r["m3migrate"]:
+        rows.append(
+            (
+                f"m3migrate {m['name']}" + ("" if m.get("verified") else " MISMATCH"),
+                m["samples_per_s"],
+                f"{m['ratio_to_baseline']:.0%}",
+                f"{m['tool_cpu_ns_per_sample']:.0f}",
+                f"{m['cpu_s_prefect_server']:.1f}",
+                f"{m['peak_rss_mb_cli']:.0f}",
+            )
+        )
+    d = r["data"]
+    print(f"\n{r['preset']}: {d['series']} series, {d['samples']:,} samples; baseline min(read, ingest) = {base:,}/s")
+    hdr = ("measurement", "samples/s", "ratio", "tool ns/sample", "Prefect API CPU s", "peak RSS MB")
+    print(f"| {hdr[0]:<44} | {hdr[1]:>10} | {hdr[2]:>5} | {hdr[3]:>14} | {hdr[4]:>17} | {hdr[5]:>11} |")
+    for row in rows:
+        print(f"| {row[0]:<44} | {row[1]:>10,} | {row[2]:>5} | {row[3]:>14} | {row[4]:>17} | {row[5]:>11} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
