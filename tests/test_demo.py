@@ -64,3 +64,50 @@ def test_demo_with_yes_ends_verified_and_leaves_no_process(tmp_path):
     verified = int(re.search(r"samples_source=(\d+)", out).group(1))
     assert verified > migrated, "the close step verifies what replication copied from the live writes too"
     assert _processes_mentioning(str(workdir)) == []
+
+
+@pytest.mark.servers
+def test_demo_interrupted_at_the_gate_tears_everything_down(tmp_path):
+    """Without --yes the demo waits at the cutover form; SIGTERM, handled like Ctrl-C, stops all it started."""
+    import signal
+    import time
+
+    workdir = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "m3migrate.sandbox.demo",
+            "--series",
+            "60",
+            "--days",
+            "0.25",
+            "--interval",
+            "60",
+            "--workdir",
+            str(workdir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 600
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for the decision" in line or time.monotonic() > deadline:
+                break
+        assert any("waiting for the decision" in line for line in lines), "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "stopped everything the demo started" in rest
+    assert _processes_mentioning(str(workdir)) == []

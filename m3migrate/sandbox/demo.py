@@ -157,6 +157,10 @@ def _wait_for_gate(parent_id, timeout: float = 1800):
     raise RuntimeError("the end-to-end run neither paused at the cutover gate nor ended in time")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--series", type=int, default=200)
@@ -167,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave everything running at the end")
     a = ap.parse_args(argv)
 
+    # Ctrl-C, and a plain `kill`, tear everything down (the finally below), even where a shell started
+    # the demo in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="m3migrate-demo-"))
     spec = HistorySpec(series=a.series, span_s=int(a.days * 86400), interval_s=a.interval)
     stack: list = []
