@@ -29,26 +29,21 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _demo(workdir: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """A small demo's command line and environment (it starts its own Prefect server with the UI)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "m3migrate.sandbox.demo", *extra, "--series", "60", "--days", "0.25",
+           "--interval", "60", "--workdir", str(workdir)]  # fmt: skip
+    return cmd, env
+
+
 @pytest.mark.servers
 def test_demo_with_yes_ends_verified_and_leaves_no_process(tmp_path):
     workdir = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PREFECT_API_URL", None)  # the demo starts its own Prefect server with the UI
+    cmd, env = _demo(workdir, "--yes")
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "m3migrate.sandbox.demo",
-            "--yes",
-            "--series",
-            "60",
-            "--days",
-            "0.25",
-            "--interval",
-            "60",
-            "--workdir",
-            str(workdir),
-        ],
+        cmd,
         capture_output=True,
         text=True,
         env=env,
@@ -73,22 +68,9 @@ def test_demo_interrupted_at_the_gate_tears_everything_down(tmp_path):
     import time
 
     workdir = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PREFECT_API_URL", None)
+    cmd, env = _demo(workdir)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "m3migrate.sandbox.demo",
-            "--series",
-            "60",
-            "--days",
-            "0.25",
-            "--interval",
-            "60",
-            "--workdir",
-            str(workdir),
-        ],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
