@@ -155,7 +155,7 @@ def transfer_windows(
         elapsed = time.monotonic() - t0
         rate = moved_now / elapsed if elapsed > 0 else 0.0
         remaining = nw - k - 1
-        eta = elapsed / (k + 1) * remaining if k >= 0 else 0.0
+        eta = elapsed / (k + 1) * remaining
         window_rows.append(
             {
                 "window": k,

@@ -99,14 +99,6 @@ def decode_read_response(raw: bytes, *, endpoint: str) -> QueryResult:
     return response.results[0]
 
 
-def labels_of(series: TimeSeries) -> tuple[tuple[str, str], ...]:
-    return tuple((label.name, label.value) for label in series.labels)
-
-
-def sample_count(series_list: Iterable[TimeSeries]) -> int:
-    return sum(len(s.samples) for s in series_list)
-
-
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:

@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from m3migrate.errors import ConfigError
 
-SENSITIVE_HEADER_WORDS = ("authorization", "token", "key", "secret", "password", "cookie")
-
 
 def check_http_url(url: str, what: str) -> str:
     """Reject what httpx would only fail on later, with the field named."""
@@ -42,11 +40,6 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url.split("?")[0].split("@")[-1]
-
-
-def redact_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Header values whose names look secret are replaced by stars."""
-    return {k: ("********" if any(w in k.lower() for w in SENSITIVE_HEADER_WORDS) else v) for k, v in headers.items()}
 
 
 class AuthSettings(BaseModel):

@@ -40,7 +40,6 @@ class RetryPolicy:
         )
 
 
-NO_RETRY = RetryPolicy(attempts=1)
 DEFAULT_RETRY = RetryPolicy()
 
 

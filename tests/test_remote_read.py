@@ -15,6 +15,7 @@ import pytest
 import snappy
 
 from m3migrate.codec import Matcher, encode_labels, frame_series, selector_string, single_request
+from m3migrate.codec import float_bits as bits
 from m3migrate.config import AuthSettings, SourceSettings, TargetSettings, TlsSettings
 from m3migrate.errors import (
     AuthError,
@@ -28,7 +29,6 @@ from m3migrate.http import RetryPolicy
 from m3migrate.prompb import Label, QueryResult, ReadRequest, ReadResponse, Sample, TimeSeries
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.sandbox.compare import bits
 from m3migrate.sandbox.history import (
     NAN_BITS,
     STALE_NAN_BITS,

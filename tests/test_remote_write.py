@@ -21,6 +21,7 @@ import pytest
 import snappy
 
 from m3migrate.codec import Matcher, WriteBody, encode_labels, frame_series, pack_write_requests, single_request
+from m3migrate.codec import float_bits as bits
 from m3migrate.config import AuthSettings, TargetSettings, TlsSettings
 from m3migrate.errors import (
     AuthError,
@@ -33,7 +34,7 @@ from m3migrate.errors import (
 from m3migrate.http import RetryPolicy, build_client
 from m3migrate.prompb import Sample, TimeSeries, WriteRequest
 from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.sandbox.compare import bits, read_all
+from m3migrate.sandbox.compare import read_all
 from m3migrate.sandbox.servers import (
     Server,
     TlsFiles,

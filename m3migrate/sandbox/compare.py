@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
-from m3migrate.codec import Matcher
+from m3migrate.codec import Matcher, float_bits
 from m3migrate.config import SourceSettings
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.validate import PROBE_METRIC
@@ -13,10 +12,6 @@ from m3migrate.validate import PROBE_METRIC
 Labels = tuple[tuple[str, str], ...]
 Samples = list[tuple[int, int]]  # (timestamp ms, IEEE-754 bits of the value)
 ALL = [Matcher("__name__", "=~", ".+")]
-
-
-def bits(value: float) -> int:
-    return struct.unpack("<Q", struct.pack("<d", value))[0]
 
 
 def read_all(
@@ -34,7 +29,7 @@ def read_all(
                 key = tuple(sorted((label.name, label.value) for label in ts.labels))
                 if ("__name__", PROBE_METRIC) in key:
                     continue
-                out.setdefault(key, []).extend((s.timestamp, bits(s.value)) for s in ts.samples)
+                out.setdefault(key, []).extend((s.timestamp, float_bits(s.value)) for s in ts.samples)
             a = b + 1
     return out
 

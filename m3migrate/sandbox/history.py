@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 import snappy
 
+from m3migrate.codec import STALE_NAN_BITS, float_bits
 from m3migrate.prompb import prompb_pb2
 from m3migrate.sandbox.servers import Server, find_binary, start_prometheus
 
@@ -62,15 +63,9 @@ STATS_FILE = "history.stats.json"
 MAX_BLOCK_DURATION = "168h"
 
 # Prometheus' staleness marker (value.StaleNaN) and Python's ordinary quiet NaN.
-STALE_NAN_BITS = 0x7FF0000000000002
 NAN_BITS = 0x7FF8000000000000
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]
 _ORDINARY_NAN: float = struct.unpack("<d", struct.pack("<Q", NAN_BITS))[0]
-
-
-def float_bits(value: float) -> int:
-    """IEEE-754 bit pattern of a double: NaNs compare unequal, bits do not."""
-    return int(struct.unpack("<Q", struct.pack("<d", value))[0])
 
 
 # ---------------------------------------------------------------------------------------------
