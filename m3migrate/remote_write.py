@@ -15,7 +15,7 @@ import httpx
 from m3migrate import __version__
 from m3migrate.codec import WriteBody
 from m3migrate.config import TargetSettings, redact_url
-from m3migrate.errors import RejectReason, TransientError, WriteRejected
+from m3migrate.errors import RejectReason, WriteRejected
 from m3migrate.http import (
     EndpointClient,
     RetryPolicy,
@@ -145,4 +145,4 @@ def _hint(reasons: frozenset[RejectReason]) -> str:
     return "; ".join(REASON_HINTS[r] for r in sorted(reasons) if r in REASON_HINTS)
 
 
-__all__ = ["RemoteWriteClient", "TransientError", "WriteStats", "classify_reasons"]
+__all__ = ["RemoteWriteClient", "WriteStats", "classify_reasons"]
