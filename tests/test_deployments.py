@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.sandbox.compare import diff, read_all, with_label
+from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.timefmt import iso_ms as _iso
 
 ROOT = Path(__file__).parents[1]
@@ -84,7 +84,7 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
         run = run_deployment("migrate/migrate", timeout=300)
         assert run.state.is_completed(), run.state
         expected = with_label(read_all(src, start, end), "_source", "m3db")
-        assert diff(expected, read_all(target.url, start, end)) == []
+        assert diff_target(expected, target.url, start, end) == []
 
         checked = run_deployment("verify/verify", timeout=300)
         assert checked.state.is_completed(), checked.state

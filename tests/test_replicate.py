@@ -21,7 +21,7 @@ from m3migrate.config import TargetSettings
 from m3migrate.errors import ConfigError
 from m3migrate.prompb import TimeSeries
 from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.sandbox.compare import diff, read_all, with_label
+from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, start_source
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState
@@ -66,7 +66,7 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
 
     def check_equal(until_ms: int) -> None:
         expected = with_label(read_all(src_url, start, until_ms), "_source", "m3db")
-        assert diff(expected, read_all(target.url, start, until_ms)) == []
+        assert diff_target(expected, target.url, start, until_ms) == []
 
     with pytest.raises(ConfigError, match="never ran"):
         replicate(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 
 from m3migrate.codec import Matcher, float_bits
@@ -12,6 +14,7 @@ from m3migrate.validate import PROBE_METRIC
 Labels = tuple[tuple[str, str], ...]
 Samples = list[tuple[int, int]]  # (timestamp ms, IEEE-754 bits of the value)
 ALL = [Matcher("__name__", "=~", ".+")]
+log = logging.getLogger("m3migrate.sandbox")
 
 
 def read_all(
@@ -53,4 +56,24 @@ def diff(expected: dict[Labels, Samples], actual: dict[Labels, Samples], limit: 
             problems.append(f"series {dict(labels)}: {len(e)} vs {len(a)} samples, first difference at #{first}")
             if len(problems) >= 3 * limit:
                 break
+    return problems
+
+
+def diff_target(
+    expected: dict[Labels, Samples], base_url: str, start_ms: int, end_ms: int, *, rereads: int = 2, **settings
+) -> list[str]:
+    """Differences between ``expected`` and what the target Prometheus holds, confirmed by rereading.
+
+    Prometheus before 2.49 can leave out-of-order head chunks out of a query that races an out-of-order
+    head compaction (prometheus/prometheus#13115): the samples are stored, one read just misses them. A
+    real loss shows in every read, so a difference counts only if it is still there after ``rereads``
+    more reads a second apart.
+    """
+    problems = diff(expected, read_all(base_url, start_ms, end_ms, **settings))
+    for _ in range(rereads):
+        if not problems:
+            break
+        log.warning("target differs (%s); reading it again in case the read raced a compaction", problems[0])
+        time.sleep(1.0)
+        problems = diff(expected, read_all(base_url, start_ms, end_ms, **settings))
     return problems
