@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from m3migrate.codec import (
     WriteBody,
@@ -122,30 +123,7 @@ class Transfer:
     # -- read side ------------------------------------------------------------------------------
 
     def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[QueryResult]:
-        """Read results covering batch × [start, end]; split on source limits, never truncate."""
-        t0 = time.perf_counter()
-        try:
-            raw = self.reader.read_raw(batch.matchers, start_ms, end_ms)
-        except SourceLimitExceeded:
-            result.read_seconds += time.perf_counter() - t0
-            result.splits += 1
-            if len(batch.series) > 1:
-                parts = split_batch(batch)
-                log.info("batch %s hit a source limit: split into %d parts by series", batch.id, len(parts))
-                for sub in parts:
-                    yield from self._reads(sub, start_ms, end_ms, result)
-                return
-            if end_ms - start_ms < MIN_SPLIT_MS:
-                raise
-            mid = start_ms + (end_ms - start_ms) // 2
-            log.info("batch %s hit a source limit: split [%d, %d] in time", batch.id, start_ms, end_ms)
-            yield from self._reads(batch, start_ms, mid, result)
-            yield from self._reads(batch, mid + 1, end_ms, result)
-            return
-        parsed = decode_read_response(raw, endpoint=self.reader.endpoint)
-        result.bytes_read += len(raw)
-        result.read_seconds += time.perf_counter() - t0
-        yield parsed
+        return read_batch_window(self.reader, batch, start_ms, end_ms, result)
 
     # -- write side -----------------------------------------------------------------------------
 
@@ -237,3 +215,41 @@ class Transfer:
             for framed in request.parts:
                 reconciled += self._send(single_request(framed, samples=0), resumed)
             return reconciled
+
+
+class ReadTally(Protocol):
+    """Where read_batch_window counts what it did (TransferResult has these fields)."""
+
+    bytes_read: int
+    read_seconds: float
+    splits: int
+
+
+def read_batch_window(
+    reader: RemoteReadClient, batch: Batch, start_ms: int, end_ms: int, tally: ReadTally
+) -> Iterator[QueryResult]:
+    """Decoded read results covering batch × [start, end]; a source limit splits the read (by series,
+    then by time), never truncates it. Parts come one at a time, so memory holds one part."""
+    t0 = time.perf_counter()
+    try:
+        raw = reader.read_raw(batch.matchers, start_ms, end_ms)
+    except SourceLimitExceeded:
+        tally.read_seconds += time.perf_counter() - t0
+        tally.splits += 1
+        if len(batch.series) > 1:
+            parts = split_batch(batch)
+            log.info("batch %s hit a source limit: split into %d parts by series", batch.id, len(parts))
+            for sub in parts:
+                yield from read_batch_window(reader, sub, start_ms, end_ms, tally)
+            return
+        if end_ms - start_ms < MIN_SPLIT_MS:
+            raise
+        mid = start_ms + (end_ms - start_ms) // 2
+        log.info("batch %s hit a source limit: split [%d, %d] in time", batch.id, start_ms, end_ms)
+        yield from read_batch_window(reader, batch, start_ms, mid, tally)
+        yield from read_batch_window(reader, batch, mid + 1, end_ms, tally)
+        return
+    parsed = decode_read_response(raw, endpoint=reader.endpoint)
+    tally.bytes_read += len(raw)
+    tally.read_seconds += time.perf_counter() - t0
+    yield parsed
