@@ -90,6 +90,33 @@ class EndpointSettings(BaseModel):
         default_factory=dict, description="Extra HTTP headers sent with every request (no secrets: use auth)."
     )
     timeout_seconds: float = Field(default=120.0, gt=0, description="Timeout of one HTTP request.")
+    max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Most requests in flight to this endpoint from one process (the adaptive limit's ceiling).",
+    )
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="Halve the in-flight limit when the endpoint answers 429/503 or times out; raise it by one "
+        "again after a run of successes.",
+    )
+    max_requests_per_second: float | None = Field(
+        default=None, gt=0, description="Most requests per second to this endpoint from one process (unset: no cap)."
+    )
+    max_samples_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most samples per second read from (source) or written to (target) this endpoint from one "
+        "process (unset: no cap).",
+    )
+    retry_attempts: int = Field(
+        default=8, ge=1, le=100, description="Attempts of one request before a transient failure stops the run."
+    )
+    retry_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Longest time one request keeps being retried before it fails the run."
+    )
+    retry_wait_max_seconds: float = Field(default=30.0, gt=0, description="Longest backoff between two attempts.")
 
 
 class SourceSettings(EndpointSettings):

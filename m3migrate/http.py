@@ -12,8 +12,9 @@ import httpx
 import stamina
 
 from m3migrate import __version__
-from m3migrate.config import EndpointSettings, redact_url
+from m3migrate.config import EndpointSettings, SourceSettings, TargetSettings, origin, redact_url
 from m3migrate.errors import AuthError, EndpointError, EndpointNotFound, TlsError, TransientError
+from m3migrate.limits import EndpointLimits, limits_for
 
 USER_AGENT = f"m3migrate/{__version__}"
 BODY_EXCERPT = 300
@@ -42,6 +43,28 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 
+OVERLOAD_STATUSES = (429, 503)  # "too much": the adaptive limit goes down
+
+
+def retry_policy(settings: EndpointSettings) -> RetryPolicy:
+    """The endpoint's own retry bounds (attempts, total time, longest wait)."""
+    return RetryPolicy(
+        attempts=settings.retry_attempts,
+        timeout_seconds=settings.retry_timeout_seconds,
+        wait_initial=min(DEFAULT_RETRY.wait_initial, settings.retry_wait_max_seconds),
+        wait_max=settings.retry_wait_max_seconds,
+        wait_jitter=min(DEFAULT_RETRY.wait_jitter, settings.retry_wait_max_seconds),
+    )
+
+
+def endpoint_side(settings: EndpointSettings) -> tuple[str, str]:
+    """("source", "read"), ("target", "write") or ("endpoint", "request"): names for log lines."""
+    if isinstance(settings, SourceSettings):
+        return "source", "read"
+    if isinstance(settings, TargetSettings):
+        return "target", "write"
+    return "endpoint", "request"
+
 
 def retry_transient(exc: Exception) -> bool | float:
     """stamina backoff hook: retry TransientError, honouring Retry-After when the server sent one."""
@@ -53,7 +76,9 @@ def retry_transient(exc: Exception) -> bool | float:
 class EndpointClient:
     """Base of the protocol clients: owns (or borrows) an httpx client and its retry policy.
 
-    A borrowed client is never closed here, so several protocol clients can share one pool.
+    A borrowed client is never closed here, so several protocol clients can share one pool. Every
+    request goes through :meth:`exchange`, which enforces the endpoint's concurrency cap and rate limits
+    (shared by all clients of that endpoint in the process) and adapts the in-flight limit.
     """
 
     def __init__(
@@ -65,9 +90,52 @@ class EndpointClient:
         max_connections: int = 16,
     ) -> None:
         self.settings = settings
-        self.retry = retry or DEFAULT_RETRY
+        self.retry = retry or retry_policy(settings)
         self._client = client if client is not None else build_client(settings, max_connections=max_connections)
         self._owns_client = client is None
+        self.side, self.op = endpoint_side(settings)
+        self.limits: EndpointLimits | None = None
+
+    def _limits_for(self, url: httpx.URL) -> EndpointLimits:
+        if self.limits is None:
+            s = self.settings
+            self.limits = limits_for(
+                origin(str(url)),
+                side=self.side,
+                op=self.op,
+                max_concurrency=s.max_concurrency,
+                adaptive=s.adaptive_concurrency,
+                requests_per_second=s.max_requests_per_second,
+                samples_per_second=s.max_samples_per_second,
+            )
+        return self.limits
+
+    def exchange(self, request: httpx.Request, *, what: str, samples: int = 0) -> httpx.Response:
+        """Send once within the endpoint's caps; 429/503 and timeouts lower its in-flight limit.
+
+        ``samples`` (writes) is charged to the samples/s budget before sending; reads charge theirs
+        afterwards with :meth:`charge_samples`, once they know how many came back.
+        """
+        limits = self._limits_for(request.url)
+        with limits.concurrency.slot() as generation:
+            limits.rate.request()
+            limits.rate.take_samples(samples)
+            try:
+                response = send(self._client, request, what=what)
+            except TransientError as exc:
+                if "timed out" in str(exc):
+                    limits.concurrency.overloaded(generation, "timed out")
+                raise
+        if response.status_code in OVERLOAD_STATUSES:
+            limits.concurrency.overloaded(generation, f"answered {response.status_code}")
+        elif response.status_code < 300:
+            limits.concurrency.succeeded()
+        return response
+
+    def charge_samples(self, samples: int) -> None:
+        """Count samples that arrived against the samples/s budget (waits when over it)."""
+        if self.limits is not None:
+            self.limits.rate.take_samples(samples)
 
     def __enter__(self) -> Self:
         return self

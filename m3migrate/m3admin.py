@@ -28,7 +28,6 @@ from m3migrate.http import (
     RetryPolicy,
     raise_for_common_status,
     retry_transient,
-    send,
     unexpected,
 )
 from m3migrate.promql import PromQLClient
@@ -314,7 +313,7 @@ class M3AdminClient(EndpointClient):
         what = "M3 ready"
         for attempt in self.retry.context(retry_transient):
             with attempt:
-                response = send(self._client, self._client.build_request("GET", url), what=what)
+                response = self.exchange(self._client.build_request("GET", url), what=what)
                 body = _json_or_none(response)
                 if _is_ready_document(response.status_code, body):
                     return M3Ready(*(_ready_list(body.get(k)) for k in _READY_KEYS))
@@ -365,7 +364,7 @@ class M3AdminClient(EndpointClient):
         url = self._base + path
         for attempt in self.retry.context(retry_transient):
             with attempt:
-                response = send(self._client, self._client.build_request("GET", url), what=what)
+                response = self.exchange(self._client.build_request("GET", url), what=what)
                 if response.status_code in (404, 405):
                     return None
                 raise_for_common_status(response, what=what)

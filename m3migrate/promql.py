@@ -25,7 +25,6 @@ from m3migrate.http import (
     body_excerpt,
     raise_for_common_status,
     retry_transient,
-    send,
     unexpected,
 )
 
@@ -264,7 +263,7 @@ class PromQLClient(EndpointClient):
                     request = self._client.build_request("GET", url, params=merged, headers=headers)
                 else:
                     request = self._client.build_request(method, url, data=merged, headers=headers)
-                response = send(self._client, request, what=what)
+                response = self.exchange(request, what=what)
                 answer = self._handle(response, what=what, expr=expr)
         assert answer is not None  # the retry loop either succeeded or raised
         if strict and answer.warnings:

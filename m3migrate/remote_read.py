@@ -22,10 +22,9 @@ from m3migrate.http import (
     body_excerpt,
     raise_for_common_status,
     retry_transient,
-    send,
     unexpected,
 )
-from m3migrate.prompb import QueryResult
+from m3migrate.prompb import QueryResult, ReadResponse
 
 LIMIT_MARKERS = ("query exceeded limit", "exceeded sample limit", "exceeded limit", "too many series")
 
@@ -73,8 +72,10 @@ class RemoteReadClient(EndpointClient):
             with attempt:
                 if attempt.num > 1:
                     self.stats.retries += 1
-                return self._read_once(body)
-        raise AssertionError("unreachable")
+                raw = self._read_once(body)
+        if self.settings.max_samples_per_second:
+            self.charge_samples(count_samples(raw))
+        return raw
 
     def read(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> QueryResult:
         """The parsed QueryResult for [start_ms, end_ms] (both inclusive)."""
@@ -82,7 +83,7 @@ class RemoteReadClient(EndpointClient):
 
     def _read_once(self, body: bytes) -> bytes:
         request = self._client.build_request("POST", self.url, content=body, headers=self.headers)
-        response = send(self._client, request, what="remote read")
+        response = self.exchange(request, what="remote read")
         self.stats.requests += 1
         limited = response.headers.get("M3-Results-Limited")
         if limited:
@@ -120,3 +121,13 @@ class RemoteReadClient(EndpointClient):
             )
         self.stats.compressed_bytes += len(response.content)
         return decompress(response.content, endpoint=self.endpoint, what="remote read")
+
+
+def count_samples(raw: bytes) -> int:
+    """Samples in a decompressed ReadResponse (0 if it does not parse: decoding reports that)."""
+    response = ReadResponse()
+    try:
+        response.ParseFromString(raw)
+    except Exception:
+        return 0
+    return sum(len(ts.samples) for result in response.results for ts in result.timeseries)

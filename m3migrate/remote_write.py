@@ -22,7 +22,6 @@ from m3migrate.http import (
     body_excerpt,
     raise_for_common_status,
     retry_transient,
-    send,
     unexpected,
 )
 
@@ -90,14 +89,14 @@ class RemoteWriteClient(EndpointClient):
             with attempt:
                 if attempt.num > 1:
                     self.stats.retries += 1
-                self._write_once(request.body)
+                self._write_once(request.body, request.samples)
         self.stats.requests += 1
         self.stats.samples += request.samples
         self.stats.compressed_bytes += len(request.body)
 
-    def _write_once(self, body: bytes) -> None:
+    def _write_once(self, body: bytes, samples: int = 0) -> None:
         request = self._client.build_request("POST", self.url, content=body, headers=self.headers)
-        response = send(self._client, request, what="remote write")
+        response = self.exchange(request, what="remote write", samples=samples)
         status = response.status_code
         if 200 <= status < 300:
             return
