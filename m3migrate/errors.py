@@ -55,8 +55,9 @@ class EndpointError(M3MigrateError):
 class TransientError(EndpointError):
     """Worth retrying: 5xx (except permanent ones), 429, timeouts and connection errors."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, sent: bool = True, **kw) -> None:
         self.retry_after = retry_after
+        self.sent = sent  # False when the request surely never reached the server (connection refused)
         super().__init__(message, **kw)
 
 

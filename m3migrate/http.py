@@ -240,7 +240,9 @@ def send(client: httpx.Client, request: httpx.Request, *, what: str) -> httpx.Re
         return client.send(request)
     except httpx.TimeoutException as exc:
         raise TransientError(
-            f"{what}: timed out ({type(exc).__name__})", endpoint=redact_url(str(request.url))
+            f"{what}: timed out ({type(exc).__name__})",
+            endpoint=redact_url(str(request.url)),
+            sent=not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout),
         ) from None
     except httpx.TransportError as exc:
         tls = _tls_failure(exc)
@@ -253,7 +255,9 @@ def send(client: httpx.Client, request: httpx.Request, *, what: str) -> httpx.Re
                 hint="check the URL scheme (http vs https) and the CA file / client certificate settings",
             ) from None
         raise TransientError(
-            f"{what}: connection failed ({type(exc).__name__}: {exc})", endpoint=redact_url(str(request.url))
+            f"{what}: connection failed ({type(exc).__name__}: {exc})",
+            endpoint=redact_url(str(request.url)),
+            sent=not isinstance(exc, httpx.ConnectError),
         ) from None
 
 

@@ -8,6 +8,7 @@ Prometheus 2.42 answers 500 for "too old sample", which is permanent despite the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import httpx
@@ -15,7 +16,7 @@ import httpx
 from m3migrate import __version__
 from m3migrate.codec import WriteBody
 from m3migrate.config import TargetSettings, redact_url
-from m3migrate.errors import RejectReason, WriteRejected
+from m3migrate.errors import RejectReason, TransientError, WriteRejected
 from m3migrate.http import (
     EndpointClient,
     RetryPolicy,
@@ -24,6 +25,8 @@ from m3migrate.http import (
     retry_transient,
     unexpected,
 )
+
+log = logging.getLogger("m3migrate.remote_write")
 
 # Substrings of the receivers' error texts (Prometheus tsdb/storage errors, Thanos receive) -> reason.
 REASON_MARKERS: tuple[tuple[str, RejectReason], ...] = (
@@ -57,6 +60,7 @@ class WriteStats:
     compressed_bytes: int = 0
     retries: int = 0
     partial_commits: int = 0
+    landed_unacknowledged: int = 0  # requests stored by an attempt whose answer was lost
 
 
 class RemoteWriteClient(EndpointClient):
@@ -84,12 +88,31 @@ class RemoteWriteClient(EndpointClient):
             self.headers[settings.tenant_header] = settings.tenant
 
     def write(self, request: WriteBody) -> None:
-        """Send one request; retries transient failures, raises WriteRejected on refusals."""
+        """Send one request; retries transient failures, raises WriteRejected on refusals.
+
+        An attempt whose outcome is unknown (reset or timed out after sending, a 5xx) may have been
+        stored: when the resend is then refused only as "out of order", the target already holds these
+        samples from that attempt, and the write counts as done instead of failing the run.
+        """
+        outcome_unknown = False
         for attempt in self.retry.context(retry_transient):
             with attempt:
                 if attempt.num > 1:
                     self.stats.retries += 1
-                self._write_once(request.body, request.samples)
+                try:
+                    self._write_once(request.body, request.samples)
+                except TransientError as exc:
+                    outcome_unknown = outcome_unknown or (exc.sent and exc.status != 429)
+                    raise
+                except WriteRejected as exc:
+                    if not (outcome_unknown and exc.reasons <= {RejectReason.OUT_OF_ORDER}):
+                        raise
+                    self.stats.landed_unacknowledged += 1
+                    log.info(
+                        "remote write: an earlier attempt of this request was stored although its answer was "
+                        "lost; the resend was refused as out of order (%s)",
+                        exc.body[:80],
+                    )
         self.stats.requests += 1
         self.stats.samples += request.samples
         self.stats.compressed_bytes += len(request.body)
