@@ -1,0 +1,55 @@
+"""Byte-level helpers shared by the chunk, index and meta writers: Go's varints and CRC-32C.
+
+Prometheus checksums every chunk and index section with CRC-32C (Castagnoli), not zlib's IEEE CRC;
+google-crc32c computes it in C (hardware accelerated where available).
+"""
+
+from __future__ import annotations
+
+import google_crc32c
+
+
+def crc32c(data: bytes | bytearray | memoryview) -> bytes:
+    """CRC-32C of data as the 4 big-endian bytes Prometheus stores."""
+    return google_crc32c.value(bytes(data)).to_bytes(4, "big")
+
+
+def uvarint(n: int) -> bytes:
+    """Go's binary.PutUvarint (little-endian base 128)."""
+    if n < 0:
+        raise ValueError(f"uvarint of a negative number: {n}")
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    """Go's binary.PutVarint: zigzag, then uvarint."""
+    if not -(1 << 63) <= n < (1 << 63):
+        raise ValueError(f"varint out of int64 range: {n}")
+    return uvarint((n << 1) ^ (n >> 63))
+
+
+def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Decode a uvarint at pos; returns (value, position after it)."""
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("uvarint longer than 10 bytes")
+
+
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Decode a zigzag varint at pos; returns (value, position after it)."""
+    u, pos = read_uvarint(buf, pos)
+    return (u >> 1) ^ -(u & 1), pos
