@@ -62,6 +62,7 @@ class FaultProxy:
         slow_seconds: float = 0.5,
         latency_seconds: float = 0.0,
         paths: Sequence[str] = (),
+        start_after: int = 0,
         upstream_verify: bool | str = True,
     ) -> None:
         unknown = set(kinds) - set(KINDS)
@@ -75,6 +76,9 @@ class FaultProxy:
         self.slow_seconds = slow_seconds
         self.latency_seconds = latency_seconds
         self.paths = tuple(paths)  # only requests whose path starts with one of these get faults (empty: all)
+        self.start_after = start_after  # the first this many requests are never faulted
+        self.in_flight = 0
+        self.peak_in_flight = 0  # most requests handled at once: what the server saw of the client's caps
         self.counters: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -116,6 +120,8 @@ class FaultProxy:
         """The fault for the next request (None: forward it untouched); counts requests and faults."""
         with self._lock:
             self.counters["requests"] += 1
+            if self.counters["requests"] <= self.start_after:
+                return None
             if self.paths and not path.startswith(self.paths):
                 return None
             if not self.kinds or self._rng.random() >= self.rate:
@@ -169,6 +175,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         proxy = self.server.proxy
+        with proxy._lock:
+            proxy.in_flight += 1
+            proxy.peak_in_flight = max(proxy.peak_in_flight, proxy.in_flight)
+        try:
+            self._handle_one(proxy)
+        finally:
+            with proxy._lock:
+                proxy.in_flight -= 1
+
+    def _handle_one(self, proxy: FaultProxy) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         fault = proxy.decide(self.path)
