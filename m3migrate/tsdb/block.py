@@ -1,0 +1,317 @@
+"""BlockWriter: streams series into one Prometheus TSDB block directory (what Thanos' bucket holds).
+
+Series arrive in any order, a series possibly in several parts (a source read split by time or by
+series). Samples are buffered only until ``flush_samples`` of them are pending, then encoded (numpy,
+see :mod:`m3migrate.tsdb.xor`) and appended to the chunk segment files; what stays in memory is each
+series' labels and its chunks' (minTime, maxTime, ref), 28 bytes per chunk of <= 120 samples. The
+index (series sorted by labels) and meta.json are written by :meth:`BlockWriter.finish`. The block is
+built in ``<parent>/<ULID>.tmp`` and renamed to ``<parent>/<ULID>`` only when complete, so a
+directory named by a ULID is always a whole block.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ulid import ULID
+
+from m3migrate.tsdb.chunks import MAX_SEGMENT_BYTES, SegmentWriter
+from m3migrate.tsdb.errors import EmptyBlock, InvalidSeries, OverlappingParts, SampleOutOfRange, TsdbError
+from m3migrate.tsdb.index import write_index
+from m3migrate.tsdb.meta import META_FILENAME, THANOS_SOURCE, meta_json, write_meta
+from m3migrate.tsdb.xor import SAMPLES_PER_CHUNK, chunk_starts, encode_xor_chunks
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """A finished block on local disk."""
+
+    ulid: str
+    path: Path
+    min_time: int
+    max_time: int  # exclusive
+    num_series: int
+    num_samples: int
+    num_chunks: int
+    files: tuple[tuple[str, int], ...]  # (path relative to the block dir, size), meta.json last
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+
+@dataclass
+class _Pending:
+    series: list[int] = field(default_factory=list)
+    timestamps: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    samples: int = 0
+
+
+def check_labels(labels: Labels) -> None:
+    """A label set a block may hold: non-empty, names sorted and unique, no empty name or value."""
+    if not labels:
+        raise InvalidSeries("a series without labels cannot be stored in a block")
+    prev = None
+    for name, value in labels:
+        if not name or not value:
+            raise InvalidSeries(f"series {dict(labels)} has an empty label name or value")
+        if prev is not None and name <= prev:
+            raise InvalidSeries(f"series labels must be sorted by name and unique: {labels}")
+        prev = name
+
+
+class BlockWriter:
+    """Writes one block covering [min_time, max_time) (max exclusive, Prometheus' block convention).
+
+    Usage::
+
+        with BlockWriter(out_dir, min_time=t0, max_time=t0 + 7_200_000, external_labels={"backfill": "m3db"}) as w:
+            w.add((("__name__", "up"), ("job", "x")), timestamps_ms, values)  # numpy arrays
+            info = w.finish()  # the block is now out_dir/<info.ulid>/
+
+    Leaving the ``with`` block without finish() (e.g. on an exception) deletes the unfinished directory.
+    """
+
+    def __init__(
+        self,
+        parent: Path,
+        *,
+        min_time: int,
+        max_time: int,
+        external_labels: Mapping[str, str],
+        source: str = THANOS_SOURCE,
+        ulid: str | None = None,
+        samples_per_chunk: int = SAMPLES_PER_CHUNK,
+        max_segment_bytes: int = MAX_SEGMENT_BYTES,
+        flush_samples: int = 1_000_000,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_time <= min_time:
+            raise TsdbError(f"block range [{min_time}, {max_time}) is empty")
+        if not external_labels:
+            raise TsdbError(
+                "a block for Thanos needs external labels",
+                hint="Thanos' upload paths refuse blocks without them; use a set unique to the backfill",
+            )
+        for name, value in external_labels.items():
+            if not name or not value:
+                raise TsdbError(f"external label {name!r}={value!r} needs a name and a value")
+        if not 1 <= samples_per_chunk <= 65_535:
+            raise TsdbError(f"samples_per_chunk={samples_per_chunk} must be in 1..65535")
+        self.ulid = ulid or str(ULID())
+        self.min_time = min_time
+        self.max_time = max_time
+        self.external_labels = dict(external_labels)
+        self.source = source
+        self.extensions = dict(extensions or {})
+        self.samples_per_chunk = samples_per_chunk
+        self.flush_samples = flush_samples
+        self.parent = Path(parent)
+        self.path = self.parent / self.ulid
+        self.tmp_path = self.parent / f"{self.ulid}.tmp"
+        if self.path.exists() or self.tmp_path.exists():
+            raise TsdbError(f"block directory {self.path} already exists")
+        self.tmp_path.mkdir(parents=True)
+        self._segments = SegmentWriter(self.tmp_path / "chunks", max_segment_bytes=max_segment_bytes)
+        self._series_ids: dict[Labels, int] = {}
+        self._labels: list[Labels] = []
+        self._pending = _Pending()
+        self._meta_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.num_samples = 0
+        self._finished: BlockInfo | None = None
+        self._closed = False
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def add(self, labels: Labels, timestamps: np.ndarray, values: np.ndarray) -> None:
+        """Add samples of one series (labels sorted by name). ``values``: float64, or uint64 raw bits.
+
+        Samples must be strictly increasing in time and inside [min_time, max_time). Another part of
+        the same series may come later, as long as the parts do not overlap in time.
+        """
+        self._check_open()
+        t = np.asarray(timestamps, dtype=np.int64)
+        v = np.asarray(values)
+        if v.dtype == np.float64:
+            v = v.view(np.uint64)
+        elif v.dtype != np.uint64:
+            raise InvalidSeries(f"values must be float64 or uint64 bits, got {v.dtype}")
+        if t.shape != v.shape or t.ndim != 1:
+            raise InvalidSeries(f"series {dict(labels)}: {t.shape} timestamps but {v.shape} values")
+        if not len(t):
+            return
+        sid = self._series_ids.get(labels)
+        if sid is None:
+            check_labels(labels)
+            clash = set(self.external_labels) & {name for name, _ in labels}
+            if clash:
+                raise InvalidSeries(
+                    f"series {dict(labels)} has labels named like the block's external labels: {sorted(clash)}",
+                    hint="choose external labels that no migrated series carries",
+                )
+            sid = len(self._labels)
+            self._series_ids[labels] = sid
+            self._labels.append(labels)
+        if len(t) > 1 and not (t[1:] > t[:-1]).all():
+            raise InvalidSeries(
+                f"series {dict(labels)}: timestamps are not strictly increasing",
+                hint="sort the series by time and drop duplicate timestamps",
+            )
+        if t[0] < self.min_time or t[-1] >= self.max_time:
+            raise SampleOutOfRange(
+                f"series {dict(labels)} has samples in [{int(t[0])}, {int(t[-1])}], outside the block's "
+                f"[{self.min_time}, {self.max_time}) (maxTime is exclusive)"
+            )
+        p = self._pending
+        p.series.append(sid)
+        p.timestamps.append(t)
+        p.values.append(v)
+        p.samples += len(t)
+        if p.samples >= self.flush_samples:
+            self.flush()
+
+    def add_many(self, series: Iterable[tuple[Labels, np.ndarray, np.ndarray]]) -> None:
+        """add() for each (labels, timestamps, values)."""
+        for labels, t, v in series:
+            self.add(labels, t, v)
+
+    def flush(self) -> None:
+        """Encode the pending samples and append their chunks to the segment files."""
+        p = self._pending
+        if not p.samples:
+            return
+        sizes = [len(t) for t in p.timestamps]
+        starts: list[np.ndarray] = []
+        owners: list[np.ndarray] = []
+        offset = 0
+        for sid, size in zip(p.series, sizes, strict=True):
+            s = chunk_starts(size, self.samples_per_chunk)
+            starts.append(s + offset)
+            owners.append(np.full(len(s), sid, np.int32))
+            offset += size
+        t = np.concatenate(p.timestamps)
+        v = np.concatenate(p.values)
+        start = np.concatenate(starts)
+        end = np.empty_like(start)
+        end[:-1] = start[1:]
+        end[-1] = len(t)
+        chunks = encode_xor_chunks(t, v, start)
+        refs = np.array(self._segments.write(chunks), np.int64)
+        self._meta_parts.append((np.concatenate(owners), t[start], t[end - 1], refs))
+        self.num_samples += p.samples
+        self._pending = _Pending()
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def finish(self) -> BlockInfo:
+        """Write the index and meta.json and move the block to its final name. Idempotent."""
+        if self._finished is not None:
+            return self._finished
+        self._check_open()
+        try:
+            self.flush()
+            self._segments.close()
+            if self.num_samples == 0:
+                raise EmptyBlock(f"block [{self.min_time}, {self.max_time}) has no samples; not written")
+            info = self._write_index_and_meta()
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = info
+        self._closed = True
+        return info
+
+    def _write_index_and_meta(self) -> BlockInfo:
+        order = sorted(range(len(self._labels)), key=self._labels.__getitem__)
+        rank = np.empty(len(order), np.int64)
+        rank[np.array(order, np.int64)] = np.arange(len(order))
+        owner = np.concatenate([m[0] for m in self._meta_parts])
+        mint = np.concatenate([m[1] for m in self._meta_parts])
+        maxt = np.concatenate([m[2] for m in self._meta_parts])
+        ref = np.concatenate([m[3] for m in self._meta_parts])
+        by = np.lexsort((mint, rank[owner]))
+        owner, mint, maxt, ref = owner[by], mint[by], maxt[by], ref[by]
+        same = owner[1:] == owner[:-1]
+        overlap = np.flatnonzero(same & (mint[1:] <= maxt[:-1]))
+        if len(overlap):
+            k = int(overlap[0])
+            raise OverlappingParts(
+                f"series {dict(self._labels[int(owner[k])])} has parts that overlap in time "
+                f"([{int(mint[k])}, {int(maxt[k])}] and [{int(mint[k + 1])}, {int(maxt[k + 1])}])",
+                hint="each part of a series must cover its own time range (the source sent a series twice?)",
+            )
+        counts = np.bincount(rank[owner], minlength=len(order))
+        offsets = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        sorted_labels = [self._labels[i] for i in order]
+        stats = write_index(self.tmp_path / "index", sorted_labels, offsets, mint, maxt, ref)
+
+        segment_names = [p.name for p in self._segments.files]
+        files = [(f"chunks/{name}", size) for name, size in zip(segment_names, self._segments.sizes, strict=True)]
+        files.append(("index", stats.size_bytes))
+        doc = meta_json(
+            ulid=self.ulid,
+            min_time=self.min_time,
+            max_time=self.max_time,
+            num_samples=self.num_samples,
+            num_series=len(order),
+            num_chunks=len(ref),
+            external_labels=self.external_labels,
+            segment_files=segment_names,
+            files=files,
+            series_max_size=stats.series_max_size,
+            chunk_max_size=self._segments.max_chunk_bytes,
+            source=self.source,
+            extensions=self.extensions,
+        )
+        write_meta(self.tmp_path / META_FILENAME, doc)
+        _fsync_tree(self.tmp_path)
+        os.replace(self.tmp_path, self.path)
+        meta_size = (self.path / META_FILENAME).stat().st_size
+        return BlockInfo(
+            ulid=self.ulid,
+            path=self.path,
+            min_time=self.min_time,
+            max_time=self.max_time,
+            num_series=len(order),
+            num_samples=self.num_samples,
+            num_chunks=len(ref),
+            files=(*files, (META_FILENAME, meta_size)),
+        )
+
+    def abort(self) -> None:
+        """Forget everything and delete the unfinished directory."""
+        self._closed = True
+        self._segments.close()
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TsdbError(f"block {self.ulid} is already finished or aborted")
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._finished is None:
+            self.abort()
+
+
+def _fsync_tree(path: Path) -> None:
+    """Make the block durable before it gets its final name (as Prometheus does)."""
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,164 @@
+"""The block index, format v2 (prometheus tsdb/docs/format/index.md), written in one pass at the end.
+
+Sections in file order: header, symbols, series, label indices, postings, label offset table, postings
+offset table, TOC. Traps this writer handles: symbols are strictly byte-sorted (Python's code point
+order is UTF-8 byte order) and referenced by ordinal; each series starts on a 16-byte boundary and its
+ID is offset / 16; series are sorted by labels.Compare (Python tuple order of (name, value) pairs);
+the all-postings list ("", "") comes first and lists every series (promtool analyze, Thanos and
+negative matchers need it); postings lists are written in the order of the offset table; every
+section's CRC-32C covers exactly the bytes its length field counts.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from m3migrate.tsdb.encoding import crc32c, uvarint, varint
+
+INDEX_MAGIC = bytes.fromhex("BAAAD700")
+INDEX_VERSION = 2
+Labels = tuple[tuple[str, str], ...]
+_U32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """What Thanos' meta.json index_stats wants: the largest series entry, in bytes."""
+
+    size_bytes: int
+    series_max_size: int
+
+
+class _File:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.pos = 0
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.pos += len(data)
+
+    def pad(self, align: int) -> None:
+        rem = self.pos % align
+        if rem:
+            self.write(b"\x00" * (align - rem))
+
+    def section(self, body: bytes) -> None:
+        """u32 length, body, CRC-32C of body."""
+        self.write(_U32.pack(len(body)) + body + crc32c(body))
+
+
+def write_index(
+    path: Path,
+    series: Sequence[Labels],
+    chunk_offsets: np.ndarray,
+    mint: np.ndarray,
+    maxt: np.ndarray,
+    ref: np.ndarray,
+) -> IndexStats:
+    """Write the index of ``series`` (already sorted, unique); series i's chunks are the rows
+    ``chunk_offsets[i]:chunk_offsets[i + 1]`` of mint/maxt/ref (sorted by time, not overlapping)."""
+    symbols = {""}  # Prometheus' head-made blocks hold the empty string too
+    for labels in series:
+        for name, value in labels:
+            symbols.add(name)
+            symbols.add(value)
+    ordered = sorted(symbols)
+    sym_ref = {s: i for i, s in enumerate(ordered)}
+
+    with open(path, "wb", buffering=1 << 20) as raw:
+        f = _File(raw)
+        f.write(INDEX_MAGIC + bytes((INDEX_VERSION,)))
+
+        toc_symbols = f.pos
+        parts = [_U32.pack(len(ordered))]
+        for s in ordered:
+            b = s.encode("utf-8")
+            parts.append(uvarint(len(b)) + b)
+        f.section(b"".join(parts))
+
+        toc_series = f.pos
+        ids: list[int] = []
+        series_max = 0
+        offsets = chunk_offsets.tolist()
+        mints, maxts, refs = mint.tolist(), maxt.tolist(), ref.tolist()
+        for i, labels in enumerate(series):
+            f.pad(16)
+            ids.append(f.pos // 16)
+            lo, hi = offsets[i], offsets[i + 1]
+            body = bytearray(uvarint(len(labels)))
+            for name, value in labels:
+                body += uvarint(sym_ref[name])
+                body += uvarint(sym_ref[value])
+            body += uvarint(hi - lo)
+            prev_maxt = prev_ref = 0
+            for k in range(lo, hi):
+                if k == lo:
+                    body += varint(mints[k])
+                    body += uvarint(maxts[k] - mints[k])
+                    body += uvarint(refs[k])
+                else:
+                    body += uvarint(mints[k] - prev_maxt)
+                    body += uvarint(maxts[k] - mints[k])
+                    body += varint(refs[k] - prev_ref)
+                prev_maxt, prev_ref = maxts[k], refs[k]
+            entry = uvarint(len(body)) + bytes(body) + crc32c(body)
+            series_max = max(series_max, len(entry))
+            f.write(entry)
+
+        # postings per (name, value); IDs ascend because series are written in sorted order
+        postings: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for sid, labels in zip(ids, series, strict=True):
+            for name, value in labels:
+                postings[name][value].append(sid)
+        names = sorted(postings)
+
+        toc_label_indices = f.pos
+        label_index_offsets: list[tuple[str, int]] = []
+        for name in names:
+            f.pad(4)
+            label_index_offsets.append((name, f.pos))
+            values = sorted(postings[name])
+            f.section(_U32.pack(1) + _U32.pack(len(values)) + b"".join(_U32.pack(sym_ref[v]) for v in values))
+
+        toc_postings = f.pos
+        postings_offsets: list[tuple[str, str, int]] = []
+        lists = [("", "", ids)] + [(n, v, postings[n][v]) for n in names for v in sorted(postings[n])]
+        for name, value, sids in lists:
+            f.pad(4)
+            postings_offsets.append((name, value, f.pos))
+            f.section(_U32.pack(len(sids)) + np.asarray(sids, dtype=">u4").tobytes())
+
+        toc_label_table = f.pos
+        parts = [_U32.pack(len(label_index_offsets))]
+        for name, off in label_index_offsets:
+            b = name.encode("utf-8")
+            parts.append(b"\x01" + uvarint(len(b)) + b + uvarint(off))
+        f.section(b"".join(parts))
+
+        toc_postings_table = f.pos
+        parts = [_U32.pack(len(postings_offsets))]
+        for name, value, off in postings_offsets:
+            nb, vb = name.encode("utf-8"), value.encode("utf-8")
+            parts.append(b"\x02" + uvarint(len(nb)) + nb + uvarint(len(vb)) + vb + uvarint(off))
+        f.section(b"".join(parts))
+
+        toc = struct.pack(
+            ">6Q",
+            toc_symbols,
+            toc_series,
+            toc_label_indices,
+            toc_label_table,
+            toc_postings,
+            toc_postings_table,
+        )
+        f.write(toc + crc32c(toc))
+        size = f.pos
+    return IndexStats(size_bytes=size, series_max_size=series_max)
