@@ -1,0 +1,298 @@
+"""Block backfill: migrated history as one Prometheus TSDB block per aligned window, uploaded to Thanos' bucket.
+
+Why blocks: Thanos Receive refuses samples older than its accept window (~1 h behind its newest sample)
+unless an out-of-order window is configured, and a tenant that already receives live data cannot take
+history by remote write at all. Uploading blocks is Thanos' own way in (see docs/blocks.md).
+
+One window = one block holding ALL series of the migration for [min_time, max_time) (2 h, 8 h or 2 d,
+epoch-aligned like Thanos' compaction ranges; maxTime exclusive). Idempotent: a window whose blocks of
+the same external labels are in the bucket is skipped without reading the source; a crashed attempt's
+partial upload is deleted and the window written again; a rerun never uploads a second overlapping
+block. Engine code: no Prefect here.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from m3migrate.bucket import BlockConflict, Bucket, ranges_cover
+from m3migrate.errors import ConfigError, MalformedResponse
+from m3migrate.plan import Batch
+from m3migrate.prompb import QueryResult
+from m3migrate.relabel import Relabeler
+from m3migrate.remote_read import RemoteReadClient
+from m3migrate.transfer import read_batch_window
+from m3migrate.tsdb.block import BlockWriter
+from m3migrate.tsdb.errors import EmptyBlock
+from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
+from m3migrate.tsdb.samples import series_arrays
+
+log = logging.getLogger("m3migrate.backfill")
+
+HOUR_MS = 3_600_000
+BLOCK_DURATIONS_MS = (2 * HOUR_MS, 8 * HOUR_MS, 48 * HOUR_MS)  # Thanos compactor ranges a block may have
+DEFAULT_BLOCK_MS = 2 * HOUR_MS
+
+Labels = tuple[tuple[str, str], ...]
+SourcePart = tuple[Batch | None, QueryResult]
+
+
+@dataclass(frozen=True)
+class BlockWindow:
+    """One block's time range [min_time, max_time) (aligned, maxTime exclusive) and what is read into it.
+
+    ``read_start``/``read_end`` (both inclusive, remote read's convention) are the window clipped to the
+    migration's range: the first and last window of a migration may hold only part of their range.
+    """
+
+    min_time: int
+    max_time: int
+    read_start: int
+    read_end: int
+
+    def __post_init__(self) -> None:
+        if not self.min_time <= self.read_start <= self.read_end < self.max_time:
+            raise ConfigError(f"window read range [{self.read_start}, {self.read_end}] is outside {self.label}")
+
+    @property
+    def label(self) -> str:
+        return f"[{self.min_time}, {self.max_time})"
+
+
+def block_windows(start_ms: int, end_ms: int, block_ms: int = DEFAULT_BLOCK_MS) -> list[BlockWindow]:
+    """Epoch-aligned windows of block_ms covering [start_ms, end_ms] (end inclusive, like the spec)."""
+    if block_ms not in BLOCK_DURATIONS_MS:
+        raise ConfigError(
+            f"block duration {block_ms} ms is not 2h, 8h or 2d",
+            hint="Thanos' compactor only plans blocks on its 2h/8h/2d ranges; other sizes are never compacted",
+        )
+    if end_ms < start_ms:
+        raise ConfigError("the time range ends before it starts")
+    out = []
+    a = (start_ms // block_ms) * block_ms
+    while a <= end_ms:
+        b = a + block_ms
+        out.append(BlockWindow(a, b, max(a, start_ms), min(b - 1, end_ms)))
+        a = b
+    return out
+
+
+@dataclass
+class BackfillResult:
+    """What one window did; small, so it can be a cached Prefect result."""
+
+    min_time: int
+    max_time: int
+    ulid: str | None = None  # None when skipped or when the window has no samples
+    skipped: bool = False  # complete blocks of these labels already cover the window
+    empty: bool = False  # the source has no samples in the window: nothing uploaded
+    series: int = 0
+    samples: int = 0
+    chunks: int = 0
+    bytes: int = 0  # uploaded block size
+    bytes_read: int = 0
+    read_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    upload_seconds: float = 0.0
+    splits: int = 0
+    foreign_series: int = 0
+    dropped_series: int = 0
+    removed_partial: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_window(
+    reader: RemoteReadClient, batches: Sequence[Batch], window: BlockWindow, tally: BackfillResult
+) -> Iterator[SourcePart]:
+    """Every batch's read results over the window, one part at a time (lazily: nothing is read until
+    iterated, so a skipped window costs no read). Source limits split reads, never truncate them."""
+    for batch in batches:
+        for part in read_batch_window(reader, batch, window.read_start, window.read_end, tally):
+            yield batch, part
+
+
+def backfill_window(
+    parts: Iterable[SourcePart],
+    *,
+    window: BlockWindow,
+    bucket: Bucket,
+    relabeler: Relabeler,
+    external_labels: Mapping[str, str],
+    work_dir: Path | None = None,
+    result: BackfillResult | None = None,
+    extensions: Mapping[str, object] | None = None,
+) -> BackfillResult:
+    """Write one window's block from source parts and upload it; skip the window when already done.
+
+    ``parts``: (batch, QueryResult) pairs; a series that is not in its part's batch is left out (it
+    belongs to another batch, as in transfer), with batch None every series is kept. Series are
+    relabeled by ``relabeler`` (adds ``_source="m3db"``); ``external_labels`` become the block's Thanos
+    labels and must be unique to the backfill. The caller runs one writer per window at a time.
+    """
+    result = result or BackfillResult(window.min_time, window.max_time)
+    labels = dict(external_labels)
+    # first our crashed uploads of this window: partial blocks go, a finished block keeps (only its marker goes)
+    result.removed_partial = bucket.cleanup_partial(window.min_time, window.max_time, labels)
+    existing = bucket.find_blocks(window.min_time, window.max_time, labels)
+    if existing:
+        _check_existing(existing, window, bucket)
+        result.skipped = True
+        log.info("window %s: already in %s (%s), skipped", window.label, bucket, existing[0].ulid)
+        _close(parts)
+        return result
+
+    ext = {
+        EXTENSION_KEY: {
+            "read_start": window.read_start,
+            "read_end": window.read_end,
+            **dict(extensions or {}),
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="m3migrate-block-", dir=work_dir) as tmp:
+        writer = BlockWriter(
+            Path(tmp), min_time=window.min_time, max_time=window.max_time, external_labels=labels, extensions=ext
+        )
+        with writer:
+            t_encode = 0.0
+            for batch, part in parts:
+                t0 = time.perf_counter()
+                _add_part(writer, batch, part, window, relabeler, result)
+                t_encode += time.perf_counter() - t0
+                del part
+            try:
+                t0 = time.perf_counter()
+                info = writer.finish()
+                t_encode += time.perf_counter() - t0
+            except EmptyBlock:
+                result.empty = True
+                log.info("window %s: no samples in the source, no block", window.label)
+                return result
+        result.encode_seconds += t_encode
+        upload = bucket.upload_block(info.path, external_labels=labels)
+    result.ulid = info.ulid
+    result.series = info.num_series
+    result.samples = info.num_samples
+    result.chunks = info.num_chunks
+    result.bytes = upload.bytes
+    result.upload_seconds += upload.seconds
+    log.info(
+        "window %s: block %s with %d series, %d samples, %d bytes uploaded to %s",
+        window.label,
+        info.ulid,
+        info.num_series,
+        info.num_samples,
+        upload.bytes,
+        bucket,
+    )
+    return result
+
+
+def backfill_from_source(
+    reader: RemoteReadClient,
+    batches: Sequence[Batch],
+    *,
+    window: BlockWindow,
+    bucket: Bucket,
+    relabeler: Relabeler,
+    external_labels: Mapping[str, str],
+    work_dir: Path | None = None,
+) -> BackfillResult:
+    """backfill_window over read_window(reader, batches, window): the one call a flow task needs."""
+    result = BackfillResult(window.min_time, window.max_time)
+    return backfill_window(
+        read_window(reader, batches, window, result),
+        window=window,
+        bucket=bucket,
+        relabeler=relabeler,
+        external_labels=external_labels,
+        work_dir=work_dir,
+        result=result,
+    )
+
+
+def _add_part(
+    writer: BlockWriter,
+    batch: Batch | None,
+    part: QueryResult,
+    window: BlockWindow,
+    relabeler: Relabeler,
+    result: BackfillResult,
+) -> None:
+    keys = batch.keys if batch is not None else None
+    for labels, t, bits in series_arrays(part):
+        key = tuple(sorted(labels))
+        if len(key) != len({n for n, _ in key}):
+            raise MalformedResponse(
+                f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
+                endpoint="remote read",
+            )
+        if keys is not None and key not in keys:
+            result.foreign_series += 1  # matched the read but belongs to another batch (or is new)
+            continue
+        if not len(t):
+            continue
+        out = relabeler(key)
+        if out is None:
+            result.dropped_series += 1
+            continue
+        if len(t) > 1 and not (t[1:] > t[:-1]).all():
+            t, bits = _sorted_unique(t, bits, out)
+        if t[0] < window.read_start or t[-1] > window.read_end:  # a source that answers beyond the range
+            inside = (t >= window.read_start) & (t <= window.read_end)
+            t, bits = t[inside], bits[inside]
+            if not len(t):
+                continue
+        writer.add(out, t, bits)
+
+
+def _sorted_unique(t: np.ndarray, bits: np.ndarray, labels: Labels) -> tuple[np.ndarray, np.ndarray]:
+    """Sort a series by time; an exact duplicate sample is dropped, a conflicting one is an error."""
+    order = np.argsort(t, kind="stable")
+    t, bits = t[order], bits[order]
+    dup = np.flatnonzero(t[1:] == t[:-1])
+    if len(dup) and (bits[dup] != bits[dup + 1]).any():
+        k = int(dup[np.flatnonzero(bits[dup] != bits[dup + 1])[0]])
+        raise MalformedResponse(
+            f"remote read: series {dict(labels)} has two different values at {int(t[k])}", endpoint="remote read"
+        )
+    keep = np.ones(len(t), bool)
+    keep[dup + 1] = False
+    return t[keep], bits[keep]
+
+
+def _check_existing(existing: list[BlockMeta], window: BlockWindow, bucket: Bucket) -> None:
+    """Blocks of our labels overlap the window: fine if they cover it (done), a conflict otherwise."""
+    if not ranges_cover(existing, window.min_time, window.max_time):
+        ranges = ", ".join(f"{m.ulid} [{m.min_time}, {m.max_time})" for m in existing)
+        raise BlockConflict(
+            f"bucket {bucket.description} holds blocks of the same external labels that overlap window "
+            f"{window.label} without covering it: {ranges}",
+            hint="writing the window would make overlapping blocks (Thanos' compactor halts on them): "
+            "use another block duration aligned with the existing blocks, or other external labels",
+        )
+    for m in existing:
+        ours = m.extensions.get(EXTENSION_KEY)
+        if m.min_time == window.min_time and m.max_time == window.max_time and isinstance(ours, dict):
+            start, end = ours.get("read_start"), ours.get("read_end")
+            if isinstance(start, int) and isinstance(end, int) and (start > window.read_start or end < window.read_end):
+                raise BlockConflict(
+                    f"block {m.ulid} for window {window.label} was read over [{start}, {end}], which does not "
+                    f"cover the requested [{window.read_start}, {window.read_end}]",
+                    hint="the migration range changed: delete that block from the bucket (Thanos: "
+                    "`thanos tools bucket mark --marker=deletion-mark.json`) and rerun, or keep the old range",
+                )
+
+
+def _close(parts: Iterable[SourcePart]) -> None:
+    close = getattr(parts, "close", None)
+    if callable(close):
+        close()
