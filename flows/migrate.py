@@ -2,16 +2,15 @@
 
 Every batch of window k is written before any sample newer than window k + depth, where depth keeps
 everything in flight inside the target's accept window (Thanos/Prometheus accept samples at most ~1 h
-older than their newest one unless an out-of-order window is set). Within that front, batches run in
-parallel on the configured task runner; one batch's windows run in order, so no series is ever written
-by two requests at once.
+older than their newest one unless an out-of-order window is set). The engine's Front keeps that order
+inside each task; the flow runs the front in a few segments (tasks), so Prefect's per-task cost is paid
+a handful of times, not once per batch × window. With Dask, each segment is split into batch groups
+that run on separate workers and meet at the segment's end.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +22,34 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosTarget
 from flows.validate import validate
 from m3migrate.errors import ConfigError
+from m3migrate.front import UNIT_FIELDS, FrontTotals, plan_segments
 from m3migrate.migration import prepare
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
-from tasks.transfer import TransferContext, close_transfers, results_storage, transfer_batch_window
-
-ProgressListener = Callable[[dict[str, Any]], None]
-PROGRESS_LISTENERS: list[ProgressListener] = []  # the CLI's progress bar subscribes here
-
-SUMMARY_FIELDS = (
-    "series",
-    "samples",
-    "requests",
-    "bytes_read",
-    "bytes_written",
-    "read_retries",
-    "write_retries",
-    "splits",
-    "reconciled_series",
+from tasks.transfer import (
+    TransferContext,
+    close_transfers,
+    notify,
+    results_storage,
+    transfer_segment,
 )
+
+
+def batch_groups(spec: MigrationSpec, batches: int) -> int:
+    """How many groups of batches run on separate workers: one per Dask worker, else one (threads)."""
+    return max(1, min(spec.task_concurrency, batches)) if spec.task_runner == "dask" else 1
+
+
+def units_in_flight(spec: MigrationSpec) -> int:
+    """batch × window units one process moves at once (each also has its write requests in flight)."""
+    return 2 if spec.task_runner == "dask" else spec.task_concurrency
 
 
 def build_task_runner(spec: MigrationSpec):
@@ -61,7 +61,7 @@ def build_task_runner(spec: MigrationSpec):
         return DaskTaskRunner(
             cluster_kwargs={"n_workers": spec.task_concurrency, "processes": True, "threads_per_worker": 1}
         )
-    return ThreadPoolTaskRunner(max_workers=spec.task_concurrency)
+    return ThreadPoolTaskRunner(max_workers=1)
 
 
 @task(name="plan-migration", cache_policy=NONE)
@@ -89,14 +89,6 @@ def plan_migration(source: M3Source, spec: MigrationSpec, state: MigrationState,
     return plan
 
 
-def _notify(event: dict[str, Any]) -> None:
-    for listener in list(PROGRESS_LISTENERS):
-        try:
-            listener(event)
-        except Exception:  # a broken progress bar must never stop a migration
-            logging.getLogger("m3migrate").debug("progress listener failed", exc_info=True)
-
-
 @flow(name="transfer-windows", log_prints=False)
 def transfer_windows(
     source: M3Source,
@@ -106,7 +98,7 @@ def transfer_windows(
     state_dir: str,
     stage: Stage = "migrate",
 ) -> dict[str, Any]:
-    """Submit batch × window tasks along the time front and record the watermark as windows complete.
+    """Run the front segment by segment (one task per batch group) and record the watermark after each.
 
     Its parameters stay small: the plan of the stage (bulk migration or replication pass) is read from
     the migration's state, not passed through the Prefect API.
@@ -116,90 +108,69 @@ def transfer_windows(
     plan = state.load_plan(stage)
     if plan is None:
         raise ConfigError(f"migration {migration_id!r} has no saved {stage} plan", hint=f"run the {stage} flow")
-    ctx = _transfer_context(source, target, spec, state, plan)
-    depth = spec.windows_in_flight
     progress = state.load_progress(stage)
-    progress.plan_id, progress.generation, progress.windows_total = plan.id, ctx.generation, len(plan.windows)
-    task_fn = transfer_batch_window.with_options(result_storage=results_storage(Path(ctx.results_dir)))
+    progress.plan_id, progress.generation, progress.windows_total = plan.id, state.generation, len(plan.windows)
     artifact_id = create_progress_artifact(
-        0.0, key=f"{ctx.migration_id}-{stage}-progress", description=f"Migration {ctx.migration_id}: {stage} front"
+        0.0, key=f"{state.migration_id}-{stage}-progress", description=f"Migration {state.migration_id}: {stage} front"
     )
+    ctx = _transfer_context(source, target, spec, state, plan, stage, artifact_id)
+    task_fn = transfer_segment.with_options(result_storage=results_storage(state.results_dir))
     nb, nw = len(plan.batches), len(plan.windows)
-    futures: dict[tuple[int, int], PrefectFuture] = {}
-    totals = dict.fromkeys((*SUMMARY_FIELDS, "series_windows"), 0)
-    moved_now = 0
+    segments = plan_segments(nw, ctx.depth, batch_groups(spec, nb))
+    totals = FrontTotals()
     cached = 0
     window_rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
-
-    def complete(k: int) -> None:
-        nonlocal moved_now, cached
-        samples = series = 0
-        for b in range(nb):
-            future = futures.pop((b, k))
-            result = future.result()  # raises the batch's error: the front stops here
-            from_cache = future.state.name == "Cached"
-            cached += from_cache
-            for f in SUMMARY_FIELDS:
-                totals[f] += result.get(f, 0)
-            totals["series_windows"] += result["series"]
-            samples += result["samples"]
-            series += result["series"]
-            if not from_cache:
-                moved_now += result["samples"]
-        window = plan.windows[k]
-        progress.windows_done = k + 1
-        progress.front_end_ms = window.end_ms
-        progress.samples = totals["samples"]
+    for run in segments:
+        futures = [task_fn.submit(ctx, segment, samples_before=totals.samples) for segment in run]
+        results = [f.result() for f in futures]  # raises a segment's error: the front stops here
+        for future, result in zip(futures, results, strict=True):
+            cached += future.state.name == "Cached"
+            totals.merge(
+                {**result, "samples_moved_now": 0 if future.state.name == "Cached" else result["samples_moved_now"]}
+            )
+        first, last = plan.windows[run[0].first_window], plan.windows[run[0].last_window]
+        progress.windows_done = last.index + 1
+        progress.front_end_ms = last.end_ms
+        progress.samples = totals.samples
         state.save_progress(progress, stage)
+        update_progress_artifact(artifact_id, 100.0 * progress.windows_done / nw)
         elapsed = time.monotonic() - t0
-        rate = moved_now / elapsed if elapsed > 0 else 0.0
-        remaining = nw - k - 1
-        eta = elapsed / (k + 1) * remaining
+        rate = totals.samples_moved_now / elapsed if elapsed > 0 else 0.0
         window_rows.append(
             {
-                "window": k,
-                "start": iso_ms(window.start_ms),
-                "end": iso_ms(window.end_ms),
-                "series": series,
-                "samples": samples,
+                "windows": run[0].label.split(",")[0],
+                "start": iso_ms(first.start_ms),
+                "end": iso_ms(last.end_ms),
+                "samples": sum(r["samples"] for r in results),
+                "tasks": len(run),
             }
         )
-        update_progress_artifact(artifact_id, 100.0 * (k + 1) / nw)
-        if k == nw - 1 or (k + 1) % max(1, nw // 20) == 0:
-            logger.info(
-                "front at %s: window %d/%d, %d samples so far, %.0f samples/s, ETA %.0f s",
-                iso_ms(window.end_ms),
-                k + 1,
-                nw,
-                totals["samples"],
-                rate,
-                eta,
-            )
-        _notify({"windows_done": k + 1, "windows_total": nw, "samples": totals["samples"], "rate": rate})
-
-    for window in plan.windows:
-        k = window.index
-        if k >= depth:
-            complete(k - depth)
-        for b, batch in enumerate(plan.batches):
-            previous = futures.get((b, k - 1))
-            futures[(b, k)] = task_fn.submit(ctx, batch, window, wait_for=[previous] if previous else None)
-    for k in range(max(0, nw - depth), nw):
-        complete(k)
+        logger.info(
+            "front at %s: window %d/%d, %d samples so far, %.0f samples/s",
+            iso_ms(last.end_ms),
+            progress.windows_done,
+            nw,
+            totals.samples,
+            rate,
+        )
+        notify({"windows_done": progress.windows_done, "windows_total": nw, "samples": totals.samples, "rate": rate})
     elapsed = time.monotonic() - t0
     if window_rows:
         create_table_artifact(
-            window_rows, key=f"{ctx.migration_id}-{stage}-windows", description="Samples written per time window"
+            window_rows, key=f"{state.migration_id}-{stage}-segments", description="Samples written per segment"
         )
     return {
-        **totals,
+        **{f: getattr(totals, f) for f in UNIT_FIELDS},
         "windows": nw,
         "batches": nb,
+        "tasks": sum(len(run) for run in segments),
         "tasks_cached": cached,
-        "samples_moved_now": moved_now,
+        "units": totals.units,
+        "units_skipped": totals.units_skipped,
+        "samples_moved_now": totals.samples_moved_now,
         "seconds": round(elapsed, 3),
-        "samples_per_second": round(moved_now / elapsed) if elapsed else 0,
+        "samples_per_second": round(totals.samples_moved_now / elapsed) if elapsed else 0,
     }
 
 
@@ -216,19 +187,30 @@ def run_transfer(
 
 
 def _transfer_context(
-    source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, plan: Plan
+    source: M3Source,
+    target: ThanosTarget,
+    spec: MigrationSpec,
+    state: MigrationState,
+    plan: Plan,
+    stage: Stage,
+    artifact_id: Any,
 ) -> TransferContext:
     relabel = spec.relabeler()
     return TransferContext(
         migration_id=state.migration_id,
         plan_id=plan.id,
         generation=state.generation,
+        stage=stage,
+        state_root=str(state.dir.parent),
         source=source.settings(),
         target=target.settings(),
         relabeler_rules=tuple(relabel.rules),
         add_labels=tuple(relabel.add_labels.items()),
         write_concurrency=spec.write_concurrency,
-        results_dir=str(state.results_dir),
+        units_in_flight=units_in_flight(spec),
+        depth=spec.windows_in_flight,
+        windows_total=len(plan.windows),
+        progress_artifact_id=str(artifact_id) if artifact_id else None,
     )
 
 

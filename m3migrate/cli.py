@@ -178,7 +178,7 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
 
 
 def _progress_bar() -> tuple[Progress, Any]:
-    from flows.migrate import PROGRESS_LISTENERS
+    from tasks.transfer import PROGRESS_LISTENERS
 
     progress = Progress(
         TextColumn("[bold]time front[/bold]"),
@@ -385,10 +385,10 @@ def migrate(
     ] = False,
 ) -> None:
     """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
-    from flows.migrate import PROGRESS_LISTENERS
     from flows.migrate import migrate as migrate_flow
     from m3migrate.cli_validate import print_report
     from m3migrate.validate import ValidationFailed
+    from tasks.transfer import PROGRESS_LISTENERS
 
     progress, listener = _progress_bar()
     try:

@@ -1,9 +1,11 @@
-"""A migration's durable state, kept in one directory: plan, generation, progress, and a run lock.
+"""A migration's durable state, kept in one directory: plan, generation, progress, journal, run lock.
 
-Completion of each batch × window is recorded by the orchestrator (Prefect's task cache, stored under
-``results/`` here) only after the target acknowledged it; this module keeps what the cache cannot:
-the plan that makes reruns resume the same work, the time front (watermark) that replication continues
-from, and a lock so two runs of one migration never write at once.
+The unit journal records each batch × window as started (before its first write request) and done
+(only after the target acknowledged every request), so a rerun after a crash skips what is done and
+knows which units the target may already hold in part. Beside it: the plan that makes reruns resume the
+same work, the time front (watermark) that replication continues from, and a lock so two runs of one
+migration never write at once. The orchestrator's own records (Prefect's result cache under
+``results/``) only speed up reruns; the journal is the source of truth.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +58,66 @@ _PLAN_FILES = {"migrate": "plan.json", "replicate": "replication-pass.plan.json"
 _PROGRESS_FILES = {"migrate": "progress.json", "replicate": "replication-pass.progress.json"}
 
 
+class UnitJournal:
+    """Append-only JSON lines of started/done batch × window units of one plan and generation.
+
+    Lines are small single ``write`` calls on an O_APPEND file, so worker processes sharing the state
+    directory can append concurrently; a torn last line (kill -9 mid-write) is ignored on reading.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._started: set[str] = set()
+        self._done: dict[str, dict] = {}
+        self.reload()
+
+    @staticmethod
+    def key(batch_id: str, window: int) -> str:
+        return f"{batch_id}:{window}"
+
+    def reload(self) -> None:
+        """Read what every process recorded so far."""
+        if not self.path.exists():
+            return
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+            if entry.get("event") == "start":
+                self._started.add(entry["unit"])
+            elif entry.get("event") == "done":
+                self._done[entry["unit"]] = entry.get("result", {})
+
+    def done(self, key: str) -> dict | None:
+        """The recorded result of a finished unit, or None."""
+        return self._done.get(key)
+
+    def started(self, key: str) -> bool:
+        return key in self._started
+
+    def mark_started(self, key: str) -> None:
+        """Durable before the unit's first write: a crash after it makes the rerun reconcile."""
+        self._append({"event": "start", "unit": key}, sync=True)
+        self._started.add(key)
+
+    def mark_done(self, key: str, result: dict) -> None:
+        self._append({"event": "done", "unit": key, "result": result}, sync=False)
+        self._done[key] = result
+
+    def _append(self, entry: dict, *, sync: bool) -> None:
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 @dataclass
 class ReplicationState:
     """Where replication stands: everything up to watermark_ms is in the target."""
@@ -77,6 +140,10 @@ class MigrationState:
     def plan_path(self, stage: Stage = "migrate") -> Path:
         return self.dir / _PLAN_FILES[stage]
 
+    def journal(self, stage: Stage, plan_id: str) -> UnitJournal:
+        """The unit journal of a stage's plan in the current generation."""
+        return UnitJournal(self.dir / f"journal-{stage}-{plan_id}-g{self.generation}.jsonl")
+
     @property
     def results_dir(self) -> Path:
         return self.dir / "results"
@@ -92,6 +159,8 @@ class MigrationState:
         for name in (*_PLAN_FILES.values(), *_PROGRESS_FILES.values(), "replication.json"):
             (self.dir / name).unlink(missing_ok=True)
         shutil.rmtree(self.results_dir, ignore_errors=True)
+        for journal in self.dir.glob("journal-*.jsonl"):
+            journal.unlink()
         _write_json_atomic(self.dir / "meta.json", {"generation": generation})
         return generation
 
@@ -103,7 +172,9 @@ class MigrationState:
         plan.save(self.plan_path(stage))
 
     def clear_stage(self, stage: Stage) -> None:
-        """Drop a finished stage's plan and progress (a completed replication pass)."""
+        """Drop a finished stage's plan, progress and journal (a completed replication pass)."""
+        for journal in self.dir.glob(f"journal-{stage}-*.jsonl"):
+            journal.unlink()
         self.plan_path(stage).unlink(missing_ok=True)
         (self.dir / _PROGRESS_FILES[stage]).unlink(missing_ok=True)
 

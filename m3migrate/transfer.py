@@ -35,6 +35,7 @@ from m3migrate.remote_write import RemoteWriteClient
 log = logging.getLogger("m3migrate.transfer")
 
 MIN_SPLIT_MS = 60_000  # below this a single series is not split further by time
+LABEL_CACHE_MAX = 100_000  # relabeled + encoded label sets kept between windows (~0.3 KB each)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Transfer:
         self.reader = RemoteReadClient(source, retry=read_retry, max_connections=max(4, write_concurrency))
         self.writer = RemoteWriteClient(target, retry=write_retry, max_connections=max(4, write_concurrency * 2))
         self._pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="m3migrate-write")
-        self._label_bytes: dict[Labels, bytes] = {}
+        self._label_bytes: dict[Labels, bytes] = {}  # source labels -> encoded target labels (b"": dropped)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -120,6 +121,22 @@ class Transfer:
         result.write_retries = self.writer.stats.retries - write_retries0
         return result
 
+    def fetch(self, batch: Batch, window: Window) -> tuple[list[QueryResult], TransferResult]:
+        """The read half of :meth:`run`, so a scheduler can read one window ahead while the previous
+        window of the same batch is still being written (memory: one batch × window)."""
+        result = TransferResult(batch_id=batch.id, window=window.index)
+        retries0 = self.reader.stats.retries
+        parts = list(self._reads(batch, window.start_ms, window.end_ms, result))
+        result.read_retries = self.reader.stats.retries - retries0  # approximate under concurrency
+        return parts, result
+
+    def store(self, parts: list[QueryResult], batch: Batch, result: TransferResult, *, resumed: bool = False) -> None:
+        """The write half of :meth:`run`: write what :meth:`fetch` read (consumes ``parts``)."""
+        retries0 = self.writer.stats.retries
+        while parts:
+            self._write_result(parts.pop(0), batch, result, resumed)
+        result.write_retries = self.writer.stats.retries - retries0
+
     # -- read side ------------------------------------------------------------------------------
 
     def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[QueryResult]:
@@ -144,15 +161,17 @@ class Transfer:
                 continue
             if not ts.samples:
                 continue
-            out = self.relabeler(key)
-            if out is None:
+            label_bytes = self._label_bytes.get(key)
+            if label_bytes is None:
+                out = self.relabeler(key)
+                label_bytes = b"" if out is None else encode_labels(out)
+                with self._lock:
+                    if len(self._label_bytes) >= LABEL_CACHE_MAX:
+                        self._label_bytes.clear()  # bounded memory on migrations with millions of series
+                    self._label_bytes[key] = label_bytes
+            if not label_bytes:
                 counters.dropped += 1
                 continue
-            label_bytes = self._label_bytes.get(out)
-            if label_bytes is None:
-                label_bytes = encode_labels(out)
-                with self._lock:
-                    self._label_bytes[out] = label_bytes
             counters.series += 1
             counters.samples += len(ts.samples)
             ts.ClearField("labels")

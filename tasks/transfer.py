@@ -1,55 +1,87 @@
-"""The unit of durable work: one batch × one window, cached once the target acknowledged it.
+"""The unit of orchestrated work: one segment (a group of batches over a run of windows) of the front.
 
-The cache key is migration id + plan id + generation + batch + window, and results persist under the
-migration's state directory, so a rerun skips every batch × window already written and `--start-over`
-(a new generation) rewrites everything.
+Inside a segment the engine's :class:`~m3migrate.front.Front` moves batch × window units in parallel and
+journals each one, so a Prefect task costs its overhead once per segment, not once per unit, while a
+crash or a retry still resumes at the unit. The segment's result is cached (key: migration, plan,
+generation, stage, segment) under the migration's state directory, so a rerun skips finished segments
+without even opening a connection, and `--start-over` (a new generation) rewrites everything.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.artifacts import update_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.states import State
 
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError, WriteRejected
-from m3migrate.plan import Batch, Window
+from m3migrate.front import Front, FrontTotals, Segment, WindowDone
+from m3migrate.plan import Plan
 from m3migrate.relabel import Relabeler
+from m3migrate.state import MigrationState, Stage
+from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import Transfer
 
 PERMANENT = (WriteRejected, ConfigError, AuthError, EndpointNotFound, TlsError)
+PROGRESS_EVERY_SECONDS = 2.0  # UI progress updates from inside a segment (each is one API call)
+
+ProgressListener = Callable[[dict[str, Any]], None]
+PROGRESS_LISTENERS: list[ProgressListener] = []  # in-process subscribers (the CLI's progress bar)
+
+
+def notify(event: dict[str, Any]) -> None:
+    for listener in list(PROGRESS_LISTENERS):
+        try:
+            listener(event)
+        except Exception:  # a broken progress bar must never stop a migration
+            logging.getLogger("m3migrate").debug("progress listener failed", exc_info=True)
 
 
 @dataclass(frozen=True)
 class TransferContext:
-    """Everything a transfer task needs besides its batch and window (picklable for Dask workers)."""
+    """Everything a segment task needs besides its segment (small and picklable for Dask workers)."""
 
     migration_id: str
     plan_id: str
     generation: int
+    stage: Stage
+    state_root: str
     source: SourceSettings
     target: TargetSettings
     relabeler_rules: tuple
     add_labels: tuple[tuple[str, str], ...]
     write_concurrency: int
-    results_dir: str
+    units_in_flight: int
+    depth: int
+    windows_total: int
+    progress_artifact_id: str | None = None
 
     @property
     def fingerprint(self) -> tuple:
         return (self.migration_id, self.plan_id, self.generation)
 
+    @property
+    def state(self) -> MigrationState:
+        return MigrationState(Path(self.state_root), self.migration_id)
+
 
 _transfers: dict[tuple, Transfer] = {}
-_transfers_lock = threading.Lock()
+_plans: dict[tuple, Plan] = {}
+_shared_lock = threading.Lock()
 
 
 def get_transfer(ctx: TransferContext) -> Transfer:
-    """One Transfer (connection pools, write threads) per process and migration run."""
-    with _transfers_lock:
+    """One Transfer (connection pools, write threads, label cache) per process and migration run."""
+    with _shared_lock:
         transfer = _transfers.get(ctx.fingerprint)
         if transfer is None:
             relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
@@ -58,18 +90,37 @@ def get_transfer(ctx: TransferContext) -> Transfer:
         return transfer
 
 
+def get_plan(ctx: TransferContext) -> Plan:
+    """The stage's saved plan, parsed once per process (a plan of a million series is big)."""
+    with _shared_lock:
+        key = (ctx.fingerprint, ctx.stage)
+        plan = _plans.get(key)
+        if plan is None:
+            plan = ctx.state.load_plan(ctx.stage)
+            if plan is None or plan.id != ctx.plan_id:
+                raise ConfigError(
+                    f"migration {ctx.migration_id!r}: the saved {ctx.stage} plan is not {ctx.plan_id}",
+                    hint="another run replanned this migration meanwhile; rerun",
+                )
+            _plans[key] = plan
+        return plan
+
+
 def close_transfers() -> None:
-    with _transfers_lock:
+    with _shared_lock:
         for transfer in _transfers.values():
             transfer.close()
         _transfers.clear()
+        _plans.clear()
 
 
-def transfer_cache_key(context: TaskRunContext, parameters: dict) -> str:
+def segment_cache_key(context: TaskRunContext, parameters: dict) -> str:
     ctx: TransferContext = parameters["ctx"]
-    batch: Batch = parameters["batch"]
-    window: Window = parameters["window"]
-    return f"{ctx.migration_id}-{ctx.plan_id}-g{ctx.generation}-{batch.id}-w{window.index}"
+    seg: Segment = parameters["segment"]
+    return (
+        f"{ctx.migration_id}-{ctx.plan_id}-g{ctx.generation}-{ctx.stage}"
+        f"-w{seg.first_window}-{seg.last_window}-grp{seg.group}of{seg.groups}"
+    )
 
 
 def _retry_transient_only(task, task_run, state: State) -> bool:
@@ -88,25 +139,65 @@ def results_storage(results_dir: Path) -> Path:
     return results_dir
 
 
+class _SegmentProgress:
+    """Logs and UI progress from inside a segment, throttled (each artifact update is an API call)."""
+
+    def __init__(self, ctx: TransferContext, segment: Segment, samples_before: int) -> None:
+        self.ctx = ctx
+        self.segment = segment
+        self.samples_before = samples_before
+        self.logger = get_run_logger()
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: WindowDone, totals: FrontTotals) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_SECONDS or done.index == self.segment.last_window:
+            return  # the flow reports each segment's end
+        self.last = now
+        elapsed = now - self.t0
+        rate = totals.samples_moved_now / elapsed if elapsed > 0 else 0.0
+        windows_done = done.index + 1
+        if self.ctx.progress_artifact_id and self.segment.group == 0:
+            update_progress_artifact(self.ctx.progress_artifact_id, 100.0 * windows_done / self.ctx.windows_total)
+        samples = self.samples_before + totals.samples
+        self.logger.info(
+            "front at %s: window %d/%d, %d samples so far, %.0f samples/s",
+            iso_ms(done.end_ms),
+            windows_done,
+            self.ctx.windows_total,
+            samples,
+            rate,
+        )
+        notify(
+            {"windows_done": windows_done, "windows_total": self.ctx.windows_total, "samples": samples, "rate": rate}
+        )
+
+
 @task(
-    name="transfer-batch-window",
-    task_run_name="batch {batch.id} window {window.index}",
+    name="transfer-segment",
+    task_run_name="{segment.label}",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_transient_only,
-    cache_key_fn=transfer_cache_key,
+    cache_key_fn=segment_cache_key,
     persist_result=True,
 )
-def transfer_batch_window(ctx: TransferContext, batch: Batch, window: Window) -> dict:
-    """Copy one batch over one window; returns counts once every request was acknowledged.
+def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int = 0) -> dict:
+    """Move one segment's batch × window units along the front; returns the segment's totals.
 
-    An attempt marker, written before the first request, tells a later attempt (task retry, or a rerun
-    after a crash) that the target may already hold part of this batch × window.
+    Units an earlier attempt finished are skipped, units it started are reconciled (journal).
+    ``samples_before`` (what earlier segments moved) only makes the progress figures global.
     """
-    marker = Path(ctx.results_dir) / "attempts" / f"g{ctx.generation}-{batch.id}-w{window.index}"
-    resumed = marker.exists()
-    if not resumed:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    return get_transfer(ctx).run(batch, window, resumed=resumed).as_dict()
+    plan = get_plan(ctx)
+    journal = ctx.state.journal(ctx.stage, ctx.plan_id)
+    front = Front(
+        get_transfer(ctx),
+        segment.batches(plan),
+        segment.windows(plan),
+        journal,
+        depth=ctx.depth,
+        concurrency=ctx.units_in_flight,
+        on_window=_SegmentProgress(ctx, segment, samples_before),
+    )
+    return front.run().as_dict()

@@ -1,0 +1,265 @@
+"""The time front: batch × window units in parallel, in an order every receiver accepts.
+
+Thanos Receive (and Prometheus) accept a sample only within ~1 h of the newest one they hold, unless an
+out-of-order window is set, so every batch of window k is written before any sample newer than window
+k + depth. One batch's windows are written strictly in order (a series is never written by two requests
+at once: Prometheus 2.42 may acknowledge such a race and drop samples), but the next window of a batch is
+read while the previous one is still being written, so neither server idles.
+
+Each unit is recorded in the migration's :class:`~m3migrate.state.UnitJournal`: started before its first
+write, done after the target acknowledged everything. A rerun skips done units and reconciles started
+ones, at the granularity of one batch × window, whatever the orchestrator does around it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields
+
+from m3migrate.plan import Batch, Plan, Window
+from m3migrate.state import UnitJournal
+from m3migrate.transfer import Transfer, TransferResult
+
+log = logging.getLogger("m3migrate.front")
+
+PER_BATCH_IN_FLIGHT = 2  # one unit writing + the next window of the same batch reading ahead
+SEGMENTS_PER_RUN = 8  # orchestrator tasks per run on one process: resume points and visible progress
+
+
+UNIT_FIELDS = (
+    "series",
+    "samples",
+    "requests",
+    "bytes_read",
+    "bytes_written",
+    "read_retries",
+    "write_retries",
+    "splits",
+    "reconciled_series",
+)
+
+
+@dataclass
+class FrontTotals:
+    """What a front moved (and what earlier runs had already moved, from the journal)."""
+
+    series: int = 0
+    samples: int = 0
+    requests: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    read_retries: int = 0
+    write_retries: int = 0
+    splits: int = 0
+    reconciled_series: int = 0
+    units: int = 0
+    units_skipped: int = 0  # done by an earlier run (journal)
+    samples_moved_now: int = 0
+
+    def add(self, result: dict, *, skipped: bool) -> None:
+        """Count one unit's TransferResult (as a dict: journal entries are dicts too)."""
+        for name in UNIT_FIELDS:
+            setattr(self, name, getattr(self, name) + int(result.get(name, 0)))
+        self.units += 1
+        if skipped:
+            self.units_skipped += 1
+        else:
+            self.samples_moved_now += int(result.get("samples", 0))
+
+    def merge(self, other: dict) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + int(other.get(f.name, 0)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WindowDone:
+    """Every batch of this front has window ``index`` in the target."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+    samples: int
+    series: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One orchestrator task: a group of the plan's batches over a contiguous run of windows."""
+
+    first_window: int
+    last_window: int  # inclusive
+    group: int = 0
+    groups: int = 1
+
+    def batches(self, plan: Plan) -> list[Batch]:
+        return plan.batches[self.group :: self.groups]
+
+    def windows(self, plan: Plan) -> list[Window]:
+        return plan.windows[self.first_window : self.last_window + 1]
+
+    @property
+    def label(self) -> str:
+        group = f", batch group {self.group + 1}/{self.groups}" if self.groups > 1 else ""
+        return f"windows {self.first_window}-{self.last_window}{group}"
+
+
+def plan_segments(windows: int, depth: int, groups: int = 1) -> list[list[Segment]]:
+    """Segments in run order; the segments of one inner list run at once (one per batch group).
+
+    On one process the front spans whole segments, so a few long segments suffice. Groups on separate
+    workers only meet at segment ends, so a segment may not be longer than the front's depth: then no
+    group is ever more than ``depth`` windows ahead of another.
+    """
+    size = depth if groups > 1 else max(depth, -(-windows // SEGMENTS_PER_RUN))
+    out: list[list[Segment]] = []
+    for first in range(0, windows, size):
+        last = min(first + size, windows) - 1
+        out.append([Segment(first, last, g, groups) for g in range(groups)])
+    return out
+
+
+class _Aborted(Exception):
+    """An earlier window of the same batch failed: this unit does not write."""
+
+
+@dataclass
+class _Unit:
+    batch: int
+    window: int
+    previous_written: threading.Event | None
+    written: threading.Event = field(default_factory=threading.Event)
+
+
+class Front:
+    """Runs ``batches`` × ``windows`` through a :class:`Transfer` along the time front."""
+
+    def __init__(
+        self,
+        transfer: Transfer,
+        batches: Sequence[Batch],
+        windows: Sequence[Window],
+        journal: UnitJournal,
+        *,
+        depth: int,
+        concurrency: int,
+        on_window: Callable[[WindowDone, FrontTotals], None] | None = None,
+    ) -> None:
+        if depth < 1 or concurrency < 1:
+            raise ValueError("depth and concurrency must be at least 1")
+        self.transfer = transfer
+        self.batches = list(batches)
+        self.windows = list(windows)
+        self.journal = journal
+        self.depth = depth
+        self.concurrency = concurrency
+        self.on_window = on_window
+        self._failed = threading.Event()
+
+    def run(self) -> FrontTotals:
+        """Transfer every unit not yet done; raises the first failure after in-flight units settle."""
+        totals = FrontTotals()
+        nw = len(self.windows)
+        remaining = [0] * nw
+        window_samples = [0] * nw
+        window_series = [0] * nw
+        pending: list[list[int]] = []  # per batch: window positions still to do, in order
+        for batch in self.batches:
+            todo = []
+            for w, window in enumerate(self.windows):
+                done = self.journal.done(UnitJournal.key(batch.id, window.index))
+                if done is None:
+                    todo.append(w)
+                    remaining[w] += 1
+                else:
+                    totals.add(done, skipped=True)
+                    window_samples[w] += int(done.get("samples", 0))
+                    window_series[w] += int(done.get("series", 0))
+            pending.append(todo[::-1])  # pop() takes the earliest
+        low = 0
+
+        def advance() -> None:
+            nonlocal low
+            while low < nw and remaining[low] == 0:
+                if self.on_window is not None:
+                    w = self.windows[low]
+                    done = WindowDone(w.index, w.start_ms, w.end_ms, window_samples[low], window_series[low])
+                    self.on_window(done, totals)
+                low += 1
+
+        advance()
+        ready = [(todo[-1], b) for b, todo in enumerate(pending) if todo]
+        heapq.heapify(ready)
+        in_heap = {b for _, b in ready}
+        per_batch = [0] * len(self.batches)
+        last_written: list[threading.Event | None] = [None] * len(self.batches)
+        inflight: dict[Future, _Unit] = {}
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="m3migrate-front") as pool:
+            while True:
+                while not errors and ready and len(inflight) < self.concurrency and ready[0][0] < low + self.depth:
+                    w, b = heapq.heappop(ready)
+                    in_heap.discard(b)
+                    pending[b].pop()
+                    unit = _Unit(b, w, last_written[b])
+                    last_written[b] = unit.written
+                    per_batch[b] += 1
+                    inflight[pool.submit(self._run_unit, unit)] = unit
+                    if pending[b] and per_batch[b] < PER_BATCH_IN_FLIGHT:
+                        heapq.heappush(ready, (pending[b][-1], b))
+                        in_heap.add(b)
+                if not inflight:
+                    break
+                finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    unit = inflight.pop(future)
+                    per_batch[unit.batch] -= 1
+                    if pending[unit.batch] and unit.batch not in in_heap:
+                        heapq.heappush(ready, (pending[unit.batch][-1], unit.batch))
+                        in_heap.add(unit.batch)
+                    try:
+                        result = future.result()
+                    except _Aborted:
+                        continue
+                    except BaseException as exc:
+                        errors.append(exc)
+                        continue
+                    totals.add(result.as_dict(), skipped=False)
+                    remaining[unit.window] -= 1
+                    window_samples[unit.window] += result.samples
+                    window_series[unit.window] += result.series
+                advance()
+        if errors:
+            raise errors[0]
+        return totals
+
+    def _run_unit(self, unit: _Unit) -> TransferResult:
+        batch, window = self.batches[unit.batch], self.windows[unit.window]
+        try:
+            if self._failed.is_set():
+                raise _Aborted
+            parts, result = self.transfer.fetch(batch, window)
+            if unit.previous_written is not None:
+                unit.previous_written.wait()
+            if self._failed.is_set():
+                raise _Aborted
+            key = UnitJournal.key(batch.id, window.index)
+            resumed = self.journal.started(key)
+            if not resumed:
+                self.journal.mark_started(key)
+            self.transfer.store(parts, batch, result, resumed=resumed)
+            self.journal.mark_done(key, result.as_dict())
+            return result
+        except _Aborted:
+            raise
+        except BaseException:
+            self._failed.set()
+            raise
+        finally:
+            unit.written.set()
