@@ -4,11 +4,11 @@
     .venv/bin/python bench/profile.py --preset default --py-spy             # + py-spy profile of the engine
     .venv/bin/python bench/profile.py --preset quick --mode cli --py-spy    # py-spy over the whole CLI (Prefect incl.)
 
-Engine mode plans the migration exactly as the flow does (m3migrate.migration.prepare), then advances
-the same time front (windows in order, `windows_in_flight` deep, batches in parallel on a thread pool of
-`task_concurrency`) calling Transfer.run directly, so the difference to `bench/run.py`'s end-to-end
-figure is what the orchestration costs. py-spy (from /tmp/benchtools or PATH) samples at 100 Hz with
---gil, so its top frames are where the tool's own CPU goes; the collapsed stacks are kept for flame graphs.
+Engine mode plans the migration exactly as the flow does (m3migrate.migration.prepare), then runs the
+whole plan through the engine's Front (the code each Prefect segment task runs), so the difference to
+`bench/run.py`'s end-to-end figure is what the orchestration costs. py-spy (from /tmp/benchtools or
+PATH) samples at 100 Hz with --gil, so its top frames are where the tool's own CPU goes; the collapsed
+stacks are kept for flame graphs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_preset_args, count_all, read_chunk_ms, resolve_preset, start_bench_source, wait_quiet
 
 from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.front import Front
 from m3migrate.migration import prepare
 from m3migrate.sandbox.servers import start_prometheus
 from m3migrate.spec import MigrationSpec
@@ -113,35 +113,19 @@ def run_engine(source_url: str, target_url: str, start_ms: int, end_ms: int, set
     t0 = time.perf_counter()
     plan = prepare(src, spec, state, start_over=True).plan
     plan_s = time.perf_counter() - t0
-    depth = spec.windows_in_flight
     nb = len(plan.batches)
-    samples = 0
-    with (
-        Transfer(src, tgt, spec.relabeler(), write_concurrency=spec.write_concurrency) as transfer,
-        ThreadPoolExecutor(spec.task_concurrency) as pool,
-    ):
+    with Transfer(src, tgt, spec.relabeler(), write_concurrency=spec.write_concurrency) as transfer:
+        front = Front(
+            transfer,
+            plan.batches,
+            plan.windows,
+            state.journal("migrate", plan.id),
+            depth=spec.windows_in_flight,
+            concurrency=spec.task_concurrency,
+        )
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        futures: dict[tuple[int, int], object] = {}
-
-        def run(b: int, w, prev) -> dict:
-            if prev is not None:
-                prev.result()  # one batch's windows in order, as the flow's wait_for does
-            return transfer.run(plan.batches[b], w).as_dict()
-
-        def complete(k: int) -> None:
-            nonlocal samples
-            for b in range(nb):
-                samples += futures.pop((b, k)).result()["samples"]
-
-        for w in plan.windows:
-            if w.index >= depth:
-                complete(w.index - depth)
-            for b in range(nb):
-                # the predecessor is taken now, at submission (as wait_for is): complete() pops it later
-                futures[(b, w.index)] = pool.submit(run, b, w, futures.get((b, w.index - 1)))
-        for k in range(max(0, len(plan.windows) - depth), len(plan.windows)):
-            complete(k)
+        samples = front.run().samples
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -149,7 +133,7 @@ def run_engine(source_url: str, target_url: str, start_ms: int, end_ms: int, set
         "settings": settings,
         "batches": nb,
         "windows": len(plan.windows),
-        "tasks": nb * len(plan.windows),
+        "units": nb * len(plan.windows),
         "plan_seconds": round(plan_s, 2),
         "seconds": round(wall, 3),
         "samples": samples,
@@ -225,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(
                     f"{a.mode} {name}{' (under py-spy)' if profiled else ''}: {r.get('samples_per_s', 0):,} samples/s, "
                     f"{r.get('cpu_ns_per_sample', '?')} ns/sample CPU, peak RSS {r.get('peak_rss_mb', '?')} MB, "
-                    f"{r.get('tasks', '?')} tasks, verified={r['verified']}"
+                    f"{r.get('units', '?')} units, verified={r['verified']}"
                 )
                 if profiled and "py_spy" in r:
                     for f, pc in r["py_spy"]["self"][:12]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,14 @@ from m3migrate.errors import ConfigError
 from m3migrate.relabel import Relabeler, RelabelRule, merge_prometheus_prefix_rule
 from m3migrate.selectors import ALL_SERIES, parse_selector
 
-WriteMode = Literal["in_order", "out_of_order"]
+WriteMode = Literal["in_order", "out_of_order", "blocks", "hybrid"]
+BLOCK_MODES = ("blocks", "hybrid")  # write modes that upload TSDB blocks into the Thanos bucket
+BACKFILL_LABEL = "m3migrate_backfill"  # default external label of the backfill's blocks (value: the migration id)
+HOUR_MS = 3_600_000
+# The hybrid boundary stays this far inside the target's accept window, so the remote-write tail is still
+# accepted after planning and writing it took a while (and across a small clock skew).
+HYBRID_MARGIN_MS = 15 * 60_000
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 def default_state_dir() -> Path:
@@ -49,10 +57,23 @@ class MigrationSpec(BaseModel):
         default="in_order",
         description="in_order: advance a time front over all series so a receiver without an out-of-order "
         "window accepts the history (it must hold nothing newer). out_of_order: the target has an "
-        "out-of-order window covering the range, so windows may be wider and run further ahead.",
+        "out-of-order window covering the range, so windows may be wider and run further ahead. blocks: "
+        "upload the history as TSDB blocks into the Thanos bucket (needs a bucket). hybrid: blocks for the "
+        "history older than the target's accept window, remote write (in_order) for the recent tail.",
+    )
+    block_hours: Literal[2, 8, 48] = Field(
+        default=2, description="blocks/hybrid: hours per block, epoch-aligned (Thanos' compaction ranges 2, 8, 48)."
+    )
+    backfill_labels: dict[str, str] | None = Field(
+        default=None,
+        description="blocks/hybrid: the blocks' Thanos external labels, unique to the backfill so its blocks "
+        "never overlap Receive's in the compactor. Default: {m3migrate_backfill: <migration id>}. Keep them "
+        "the same on every run: a rerun finds the finished windows by them.",
     )
     window_minutes: int | None = Field(
-        default=None, gt=0, description="Time window per batch. Default: 30 (in_order) or 360 (out_of_order)."
+        default=None,
+        gt=0,
+        description="Time window per batch (remote write). Default: 360 (out_of_order), else 30.",
     )
     accept_window_minutes: int = Field(
         default=60,
@@ -61,7 +82,12 @@ class MigrationSpec(BaseModel):
         "half the 2h block range = 60).",
     )
     batch_max_series: int = Field(default=2_000, gt=0, description="Most series read in one batch.")
-    task_concurrency: int = Field(default=4, gt=0, le=256, description="Batches transferred in parallel.")
+    task_concurrency: int = Field(
+        default=4,
+        gt=0,
+        le=256,
+        description="batch × window units moved in parallel (thread runner), or Dask workers (dask runner).",
+    )
     write_concurrency: int = Field(default=4, gt=0, le=256, description="Remote-write requests in flight.")
     task_runner: Literal["thread", "dask"] = Field(default="thread", description="Prefect task runner.")
     dask_address: str | None = Field(default=None, description="Dask scheduler address for task_runner=dask.")
@@ -81,6 +107,20 @@ class MigrationSpec(BaseModel):
             parse_selector(s)
         return v
 
+    @field_validator("backfill_labels")
+    @classmethod
+    def _backfill_labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("give at least one backfill label (an empty set would be Receive's own stream)")
+        for name, value in v.items():
+            if not _LABEL_NAME.match(name) or name.startswith("__"):
+                raise ValueError(f"backfill label name {name!r} is not a valid Prometheus label name")
+            if not value:
+                raise ValueError(f"backfill label {name!r} has an empty value")
+        return v
+
     @model_validator(mode="after")
     def _range(self) -> MigrationSpec:
         if self.end <= self.start:
@@ -90,10 +130,15 @@ class MigrationSpec(BaseModel):
                 f"end {self.end.isoformat()} is in the future: migrate history up to now, "
                 "then keep new writes flowing with `m3migrate replicate`"
             )
-        if self.window_ms > self.accept_window_minutes * 60_000 and self.write_mode == "in_order":
+        if self.window_ms > self.accept_window_minutes * 60_000 and self.write_mode in ("in_order", "hybrid"):
             raise ValueError(
                 f"window_minutes={self.window_minutes} is wider than what the target accepts "
-                f"({self.accept_window_minutes} min) in in_order mode"
+                f"({self.accept_window_minutes} min) in {self.write_mode} mode"
+            )
+        if self.backfill_labels and self.source_label_value and self.source_label_name in self.backfill_labels:
+            raise ValueError(
+                f"backfill label {self.source_label_name!r} is also the label every migrated series gets: "
+                "external labels must not be label names of the series"
             )
         self.relabeler()  # rules must compile
         return self
@@ -108,7 +153,7 @@ class MigrationSpec(BaseModel):
 
     @property
     def window_ms(self) -> int:
-        default = 30 if self.write_mode == "in_order" else 360
+        default = 360 if self.write_mode == "out_of_order" else 30  # hybrid's tail is written in order
         return (self.window_minutes or default) * 60_000
 
     @property
@@ -117,6 +162,37 @@ class MigrationSpec(BaseModel):
         if self.write_mode == "out_of_order":
             return 4
         return max(1, (self.accept_window_minutes * 60_000) // self.window_ms)
+
+    @property
+    def uses_blocks(self) -> bool:
+        return self.write_mode in BLOCK_MODES
+
+    @property
+    def block_ms(self) -> int:
+        return self.block_hours * HOUR_MS
+
+    def backfill_external_labels(self, migration_id: str) -> dict[str, str]:
+        """The blocks' Thanos labels: given, or {m3migrate_backfill: <migration id>}.
+
+        Why the migration id: a label Receive never sets makes the blocks their own compaction stream (no
+        overlap with Receive's blocks, no compactor halt), and a value per migration keeps two migrations of
+        different selectors in one bucket from taking each other's blocks for finished windows.
+        """
+        return dict(self.backfill_labels) if self.backfill_labels else {BACKFILL_LABEL: migration_id}
+
+    def hybrid_boundary_ms(self, now_ms: int) -> int:
+        """hybrid: the first instant written by remote write; blocks hold everything before it.
+
+        The target's accept window is anchored at its NEWEST sample, which for a target that already
+        receives live data is about now, not the migration's end: remote write can only bring samples
+        newer than now - accept_window. So the boundary is the first block-window edge at or after
+        now - accept_window + HYBRID_MARGIN_MS, clamped to [start, end + 1] (end + 1: no tail, all blocks;
+        start: no blocks). On a block edge, the last block is a whole aligned window and the two parts
+        neither overlap nor leave a gap.
+        """
+        earliest = now_ms - self.accept_window_minutes * 60_000 + HYBRID_MARGIN_MS
+        edge = -(-earliest // self.block_ms) * self.block_ms
+        return min(max(edge, self.start_ms), self.end_ms + 1)
 
     def selectors(self) -> list[list]:
         return [parse_selector(s) for s in self.match]
