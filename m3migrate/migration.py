@@ -11,7 +11,7 @@ from m3migrate.errors import ConfigError
 from m3migrate.plan import DAY_MS, Plan, discover, make_batches
 from m3migrate.promql import PromQLClient
 from m3migrate.spec import MigrationSpec
-from m3migrate.state import MigrationState
+from m3migrate.state import MigrationState, Stage
 
 log = logging.getLogger("m3migrate.migration")
 
@@ -90,20 +90,27 @@ def prepare(
     *,
     start_over: bool = False,
     on_metric: Callable[[str, int], None] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    stage: Stage = "migrate",
 ) -> PreparedMigration:
     """Load the saved plan (resume) or discover a new one (first run / start over).
 
+    ``start_ms``/``end_ms``/``stage``: a part of the spec's range with its own plan (a hybrid migration's
+    remote-write tail and block backfill); default the whole range as the migrate stage.
     The caller holds the migration's lock, so no other run can replan or write meanwhile.
     """
     migration_id = state.migration_id
+    start_ms = spec.start_ms if start_ms is None else start_ms
+    end_ms = spec.end_ms if end_ms is None else end_ms
     if start_over:
         generation = state.start_over()
         log.info("starting migration %s over (generation %d)", migration_id, generation)
-    plan = state.load_plan()
+    plan = state.load_plan(stage)
     reused = plan is not None
     if plan is not None and (plan.start_ms, plan.end_ms, plan.window_ms, plan.selectors) != (
-        spec.start_ms,
-        spec.end_ms,
+        start_ms,
+        end_ms,
         spec.window_ms,
         list(spec.match),
     ):
@@ -113,6 +120,6 @@ def prepare(
             "or choose another --migration-id",
         )
     if plan is None:
-        plan = build_plan(source, spec, migration_id, on_metric=on_metric)
-        state.save_plan(plan)
+        plan = build_plan(source, spec, migration_id, on_metric=on_metric, start_ms=start_ms, end_ms=end_ms)
+        state.save_plan(plan, stage)
     return PreparedMigration(migration_id, state, plan, state.generation, reused)

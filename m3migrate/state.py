@@ -50,12 +50,18 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-Stage = Literal["migrate", "replicate"]
+Stage = Literal["migrate", "replicate", "backfill"]
 
 # File names per stage: the bulk migration keeps the historic names; a replication pass in progress
-# keeps its own plan and progress until it completes and advances the replication watermark.
-_PLAN_FILES = {"migrate": "plan.json", "replicate": "replication-pass.plan.json"}
-_PROGRESS_FILES = {"migrate": "progress.json", "replicate": "replication-pass.progress.json"}
+# keeps its own plan and progress until it completes and advances the replication watermark; a hybrid
+# migration's block backfill (the history before its boundary) has its own plan beside the tail's.
+_PLAN_FILES = {"migrate": "plan.json", "replicate": "replication-pass.plan.json", "backfill": "backfill.plan.json"}
+_PROGRESS_FILES = {
+    "migrate": "progress.json",
+    "replicate": "replication-pass.progress.json",
+    "backfill": "backfill.progress.json",
+}
+BOUNDARY_FILE = "hybrid-boundary.json"  # a hybrid migration's boundary, fixed at its first run
 
 
 class UnitJournal:
@@ -156,7 +162,7 @@ class MigrationState:
     def start_over(self) -> int:
         """Forget plans, progress, replication and completion records; returns the new generation."""
         generation = self.generation + 1
-        for name in (*_PLAN_FILES.values(), *_PROGRESS_FILES.values(), "replication.json"):
+        for name in (*_PLAN_FILES.values(), *_PROGRESS_FILES.values(), "replication.json", BOUNDARY_FILE):
             (self.dir / name).unlink(missing_ok=True)
         shutil.rmtree(self.results_dir, ignore_errors=True)
         for journal in self.dir.glob("journal-*.jsonl"):
@@ -185,6 +191,14 @@ class MigrationState:
     def save_progress(self, progress: Progress, stage: Stage = "migrate") -> None:
         progress.updated_at = time.time()
         _write_json_atomic(self.dir / _PROGRESS_FILES[stage], asdict(progress))
+
+    def load_boundary(self) -> int | None:
+        """A hybrid migration's saved boundary (None before its first run)."""
+        value = self._read(BOUNDARY_FILE).get("boundary_ms")
+        return int(value) if value is not None else None
+
+    def save_boundary(self, boundary_ms: int) -> None:
+        _write_json_atomic(self.dir / BOUNDARY_FILE, {"boundary_ms": boundary_ms, "saved_at": time.time()})
 
     def load_replication(self) -> ReplicationState:
         data = self._read("replication.json")
