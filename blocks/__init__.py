@@ -3,6 +3,6 @@
 Register them with `prefect block register -m blocks`.
 """
 
-from blocks.connections import M3Source, ThanosTarget
+from blocks.connections import M3Source, ThanosBucket, ThanosTarget
 
-__all__ = ["M3Source", "ThanosTarget"]
+__all__ = ["M3Source", "ThanosBucket", "ThanosTarget"]

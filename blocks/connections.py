@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from prefect.blocks.core import Block
 
+from m3migrate.bucket import BucketSettings
 from m3migrate.config import SourceSettings, TargetSettings
 
 
@@ -33,3 +34,15 @@ class ThanosTarget(Block, TargetSettings):
 
     def settings(self) -> TargetSettings:
         return TargetSettings.model_validate(self.model_dump(include=set(TargetSettings.model_fields)))
+
+
+class ThanosBucket(Block, BucketSettings):
+    """The object store Thanos reads blocks from (write modes blocks and hybrid): a local directory in
+    Thanos' FILESYSTEM layout, or s3://, gs://, az:// with credentials (SecretStr, starred in the UI)."""
+
+    _block_type_name: ClassVar[str] = "m3migrate Thanos Bucket"
+    _block_type_slug: ClassVar[str] = "m3migrate-thanos-bucket"
+    _description: ClassVar[str] = "Thanos object store (bucket) that m3migrate uploads history blocks into."
+
+    def settings(self) -> BucketSettings:
+        return BucketSettings.model_validate(self.model_dump(include=set(BucketSettings.model_fields)))
