@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import M3Source, ThanosTarget
+from blocks import M3Source, ThanosBucket, ThanosTarget
 from m3migrate.spec import MigrationSpec
-from m3migrate.validate import CHECKS, ValidationFailed, ValidationInput, ValidationReport
+from m3migrate.validate import CHECKS, ValidationFailed, ValidationInput, ValidationReport, checks_for
 from tasks.validate import result_of, validation_check
 
 
@@ -34,20 +34,29 @@ def validate(
     retries: int = 2,
     retry_delay_seconds: float = 2.0,
     probe_at_ms: int | None = None,
+    bucket: ThanosBucket | None = None,
 ) -> dict[str, Any]:
     """Run every check; the report as a dict. Raises ValidationFailed when a check fails.
 
     ``probe_at_ms``: where to write the probe sample when resuming (the saved front); default the start.
+    ``bucket``: where write_mode blocks/hybrid uploads blocks (checked for writability).
     """
     logger = get_run_logger()
-    inp = ValidationInput(source.settings(), target.settings(), spec, clock_skew_threshold_s, probe_at_ms)
+    inp = ValidationInput(
+        source.settings(),
+        target.settings(),
+        spec,
+        clock_skew_threshold_s,
+        probe_at_ms,
+        bucket.settings() if bucket is not None else None,
+    )
     futures = {
         name: validation_check.with_options(
             name=f"check-{re.sub(r'[^a-z0-9]+', '-', name.lower())}",
             retries=retries,
             retry_delay_seconds=retry_delay_seconds,
         ).submit(name, inp)
-        for name in CHECKS
+        for name in checks_for(spec)
     }
     checks = []
     for name, future in futures.items():

@@ -9,7 +9,10 @@ away on their own (connection refused, 5xx, timeouts) are marked ``transient`` s
 The only thing validation ever writes is ONE probe sample (see :func:`probe_labels` and
 docs/validation.md): series ``m3migrate_probe{_source="m3db",migration_id="<id>"}``, value 0, at exactly the
 migration's start time. That is the oldest instant the migration will write, so the probe cannot move a
-fresh head's clock past the history (a "recent" probe would make all history out of bounds).
+fresh head's clock past the history (a "recent" probe would make all history out of bounds). hybrid probes
+at its boundary, where its remote writes begin; blocks probes the start and, only when the target refuses
+history there (it then holds newer data anyway), the end, where replication continues. Both write, read
+back and delete one small object in the bucket.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Literal
 
 import httpx
 
+from m3migrate.bucket import Bucket, BucketError, BucketSettings
 from m3migrate.codec import Matcher, encode_labels, frame_series, single_request
 from m3migrate.config import SourceSettings, TargetSettings, origin, redact_url
 from m3migrate.errors import (
@@ -59,6 +63,7 @@ __all__ = [
     "ValidationFailed",
     "ValidationInput",
     "ValidationReport",
+    "check_bucket",
     "check_clock_skew",
     "check_naming",
     "check_source_kind",
@@ -69,6 +74,7 @@ __all__ = [
     "check_target_query",
     "check_target_write",
     "check_volume",
+    "checks_for",
     "probe_labels",
     "run_all",
 ]
@@ -191,17 +197,36 @@ class ValidationInput:
     spec: MigrationSpec
     clock_skew_threshold_s: float = 30.0
     probe_at_ms: int | None = None  # a resumed migration: its saved front, the oldest point it still writes
+    bucket: BucketSettings | None = None  # write_mode blocks/hybrid: where the blocks go
 
     @property
     def migration_id(self) -> str:
         return self.spec.resolved_id(self.source.read_url, self.target.write_url)
 
     @property
+    def remote_write_from_ms(self) -> int | None:
+        """The oldest instant the migrate step writes by remote write; None when it writes only blocks.
+
+        hybrid: the boundary (a resumed run: its saved boundary or front, else the one the clock gives now).
+        """
+        spec = self.spec
+        if spec.write_mode == "blocks":
+            return None
+        at = self.probe_at_ms
+        if at is None:
+            at = spec.hybrid_boundary_ms(int(time.time() * 1000)) if spec.write_mode == "hybrid" else spec.start_ms
+        return None if at > spec.end_ms else max(at, spec.start_ms)
+
+    @property
     def probe_ms(self) -> int:
-        """When the probe sample is written: the oldest instant the migration (still) writes."""
-        if self.probe_at_ms is None:
-            return self.spec.start_ms
-        return min(max(self.probe_at_ms, self.spec.start_ms), self.spec.end_ms)
+        """When the probe sample is written: the oldest instant the migration (still) writes by remote write.
+
+        A migration that writes only blocks is probed at its start all the same (the oldest instant, so the
+        probe never moves a fresh head's clock past history anybody may still write); only when that is
+        refused does :func:`check_target_write` probe the end, where replication continues.
+        """
+        at = self.remote_write_from_ms
+        return self.spec.start_ms if at is None else at
 
 
 def probe_labels(migration_id: str) -> tuple[tuple[str, str], ...]:
@@ -580,6 +605,19 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
             writer.write(body)
     except WriteRejected as exc:
         details.update(reasons=sorted(exc.reasons), http_status=exc.status)
+        history_refused = bool(exc.reasons & {RejectReason.OUT_OF_BOUNDS, RejectReason.TOO_OLD})
+        if history_refused and inp.remote_write_from_ms is None:
+            return _probe_end_for_blocks(inp, name, exc, details)
+        if history_refused and inp.spec.write_mode == "hybrid":
+            return CheckResult(
+                name,
+                "fail",
+                f"the target refused the probe {probe} at the hybrid boundary ({exc.body}): the remote-write tail "
+                "would be refused",
+                f"lower accept_window_minutes ({inp.spec.accept_window_minutes}) to what the target accepts (60 "
+                "without an out-of-order window, else its window), or use --write-mode blocks",
+                details,
+            )
         if RejectReason.OUT_OF_BOUNDS in exc.reasons:
             return CheckResult(
                 name,
@@ -590,7 +628,7 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
                 f"Prometheus: storage.tsdb.out_of_order_time_window: {age_days}d) and run with "
                 "--write-mode out_of_order; or write into a fresh tenant (--target-tenant <new name>) that holds "
                 "nothing newer; narrowing --start does not help while the target holds recent data (a resumed "
-                "migration is probed at its saved front by the migrate flow)",
+                "migration is probed at its saved front by the migrate flow); " + _BLOCKS_FIX,
                 details,
             )
         if RejectReason.TOO_OLD in exc.reasons:
@@ -608,7 +646,7 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
                 f"window{window_text}{oldest}",
                 f"widen the out-of-order window to at least {age_days}d (Thanos Receive: "
                 f"--tsdb.out-of-order.time-window={age_days}d; Prometheus: storage.tsdb.out_of_order_time_window: "
-                f"{age_days}d), or narrow the range: --start {narrow}",
+                f"{age_days}d), or narrow the range: --start {narrow}; " + _BLOCKS_FIX,
                 {**details, "ooo_window_ms": window},
             )
         if exc.reasons <= {RejectReason.OUT_OF_ORDER, RejectReason.DUPLICATE}:
@@ -638,11 +676,105 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
     except _ERRORS as exc:
         return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write")
     tenant = f" into tenant {tgt.tenant!r} ({tgt.tenant_header})" if tgt.tenant else ""
+    if inp.remote_write_from_ms is None:
+        what = (
+            f"at the migration's start (write_mode={inp.spec.write_mode} does not need that: the history goes as "
+            "blocks, not through Receive), so also at the end, where replication continues by remote write"
+        )
+    elif inp.spec.write_mode == "hybrid":
+        what = "at the hybrid boundary: it accepts the remote-write tail (the history before it goes as blocks)"
+    else:
+        what = "at the migration's start"
+    return CheckResult(
+        name, "pass", f"the target accepted the probe {probe}{tenant}: it accepts samples {what}", details=details
+    )
+
+
+def _write_probe(target: TargetSettings, migration_id: str, at_ms: int) -> None:
+    series = TimeSeries()
+    series.samples.add(timestamp=at_ms, value=0.0)
+    body = single_request(frame_series(encode_labels(probe_labels(migration_id)), series.SerializeToString()), 1)
+    with RemoteWriteClient(target, retry=ONE_TRY) as writer:
+        writer.write(body)
+
+
+def _probe_end_for_blocks(
+    inp: ValidationInput, name: str, refused: WriteRejected, details: dict[str, Any]
+) -> CheckResult:
+    """blocks: the history was refused at the start, which blocks mode does not need. Probe the end, where
+    replication continues by remote write (the target already holds newer data, so this moves no clock that
+    history could still need)."""
+    end = inp.spec.end_ms
+    probe = f'{PROBE_METRIC}{{_source="m3db",migration_id="{inp.migration_id}"}} = 0 @ {iso_ms(end)}'
+    first = f"the target refuses history by remote write ({refused.body}); that is what write_mode=blocks is for"
+    details = {**details, "probe_timestamp_ms": end, "start_refused": sorted(refused.reasons)}
+    try:
+        _write_probe(inp.target, inp.migration_id, end)
+    except WriteRejected as exc:
+        details.update(reasons=sorted(exc.reasons), http_status=exc.status)
+        return CheckResult(
+            name,
+            "warn",
+            f"{first}: the history goes as blocks into the bucket, not through Receive. But the target also "
+            f"refused the probe {probe} at the range's end ({exc.body}), so `m3migrate replicate`, which continues "
+            "by remote write from the end, would be refused the same way",
+            "for replication by remote write, end the range within the target's accept window of now (--end a few "
+            "minutes before you start), or give Receive an out-of-order window (--tsdb.out-of-order.time-window)",
+            details,
+        )
+    except _ERRORS as exc:
+        return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write at the end")
     return CheckResult(
         name,
         "pass",
-        f"the target accepted the probe {probe}{tenant}: it accepts samples at the migration's start",
+        f"{first}; it accepted the probe {probe} at the range's end, where replication continues by remote write",
         details=details,
+    )
+
+
+_BLOCKS_FIX = (
+    "or upload the history as TSDB blocks into Thanos' bucket, which Receive's accept window does not limit: "
+    "--write-mode blocks (or hybrid: blocks for what the target refuses, remote write for the recent tail) "
+    "with --bucket-dir DIR or --bucket-url s3://... (docs/blocks.md)"
+)
+
+
+def check_bucket(inp: ValidationInput) -> CheckResult:
+    """blocks/hybrid: the bucket takes a write (write, read back, delete one small object)."""
+    name = "bucket"
+    spec = inp.spec
+    if not spec.uses_blocks:
+        return CheckResult(name, "pass", f"not used: write_mode={spec.write_mode} writes by remote write only")
+    if inp.bucket is None:
+        return CheckResult(
+            name,
+            "fail",
+            f"write_mode={spec.write_mode} uploads blocks, but no bucket is configured",
+            "pass --bucket-dir DIR (a local directory in Thanos' FILESYSTEM layout) or --bucket-url "
+            "s3://bucket/prefix | gs://... | az://... with its credentials (--bucket-access-key-id and "
+            "M3MIGRATE_BUCKET_SECRET_ACCESS_KEY, or the provider's usual AWS_*/GOOGLE_*/AZURE_* environment)",
+        )
+    labels = spec.backfill_external_labels(inp.migration_id)
+    try:
+        bucket = Bucket(inp.bucket)
+        bucket.writable_check()
+        existing = bucket.blocks(labels)
+    except BucketError as exc:
+        return CheckResult(
+            name,
+            "fail",
+            f"the bucket is not writable: {exc.args[0] if exc.args else exc}",
+            "check --bucket-dir / --bucket-url (bucket name, prefix, region, endpoint) and that the credentials "
+            "may list, read, write and delete objects there; a local directory must be writable by this user",
+            {"error": type(exc).__name__},
+        )
+    done = f"; {len(existing)} complete blocks with these labels already there (a rerun skips their windows)"
+    return CheckResult(
+        name,
+        "pass",
+        f"{bucket.description} is writable (a check object under m3migrate/checks/ was written, read back and "
+        f"deleted); blocks of {spec.block_hours} h with external labels {labels}{done if existing else ''}",
+        details={"bucket": bucket.description, "external_labels": labels, "existing_blocks": len(existing)},
     )
 
 
@@ -911,10 +1043,16 @@ CHECKS: dict[str, Callable[[ValidationInput], CheckResult]] = {
     "source limits": check_source_limits,
     "target write probe": check_target_write,
     "target query API": check_target_query,
+    "bucket": check_bucket,
     "naming": check_naming,
     "volume estimate": check_volume,
     "clock skew": check_clock_skew,
 }
+
+
+def checks_for(spec: MigrationSpec) -> list[str]:
+    """The checks that apply to the spec: the bucket check only where blocks are written."""
+    return [name for name in CHECKS if name != "bucket" or spec.uses_blocks]
 
 
 def run_check(name: str, inp: ValidationInput) -> CheckResult:
@@ -935,4 +1073,4 @@ def run_check(name: str, inp: ValidationInput) -> CheckResult:
 
 def run_all(inp: ValidationInput) -> ValidationReport:
     """Every check in order, without Prefect."""
-    return ValidationReport([run_check(n, inp) for n in CHECKS], migration_id=inp.migration_id)
+    return ValidationReport([run_check(n, inp) for n in checks_for(inp.spec)], migration_id=inp.migration_id)
