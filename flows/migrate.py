@@ -24,7 +24,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import M3Source, ThanosTarget
+from blocks import M3Source, ThanosBucket, ThanosTarget
+from flows.backfill import migrate_blocks
 from flows.validate import validate
 from m3migrate.errors import ConfigError
 from m3migrate.front import UNIT_FIELDS, FrontTotals, plan_segments
@@ -222,11 +223,12 @@ def migrate(
     start_over: bool = False,
     state_dir: str | None = None,
     skip_validation: bool = False,
+    bucket: ThanosBucket | None = None,
 ) -> dict[str, Any]:
     """Move the spec's history from the M3 source into the Thanos target; rerun to resume.
 
     The validation flow runs first (a failing check stops the migration before any data moves) unless
-    skip_validation is set.
+    skip_validation is set. write_mode blocks/hybrid upload history as TSDB blocks into ``bucket``.
     """
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
@@ -236,10 +238,15 @@ def migrate(
     else:
         # Resuming: probe at the saved front, the oldest instant this run still writes.
         front = None if start_over else state.load_progress().front_end_ms
-        validate(source, target, spec, probe_at_ms=front)
+        if front is None and not start_over and spec.write_mode == "hybrid":
+            front = state.load_boundary()  # the tail starts there
+        validate(source, target, spec, probe_at_ms=front, bucket=bucket)
     with state.lock():
-        plan = plan_migration(source, spec, state, start_over)
-        summary = run_transfer(source, target, spec, state, "migrate")
+        if spec.uses_blocks:
+            plan, summary = migrate_blocks(source, target, spec, state, bucket, start_over)
+        else:
+            plan = plan_migration(source, spec, state, start_over)
+            summary = run_transfer(source, target, spec, state, "migrate")
     summary = {"migration_id": state.migration_id, "plan_id": plan.id, **summary, "series": plan.series_count}
     create_markdown_artifact(
         _summary_markdown(summary), key=f"{state.migration_id}-summary", description="Migration summary"

@@ -1,0 +1,139 @@
+"""One block window of the backfill as a Prefect task: read every batch of the plan over the window,
+write one TSDB block, upload it to the Thanos bucket.
+
+The bucket is the resume state (a window whose meta.json is there is skipped without reading the source;
+a crashed upload is cleaned and the window rewritten), so the task's result cache only spares a rerun
+the bucket listing. Memory: one block window per task; the flow runs at most task_concurrency at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.states import State
+
+from m3migrate.backfill import BackfillResult, BlockWindow, backfill_from_source
+from m3migrate.bucket import BlockConflict, Bucket, BucketSettings
+from m3migrate.config import SourceSettings
+from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError
+from m3migrate.plan import Plan
+from m3migrate.relabel import Relabeler
+from m3migrate.remote_read import RemoteReadClient
+from m3migrate.state import MigrationState, Stage
+
+PERMANENT = (BlockConflict, ConfigError, AuthError, EndpointNotFound, TlsError)
+
+
+@dataclass(frozen=True)
+class BackfillContext:
+    """What every window task needs besides its window (small and picklable for Dask workers)."""
+
+    migration_id: str
+    plan_id: str
+    generation: int
+    stage: Stage
+    state_root: str
+    source: SourceSettings
+    bucket: BucketSettings
+    relabeler_rules: tuple
+    add_labels: tuple[tuple[str, str], ...]
+    external_labels: tuple[tuple[str, str], ...]
+    work_dir: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.migration_id, self.plan_id, self.generation, self.stage)
+
+    def __repr__(self) -> str:  # short in Prefect's logs; the settings' secrets are SecretStr anyway
+        return f"BackfillContext({self.migration_id!r}, plan {self.plan_id}, {self.stage})"
+
+
+_plans: dict[tuple, Plan] = {}
+_buckets: dict[str, Bucket] = {}
+_lock = threading.Lock()
+
+
+def get_plan(ctx: BackfillContext) -> Plan:
+    """The stage's saved plan, parsed once per process (a plan of a million series is big)."""
+    with _lock:
+        plan = _plans.get(ctx.key)
+        if plan is None:
+            plan = MigrationState(Path(ctx.state_root), ctx.migration_id).load_plan(ctx.stage)
+            if plan is None or plan.id != ctx.plan_id:
+                raise ConfigError(
+                    f"migration {ctx.migration_id!r}: the saved {ctx.stage} plan is not {ctx.plan_id}",
+                    hint="another run replanned this migration meanwhile; rerun",
+                )
+            _plans[ctx.key] = plan
+        return plan
+
+
+def get_bucket(settings: BucketSettings) -> Bucket:
+    """One Bucket per process and bucket, so the block metas it read are read once, not once per window."""
+    key = settings.model_dump_json()  # in memory only: holds secrets, never logged
+    with _lock:
+        bucket = _buckets.get(key)
+        if bucket is None:
+            bucket = _buckets[key] = Bucket(settings)
+        return bucket
+
+
+def clear_caches() -> None:
+    with _lock:
+        _plans.clear()
+        _buckets.clear()
+
+
+def window_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """Migration, plan, generation, bucket and labels, window: a cached window is one in THIS bucket.
+
+    After deleting blocks from the bucket by hand, rerun with --start-over (a new generation): the bucket
+    then decides alone which windows are written again.
+    """
+    ctx: BackfillContext = parameters["ctx"]
+    w: BlockWindow = parameters["window"]
+    where = hashlib.sha256(json.dumps([ctx.bucket.url, ctx.external_labels]).encode()).hexdigest()[:12]
+    return f"{ctx.migration_id}-{ctx.plan_id}-g{ctx.generation}-blocks-{where}-{w.min_time}-{w.read_start}-{w.read_end}"
+
+
+def _retry_transient_only(task, task_run, state: State) -> bool:
+    try:
+        state.result()
+    except PERMANENT:
+        return False
+    except Exception:  # BucketError, TransientError, a killed worker...: the rerun of a window is safe
+        return True
+    return False
+
+
+@task(
+    name="backfill-window",
+    task_run_name="block {window.label}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient_only,
+    cache_key_fn=window_cache_key,
+    persist_result=True,
+)
+def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> dict:
+    """Write and upload the block of one window (or skip it when the bucket already has it)."""
+    plan = get_plan(ctx)
+    relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
+    with RemoteReadClient(ctx.source) as reader:
+        result: BackfillResult = backfill_from_source(
+            reader,
+            plan.batches,
+            window=window,
+            bucket=get_bucket(ctx.bucket),
+            relabeler=relabeler,
+            external_labels=dict(ctx.external_labels),
+            work_dir=Path(ctx.work_dir) if ctx.work_dir else None,
+        )
+    return result.as_dict()
