@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks import M3Source, ThanosTarget
+from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.close import DEFAULT_APPROVAL_HOURS, REPLICATE_DEPLOYMENT, close
 from flows.migrate import migrate
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
@@ -29,11 +29,12 @@ def end_to_end(
     approval_timeout_hours: float = DEFAULT_APPROVAL_HOURS,
     sample_fraction: float = 1.0,
     poll_interval_seconds: int = 10,
+    bucket: ThanosBucket | None = None,
 ) -> dict[str, Any]:
     """Validate and migrate (a failing check stops here), one replication pass, then close and wait for approval."""
     logger = get_run_logger()
     # migrate runs the validate flow first (probing at its saved front when resuming) and stops on a fail
-    migration = migrate(source, target, spec, start_over=start_over, state_dir=state_dir)
+    migration = migrate(source, target, spec, start_over=start_over, state_dir=state_dir, bucket=bucket)
     replication = replicate(source, target, spec, lag_minutes=lag_minutes, state_dir=state_dir)
     logger.info(
         "migrated %d samples; replication at %s; closing",
