@@ -78,6 +78,24 @@ M3MIGRATE_CONFIGS: dict[str, dict[str, Any]] = {
         ],
         "ooo": True,
     },
+    # scale-out: the same flow on a Dask LocalCluster of 2 worker processes (one batch group each)
+    "dask-ooo-6h": {
+        "args": [
+            "--write-mode",
+            "out_of_order",
+            "--window-minutes",
+            "360",
+            "--batch-max-series",
+            "500",
+            "--task-runner",
+            "dask",
+            "--task-concurrency",
+            "2",
+            "--write-concurrency",
+            "4",
+        ],
+        "ooo": True,
+    },
 }
 
 
@@ -227,6 +245,8 @@ class TreeSampler:
             return "other"
         if "uvicorn" in cmd or "prefect.server" in cmd or "server start" in cmd:
             return "prefect-server"
+        if "spawn_main" in cmd or "forkserver" in cmd:
+            return "dask-worker"  # LocalCluster worker/nanny processes of the dask task runner
         return "other"
 
     def _poll(self) -> None:
@@ -316,6 +336,7 @@ def run_m3migrate(
         ),
         "peak_rss_mb_cli": round(sampler.peak_rss.get("cli", 0) / 2**20, 1),
         "peak_rss_mb_prefect_server": round(sampler.peak_rss.get("prefect-server", 0) / 2**20, 1),
+        "peak_rss_mb_dask_worker": round(sampler.peak_rss.get("dask-worker", 0) / 2**20, 1),
         "log": str(tmp / f"m3migrate-{name}.log"),
     }
     text = (tmp / f"m3migrate-{name}.log").read_text(encoding="utf-8", errors="replace")

@@ -32,6 +32,7 @@ from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import Transfer
 
 PERMANENT = (WriteRejected, ConfigError, AuthError, EndpointNotFound, TlsError)
+KEEP_TRANSFERS = 4  # per process: the open connection pools of the most recent runs
 PROGRESS_EVERY_SECONDS = 2.0  # UI progress updates from inside a segment (each is one API call)
 
 ProgressListener = Callable[[dict[str, Any]], None]
@@ -84,6 +85,8 @@ def get_transfer(ctx: TransferContext) -> Transfer:
     with _shared_lock:
         transfer = _transfers.get(ctx.fingerprint)
         if transfer is None:
+            while len(_transfers) >= KEEP_TRANSFERS:  # a long-lived Dask worker serves many runs
+                _transfers.pop(next(iter(_transfers))).close()
             relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
             transfer = Transfer(ctx.source, ctx.target, relabeler, write_concurrency=ctx.write_concurrency)
             _transfers[ctx.fingerprint] = transfer

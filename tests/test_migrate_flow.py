@@ -181,21 +181,30 @@ def test_start_over_rewrites_everything(prefect_api, source_history, prometheus_
     assert _target_diff(expected, target.url, source_history) == []
 
 
-def test_dask_task_runner_with_worker_processes(prefect_api, source_history, prometheus_target, tmp_path):
-    """The same flow on a Dask LocalCluster of separate worker processes (the scale-out path)."""
+def test_dask_cluster_of_worker_processes_by_address(prefect_api, source_history, prometheus_target, tmp_path):
+    """The scale-out path: the same flow on a dask.distributed cluster given by its scheduler address."""
+    from distributed import Client, LocalCluster
+
     target = prometheus_target(ooo_window="30d")
     source_block, target_block = _blocks(source_history.server.url, target.url)
     end_ms = source_history.stats.start_ms + 12 * 3_600_000 - 1
-    spec = MigrationSpec(
-        start=_iso(source_history.stats.start_ms),
-        end=_iso(end_ms),
-        write_mode="out_of_order",
-        window_minutes=120,
-        batch_max_series=50,
-        task_runner="dask",
-        task_concurrency=2,
-    )
-    summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
+    with LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
+        spec = MigrationSpec(
+            start=_iso(source_history.stats.start_ms),
+            end=_iso(end_ms),
+            write_mode="out_of_order",
+            window_minutes=120,
+            batch_max_series=50,
+            task_runner="dask",
+            task_concurrency=2,
+            dask_address=cluster.scheduler_address,
+        )
+        summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
+        with Client(cluster) as client:  # each worker process opened its own Transfer: both did work
+            transfers_per_worker = client.run(lambda: len(__import__("tasks.transfer").transfer._transfers))
     expected = with_label(read_all(source_history.server.url, source_history.stats.start_ms, end_ms), "_source", "m3db")
-    assert summary["batches"] >= 4
+    assert summary["batches"] >= 4 and summary["tasks"] > 2
+    assert sorted(transfers_per_worker.values()) == [1, 1], transfers_per_worker
     assert diff_target(expected, target.url, source_history.stats.start_ms, end_ms) == []
