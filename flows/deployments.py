@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect.deployments.runner import RunnerDeployment
 
-from blocks import M3Source, ThanosTarget
+from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.close import close
 from flows.migrate import migrate
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
@@ -35,21 +35,27 @@ def wizard_deployments(
     replicate_every_seconds: int = REPLICATE_EVERY_SECONDS,
     replicate_active: bool = False,
     lag_minutes: int = DEFAULT_LAG_MINUTES,
+    bucket_block: str | None = None,
 ) -> list[RunnerDeployment]:
-    """end-to-end, and each step: migrate, replicate (interval schedule, paused until migrated), verify, close."""
+    """end-to-end, and each step: migrate, replicate (interval schedule, paused until migrated), verify, close.
+
+    ``bucket_block`` (a saved ThanosBucket) is passed to the steps that upload blocks (write modes blocks
+    and hybrid): migrate and end-to-end.
+    """
     params: dict[str, Any] = {
         "source": block_ref(M3Source, source_block),
         "target": block_ref(ThanosTarget, target_block),
     }
     if spec is not None:
         params["spec"] = spec.model_dump(mode="json", exclude_none=True)
+    uploads = {**params, "bucket": block_ref(ThanosBucket, bucket_block)} if bucket_block else params
     # Prefect's check of deployment defaults rejects block references ($ref) under a strict schema;
     # the flows validate their parameters themselves when a run starts (blocks and spec are pydantic).
     common: dict[str, Any] = {"tags": ["m3migrate"], "enforce_parameter_schema": False}
     return [
         migrate.to_deployment(
             "migrate",
-            parameters=params,
+            parameters=uploads,
             **common,
             concurrency_limit=1,
             description="Step 3: copy history; rerun to resume, start_over to rewrite.",
@@ -77,7 +83,7 @@ def wizard_deployments(
         ),
         end_to_end.to_deployment(
             "end-to-end",
-            parameters=params,
+            parameters=uploads,
             description="The whole wizard: validate, migrate, replicate, close (waits for the cutover form).",
             **common,
         ),

@@ -764,6 +764,9 @@ def serve(
     replicate_active: Annotated[
         bool, typer.Option(help="Start with the replication schedule on (default: paused until migrated).")
     ] = False,
+    bucket_block: Annotated[
+        str | None, typer.Option(help="Saved ThanosBucket block name (write modes blocks and hybrid).")
+    ] = None,
 ) -> None:
     """Serve the wizard's deployments (migrate, replicate, verify) for the Prefect UI, from this process."""
     from prefect import serve as prefect_serve
@@ -782,6 +785,7 @@ def serve(
             spec,
             replicate_every_seconds=_minutes(replicate_every) * 60,
             replicate_active=replicate_active,
+            bucket_block=bucket_block,
         )
     except ValidationError as exc:
         console.print(f"[red]{format_validation_error(exc, 'migration settings')}[/red]")

@@ -115,3 +115,17 @@ def test_prefect_yaml_entrypoints_are_flows_and_reference_blocks():
         assert all("$ref" in v for v in deployment["parameters"].values())
     replicate = next(d for d in config["deployments"] if d["name"] == "replicate")
     assert replicate["schedules"][0]["interval"] == 300 and replicate["schedules"][0]["active"] is False
+
+
+@pytest.mark.prefect
+def test_a_bucket_block_reaches_only_the_steps_that_upload_blocks(prefect_api):
+    from flows.deployments import wizard_deployments
+
+    deployments = {d.name: d for d in wizard_deployments("src", "tgt", None, bucket_block="history")}
+    for name in ("migrate", "end-to-end"):
+        assert deployments[name].parameters["bucket"] == {
+            "$ref": {"block_document_slug": "m3migrate-thanos-bucket/history"}
+        }
+    for name in ("replicate", "verify", "close"):
+        assert "bucket" not in deployments[name].parameters
+    assert all("bucket" not in d.parameters for d in wizard_deployments("src", "tgt", None))
