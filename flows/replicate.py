@@ -18,6 +18,7 @@ from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import run_transfer
+from m3migrate.failpoints import failpoint
 from m3migrate.plan import Plan
 from m3migrate.replication import finish_pass, namespace_changes, plan_pass
 from m3migrate.spec import MigrationSpec, default_state_dir
@@ -77,6 +78,7 @@ def replicate(
                     "source_changes": changes,
                 }
             summary = run_transfer(source, target, spec, state, "replicate")
+            failpoint("replicate.finish")
             outcome = finish_pass(state, plan, summary["samples"])
     except MigrationLocked as exc:
         logger.warning("skipped: %s", exc)

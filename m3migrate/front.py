@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 
+from m3migrate.failpoints import failpoint
 from m3migrate.plan import Batch, Plan, Window
 from m3migrate.state import UnitJournal
 from m3migrate.transfer import Transfer, TransferResult
@@ -245,6 +246,7 @@ class Front:
             if self._failed.is_set():
                 raise _Aborted
             parts, result = self.transfer.fetch(batch, window)
+            failpoint("unit.read")
             if unit.previous_written is not None:
                 unit.previous_written.wait()
             if self._failed.is_set():
@@ -254,6 +256,7 @@ class Front:
             if not resumed:
                 self.journal.mark_started(key)
             self.transfer.store(parts, batch, result, resumed=resumed)
+            failpoint("unit.done")
             self.journal.mark_done(key, result.as_dict())
             return result
         except _Aborted:

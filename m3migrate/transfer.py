@@ -25,6 +25,7 @@ from m3migrate.codec import (
 )
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import MalformedResponse, RejectReason, SourceLimitExceeded, WriteRejected
+from m3migrate.failpoints import failpoint
 from m3migrate.http import RetryPolicy
 from m3migrate.plan import Batch, Labels, Window, split_batch
 from m3migrate.prompb import QueryResult, TimeSeries
@@ -208,6 +209,7 @@ class Transfer:
         reconciled = 0
         for request in chain.requests:
             reconciled += self._send(request, resumed)
+            failpoint("unit.write")
         return reconciled
 
     def _send(self, request: WriteBody, resumed: bool) -> int:

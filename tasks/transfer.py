@@ -24,6 +24,7 @@ from prefect.states import State
 
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError, WriteRejected
+from m3migrate.failpoints import failpoint
 from m3migrate.front import Front, FrontTotals, Segment, WindowDone
 from m3migrate.plan import Plan
 from m3migrate.relabel import Relabeler
@@ -203,4 +204,6 @@ def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int
         concurrency=ctx.units_in_flight,
         on_window=_SegmentProgress(ctx, segment, samples_before),
     )
-    return front.run().as_dict()
+    totals = front.run().as_dict()
+    failpoint("segment.done")
+    return totals
