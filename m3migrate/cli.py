@@ -159,9 +159,9 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
     from m3migrate.spec import MigrationSpec
 
     file = load_config_file(config) if config else {}
-    unknown = set(file) - {"source", "target", "migration", "bucket"}
+    unknown = set(file) - {"source", "target", "migration"}
     if unknown:
-        raise ConfigError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration, bucket")
+        raise ConfigError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration")
     parts: list[tuple[str, Any, dict[str, Any]]] = [
         ("source", M3Source, _merge(file.get("source", {}), _drop_none(source))),
         ("target", ThanosTarget, _merge(file.get("target", {}), _drop_none(target))),
@@ -178,7 +178,7 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
 
 
 def _progress_bar() -> tuple[Progress, Any]:
-    from tasks.transfer import PROGRESS_LISTENERS
+    from flows.migrate import PROGRESS_LISTENERS
 
     progress = Progress(
         TextColumn("[bold]time front[/bold]"),
@@ -222,7 +222,6 @@ class Inputs:
     target: Any  # blocks.ThanosTarget
     spec: Any  # m3migrate.spec.MigrationSpec
     state_dir: str | None
-    config: Path | None = None  # the config file, for sections only some steps read (bucket)
 
 
 def _shared_options(
@@ -239,9 +238,7 @@ def _shared_options(
     ] = None,
     merge_prometheus_prefix: Annotated[bool, typer.Option(help="Rename prometheus_<name> to <name>.")] = False,
     no_source_label: Annotated[bool, typer.Option("--no-source-label", help='Do not add _source="m3db".')] = False,
-    write_mode: Annotated[
-        str | None, typer.Option(help="in_order (default), out_of_order, blocks or hybrid (docs/blocks.md).")
-    ] = None,
+    write_mode: Annotated[str | None, typer.Option(help="in_order (default) or out_of_order.")] = None,
     window_minutes: Annotated[int | None, typer.Option(help="Time window per batch.")] = None,
     batch_max_series: Annotated[int | None, typer.Option(help="Most series per batch.")] = None,
     task_concurrency: Annotated[int | None, typer.Option(help="Batches in parallel.")] = None,
@@ -319,7 +316,7 @@ def _shared_options(
         "dask_address": dask_address,
     }
     src, tgt, migration_spec = build_inputs(config, source, target, spec)
-    return Inputs(src, tgt, migration_spec, str(state_dir) if state_dir else None, config)
+    return Inputs(src, tgt, migration_spec, str(state_dir) if state_dir else None)
 
 
 _SHARED = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
@@ -350,123 +347,10 @@ def step_command(fn: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-BUCKET_PANEL = "Bucket (write modes blocks and hybrid)"
-
-
-def _bucket_options(
-    bucket_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Local directory in Thanos' FILESYSTEM layout to upload blocks into.", rich_help_panel=BUCKET_PANEL
-        ),
-    ] = None,
-    bucket_url: Annotated[
-        str | None,
-        typer.Option(
-            help="s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.", rich_help_panel=BUCKET_PANEL
-        ),
-    ] = None,
-    bucket_region: Annotated[str | None, typer.Option(help="S3 region.", rich_help_panel=BUCKET_PANEL)] = None,
-    bucket_endpoint: Annotated[
-        str | None,
-        typer.Option(help="S3-compatible or Azure endpoint URL (MinIO, Ceph...).", rich_help_panel=BUCKET_PANEL),
-    ] = None,
-    bucket_access_key_id: Annotated[
-        str | None,
-        typer.Option(envvar="M3MIGRATE_BUCKET_ACCESS_KEY_ID", show_default=False, rich_help_panel=BUCKET_PANEL),
-    ] = None,
-    bucket_secret_access_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="M3MIGRATE_BUCKET_SECRET_ACCESS_KEY",
-            help="Prefer the environment variable: flags show in ps. Unset: the provider's AWS_* environment.",
-            show_default=False,
-            rich_help_panel=BUCKET_PANEL,
-        ),
-    ] = None,
-    bucket_session_token: Annotated[
-        str | None,
-        typer.Option(envvar="M3MIGRATE_BUCKET_SESSION_TOKEN", show_default=False, rich_help_panel=BUCKET_PANEL),
-    ] = None,
-    bucket_google_service_account_path: Annotated[
-        str | None, typer.Option(help="GCS service account JSON file.", rich_help_panel=BUCKET_PANEL)
-    ] = None,
-    bucket_azure_account_name: Annotated[str | None, typer.Option(rich_help_panel=BUCKET_PANEL)] = None,
-    bucket_azure_account_key: Annotated[
-        str | None,
-        typer.Option(envvar="M3MIGRATE_BUCKET_AZURE_ACCOUNT_KEY", show_default=False, rich_help_panel=BUCKET_PANEL),
-    ] = None,
-    block_hours: Annotated[
-        int | None, typer.Option(help="Hours per block: 2 (default), 8 or 48.", rich_help_panel=BUCKET_PANEL)
-    ] = None,
-    backfill_label: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--backfill-label",
-            help="External label NAME=VALUE of the blocks; repeatable (default m3migrate_backfill=<migration id>).",
-            rich_help_panel=BUCKET_PANEL,
-        ),
-    ] = None,
-) -> dict[str, Any]:
-    """The bucket and block options of the steps that write blocks, as settings and spec overrides."""
-    if bucket_dir and bucket_url:
-        raise ConfigError("give --bucket-dir or --bucket-url, not both")
-    bucket = {
-        "url": str(bucket_dir) if bucket_dir else bucket_url,
-        "region": bucket_region,
-        "endpoint": bucket_endpoint,
-        "access_key_id": bucket_access_key_id,
-        "secret_access_key": bucket_secret_access_key,
-        "session_token": bucket_session_token,
-        "google_service_account_path": bucket_google_service_account_path,
-        "azure_account_name": bucket_azure_account_name,
-        "azure_account_key": bucket_azure_account_key,
-    }
-    spec = {"block_hours": block_hours, "backfill_labels": _headers(backfill_label)}
-    return {"bucket": _drop_none(bucket), "spec": _drop_none(spec)}
-
-
-_BUCKET = list(inspect.signature(_bucket_options, eval_str=True).parameters.values())
-
-
-def bucket_command(fn: Callable[..., None]) -> Callable[..., None]:
-    """Give a step's command the bucket options (under step_command); it receives `bucket` (a ThanosBucket
-    block, or None) and the spec with the block options applied. blocks/hybrid without a bucket exit 2."""
-    own = [p for name, p in inspect.signature(fn, eval_str=True).parameters.items() if name != "bucket"]
-
-    @functools.wraps(fn)
-    def command(inputs: Inputs, **kwargs: Any) -> None:
-        from blocks import ThanosBucket
-        from m3migrate.spec import MigrationSpec
-
-        opts = _bucket_options(**{p.name: kwargs.pop(p.name) for p in _BUCKET})
-        file = load_config_file(inputs.config) if inputs.config else {}
-        data = _merge(file.get("bucket", {}), opts["bucket"])
-        try:
-            bucket = ThanosBucket.model_validate(data) if data else None
-            if opts["spec"]:
-                inputs.spec = MigrationSpec.model_validate({**inputs.spec.model_dump(), **opts["spec"]})
-        except ValidationError as exc:
-            console.print(f"[red]{format_validation_error(exc, 'bucket or block settings')}[/red]")
-            raise typer.Exit(EXIT_CONFIG) from None
-        if inputs.spec.uses_blocks and bucket is None:
-            raise ConfigError(
-                f"write_mode={inputs.spec.write_mode} uploads blocks into the Thanos bucket, but no bucket is given",
-                hint="pass --bucket-dir DIR or --bucket-url s3://|gs://|az://... (or a `bucket:` config section)",
-            )
-        fn(inputs=inputs, bucket=bucket if inputs.spec.uses_blocks else None, **kwargs)
-
-    command.__signature__ = inspect.Signature([*own, *_BUCKET])  # type: ignore[attr-defined]
-    del command.__wrapped__  # step_command must read the combined signature, not fn's
-    return command
-
-
 @app.command()
 @step_command
-@bucket_command
 def validate(
     inputs: Inputs,
-    bucket: Any,
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON to this file.")] = None,
     clock_skew_threshold: Annotated[
         float, typer.Option(help="Seconds of clock difference that make a warning.")
@@ -478,9 +362,7 @@ def validate(
     from m3migrate.validate import ValidationFailed
 
     try:
-        result = validate_flow(
-            inputs.source, inputs.target, inputs.spec, clock_skew_threshold_s=clock_skew_threshold, bucket=bucket
-        )
+        result = validate_flow(inputs.source, inputs.target, inputs.spec, clock_skew_threshold_s=clock_skew_threshold)
     except ValidationFailed as exc:
         result = exc.report
     print_report(result)
@@ -493,10 +375,8 @@ def validate(
 
 @app.command()
 @step_command
-@bucket_command
 def migrate(
     inputs: Inputs,
-    bucket: Any,
     start_over: Annotated[
         bool, typer.Option("--start-over", help="Forget progress and rewrite from the start.")
     ] = False,
@@ -505,10 +385,10 @@ def migrate(
     ] = False,
 ) -> None:
     """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
+    from flows.migrate import PROGRESS_LISTENERS
     from flows.migrate import migrate as migrate_flow
     from m3migrate.cli_validate import print_report
     from m3migrate.validate import ValidationFailed
-    from tasks.transfer import PROGRESS_LISTENERS
 
     progress, listener = _progress_bar()
     try:
@@ -520,7 +400,6 @@ def migrate(
                 start_over=start_over,
                 state_dir=inputs.state_dir,
                 skip_validation=skip_validation,
-                bucket=bucket,
             )
     except ValidationFailed as exc:
         print_report(exc.report)
@@ -764,9 +643,6 @@ def serve(
     replicate_active: Annotated[
         bool, typer.Option(help="Start with the replication schedule on (default: paused until migrated).")
     ] = False,
-    bucket_block: Annotated[
-        str | None, typer.Option(help="Saved ThanosBucket block name (write modes blocks and hybrid).")
-    ] = None,
 ) -> None:
     """Serve the wizard's deployments (migrate, replicate, verify) for the Prefect UI, from this process."""
     from prefect import serve as prefect_serve
@@ -785,7 +661,6 @@ def serve(
             spec,
             replicate_every_seconds=_minutes(replicate_every) * 60,
             replicate_active=replicate_active,
-            bucket_block=bucket_block,
         )
     except ValidationError as exc:
         console.print(f"[red]{format_validation_error(exc, 'migration settings')}[/red]")
