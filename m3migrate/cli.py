@@ -105,6 +105,55 @@ def _endpoint_options(side: str) -> tuple:
     )
 
 
+def _limit_options(side: str) -> tuple:
+    """The production-protection options of one side: concurrency cap, rate limits, adaptivity, timeout."""
+    panel = f"{side.capitalize()} limits"
+    return (
+        Annotated[
+            int | None,
+            typer.Option(
+                f"--{side}-max-concurrency", help="Most requests in flight (default 8).", rich_help_panel=panel
+            ),
+        ],
+        Annotated[
+            float | None,
+            typer.Option(f"--{side}-max-requests-per-second", help="Requests/s cap.", rich_help_panel=panel),
+        ],
+        Annotated[
+            float | None,
+            typer.Option(f"--{side}-max-samples-per-second", help="Samples/s cap.", rich_help_panel=panel),
+        ],
+        Annotated[
+            bool,
+            typer.Option(
+                f"--{side}-no-adaptive-concurrency",
+                help="Keep the in-flight limit fixed when the endpoint answers 429/503 or times out.",
+                rich_help_panel=panel,
+            ),
+        ],
+        Annotated[
+            float | None,
+            typer.Option(
+                f"--{side}-timeout-seconds", help="Timeout of one request (default 120).", rich_help_panel=panel
+            ),
+        ],
+    )
+
+
+SourceMaxConcurrency, SourceMaxRps, SourceMaxSps, SourceNoAdaptive, SourceTimeout = _limit_options("source")
+TargetMaxConcurrency, TargetMaxRps, TargetMaxSps, TargetNoAdaptive, TargetTimeout = _limit_options("target")
+
+
+def _limits(max_concurrency, rps, sps, no_adaptive, timeout) -> dict[str, Any]:
+    return {
+        "max_concurrency": max_concurrency,
+        "max_requests_per_second": rps,
+        "max_samples_per_second": sps,
+        "adaptive_concurrency": 0 if no_adaptive else None,  # 0, not False: _drop_none drops False
+        "timeout_seconds": timeout,
+    }
+
+
 SourceUser, SourcePassword, SourceToken, SourceCa, SourceCert, SourceKey, SourceInsecure, SourceHeader = (
     _endpoint_options("source")
 )
@@ -159,9 +208,9 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
     from m3migrate.spec import MigrationSpec
 
     file = load_config_file(config) if config else {}
-    unknown = set(file) - {"source", "target", "migration"}
+    unknown = set(file) - {"source", "target", "migration", "bucket"}
     if unknown:
-        raise ConfigError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration")
+        raise ConfigError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration, bucket")
     parts: list[tuple[str, Any, dict[str, Any]]] = [
         ("source", M3Source, _merge(file.get("source", {}), _drop_none(source))),
         ("target", ThanosTarget, _merge(file.get("target", {}), _drop_none(target))),
@@ -178,7 +227,7 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
 
 
 def _progress_bar() -> tuple[Progress, Any]:
-    from flows.migrate import PROGRESS_LISTENERS
+    from tasks.transfer import PROGRESS_LISTENERS
 
     progress = Progress(
         TextColumn("[bold]time front[/bold]"),
@@ -222,6 +271,7 @@ class Inputs:
     target: Any  # blocks.ThanosTarget
     spec: Any  # m3migrate.spec.MigrationSpec
     state_dir: str | None
+    config: Path | None = None  # the config file, for sections only some steps read (bucket)
 
 
 def _shared_options(
@@ -238,7 +288,9 @@ def _shared_options(
     ] = None,
     merge_prometheus_prefix: Annotated[bool, typer.Option(help="Rename prometheus_<name> to <name>.")] = False,
     no_source_label: Annotated[bool, typer.Option("--no-source-label", help='Do not add _source="m3db".')] = False,
-    write_mode: Annotated[str | None, typer.Option(help="in_order (default) or out_of_order.")] = None,
+    write_mode: Annotated[
+        str | None, typer.Option(help="in_order (default), out_of_order, blocks or hybrid (docs/blocks.md).")
+    ] = None,
     window_minutes: Annotated[int | None, typer.Option(help="Time window per batch.")] = None,
     batch_max_series: Annotated[int | None, typer.Option(help="Most series per batch.")] = None,
     task_concurrency: Annotated[int | None, typer.Option(help="Batches in parallel.")] = None,
@@ -258,6 +310,11 @@ def _shared_options(
     source_header: SourceHeader = None,
     source_metrics_type: SourceMetricsType = None,
     source_storage_policy: SourceStoragePolicy = None,
+    source_max_concurrency: SourceMaxConcurrency = None,
+    source_max_requests_per_second: SourceMaxRps = None,
+    source_max_samples_per_second: SourceMaxSps = None,
+    source_no_adaptive_concurrency: SourceNoAdaptive = False,
+    source_timeout_seconds: SourceTimeout = None,
     target_tenant: TargetTenant = None,
     target_user: TargetUser = None,
     target_password: TargetPassword = None,
@@ -267,6 +324,11 @@ def _shared_options(
     target_key_file: TargetKey = None,
     target_insecure_skip_verify: TargetInsecure = False,
     target_header: TargetHeader = None,
+    target_max_concurrency: TargetMaxConcurrency = None,
+    target_max_requests_per_second: TargetMaxRps = None,
+    target_max_samples_per_second: TargetMaxSps = None,
+    target_no_adaptive_concurrency: TargetNoAdaptive = False,
+    target_timeout_seconds: TargetTimeout = None,
 ) -> Inputs:
     """The options every step shares (same names as `migrate`), turned into blocks and a spec."""
     source = {
@@ -274,6 +336,13 @@ def _shared_options(
         "query_url": source_query_url,
         "metrics_type": source_metrics_type,
         "storage_policy": source_storage_policy,
+        **_limits(
+            source_max_concurrency,
+            source_max_requests_per_second,
+            source_max_samples_per_second,
+            source_no_adaptive_concurrency,
+            source_timeout_seconds,
+        ),
         **_endpoint(
             source_user,
             source_password,
@@ -289,6 +358,13 @@ def _shared_options(
         "write_url": target_write_url,
         "query_url": target_query_url,
         "tenant": target_tenant,
+        **_limits(
+            target_max_concurrency,
+            target_max_requests_per_second,
+            target_max_samples_per_second,
+            target_no_adaptive_concurrency,
+            target_timeout_seconds,
+        ),
         **_endpoint(
             target_user,
             target_password,
@@ -316,7 +392,7 @@ def _shared_options(
         "dask_address": dask_address,
     }
     src, tgt, migration_spec = build_inputs(config, source, target, spec)
-    return Inputs(src, tgt, migration_spec, str(state_dir) if state_dir else None)
+    return Inputs(src, tgt, migration_spec, str(state_dir) if state_dir else None, config)
 
 
 _SHARED = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
@@ -347,10 +423,123 @@ def step_command(fn: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+BUCKET_PANEL = "Bucket (write modes blocks and hybrid)"
+
+
+def _bucket_options(
+    bucket_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local directory in Thanos' FILESYSTEM layout to upload blocks into.", rich_help_panel=BUCKET_PANEL
+        ),
+    ] = None,
+    bucket_url: Annotated[
+        str | None,
+        typer.Option(
+            help="s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.", rich_help_panel=BUCKET_PANEL
+        ),
+    ] = None,
+    bucket_region: Annotated[str | None, typer.Option(help="S3 region.", rich_help_panel=BUCKET_PANEL)] = None,
+    bucket_endpoint: Annotated[
+        str | None,
+        typer.Option(help="S3-compatible or Azure endpoint URL (MinIO, Ceph...).", rich_help_panel=BUCKET_PANEL),
+    ] = None,
+    bucket_access_key_id: Annotated[
+        str | None,
+        typer.Option(envvar="M3MIGRATE_BUCKET_ACCESS_KEY_ID", show_default=False, rich_help_panel=BUCKET_PANEL),
+    ] = None,
+    bucket_secret_access_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="M3MIGRATE_BUCKET_SECRET_ACCESS_KEY",
+            help="Prefer the environment variable: flags show in ps. Unset: the provider's AWS_* environment.",
+            show_default=False,
+            rich_help_panel=BUCKET_PANEL,
+        ),
+    ] = None,
+    bucket_session_token: Annotated[
+        str | None,
+        typer.Option(envvar="M3MIGRATE_BUCKET_SESSION_TOKEN", show_default=False, rich_help_panel=BUCKET_PANEL),
+    ] = None,
+    bucket_google_service_account_path: Annotated[
+        str | None, typer.Option(help="GCS service account JSON file.", rich_help_panel=BUCKET_PANEL)
+    ] = None,
+    bucket_azure_account_name: Annotated[str | None, typer.Option(rich_help_panel=BUCKET_PANEL)] = None,
+    bucket_azure_account_key: Annotated[
+        str | None,
+        typer.Option(envvar="M3MIGRATE_BUCKET_AZURE_ACCOUNT_KEY", show_default=False, rich_help_panel=BUCKET_PANEL),
+    ] = None,
+    block_hours: Annotated[
+        int | None, typer.Option(help="Hours per block: 2 (default), 8 or 48.", rich_help_panel=BUCKET_PANEL)
+    ] = None,
+    backfill_label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backfill-label",
+            help="External label NAME=VALUE of the blocks; repeatable (default m3migrate_backfill=<migration id>).",
+            rich_help_panel=BUCKET_PANEL,
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """The bucket and block options of the steps that write blocks, as settings and spec overrides."""
+    if bucket_dir and bucket_url:
+        raise ConfigError("give --bucket-dir or --bucket-url, not both")
+    bucket = {
+        "url": str(bucket_dir) if bucket_dir else bucket_url,
+        "region": bucket_region,
+        "endpoint": bucket_endpoint,
+        "access_key_id": bucket_access_key_id,
+        "secret_access_key": bucket_secret_access_key,
+        "session_token": bucket_session_token,
+        "google_service_account_path": bucket_google_service_account_path,
+        "azure_account_name": bucket_azure_account_name,
+        "azure_account_key": bucket_azure_account_key,
+    }
+    spec = {"block_hours": block_hours, "backfill_labels": _headers(backfill_label)}
+    return {"bucket": _drop_none(bucket), "spec": _drop_none(spec)}
+
+
+_BUCKET = list(inspect.signature(_bucket_options, eval_str=True).parameters.values())
+
+
+def bucket_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a step's command the bucket options (under step_command); it receives `bucket` (a ThanosBucket
+    block, or None) and the spec with the block options applied. blocks/hybrid without a bucket exit 2."""
+    own = [p for name, p in inspect.signature(fn, eval_str=True).parameters.items() if name != "bucket"]
+
+    @functools.wraps(fn)
+    def command(inputs: Inputs, **kwargs: Any) -> None:
+        from blocks import ThanosBucket
+        from m3migrate.spec import MigrationSpec
+
+        opts = _bucket_options(**{p.name: kwargs.pop(p.name) for p in _BUCKET})
+        file = load_config_file(inputs.config) if inputs.config else {}
+        data = _merge(file.get("bucket", {}), opts["bucket"])
+        try:
+            bucket = ThanosBucket.model_validate(data) if data else None
+            if opts["spec"]:
+                inputs.spec = MigrationSpec.model_validate({**inputs.spec.model_dump(), **opts["spec"]})
+        except ValidationError as exc:
+            console.print(f"[red]{format_validation_error(exc, 'bucket or block settings')}[/red]")
+            raise typer.Exit(EXIT_CONFIG) from None
+        if inputs.spec.uses_blocks and bucket is None:
+            raise ConfigError(
+                f"write_mode={inputs.spec.write_mode} uploads blocks into the Thanos bucket, but no bucket is given",
+                hint="pass --bucket-dir DIR or --bucket-url s3://|gs://|az://... (or a `bucket:` config section)",
+            )
+        fn(inputs=inputs, bucket=bucket if inputs.spec.uses_blocks else None, **kwargs)
+
+    command.__signature__ = inspect.Signature([*own, *_BUCKET])  # type: ignore[attr-defined]
+    del command.__wrapped__  # step_command must read the combined signature, not fn's
+    return command
+
+
 @app.command()
 @step_command
+@bucket_command
 def validate(
     inputs: Inputs,
+    bucket: Any,
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON to this file.")] = None,
     clock_skew_threshold: Annotated[
         float, typer.Option(help="Seconds of clock difference that make a warning.")
@@ -362,7 +551,9 @@ def validate(
     from m3migrate.validate import ValidationFailed
 
     try:
-        result = validate_flow(inputs.source, inputs.target, inputs.spec, clock_skew_threshold_s=clock_skew_threshold)
+        result = validate_flow(
+            inputs.source, inputs.target, inputs.spec, clock_skew_threshold_s=clock_skew_threshold, bucket=bucket
+        )
     except ValidationFailed as exc:
         result = exc.report
     print_report(result)
@@ -375,8 +566,10 @@ def validate(
 
 @app.command()
 @step_command
+@bucket_command
 def migrate(
     inputs: Inputs,
+    bucket: Any,
     start_over: Annotated[
         bool, typer.Option("--start-over", help="Forget progress and rewrite from the start.")
     ] = False,
@@ -385,10 +578,10 @@ def migrate(
     ] = False,
 ) -> None:
     """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
-    from flows.migrate import PROGRESS_LISTENERS
     from flows.migrate import migrate as migrate_flow
     from m3migrate.cli_validate import print_report
     from m3migrate.validate import ValidationFailed
+    from tasks.transfer import PROGRESS_LISTENERS
 
     progress, listener = _progress_bar()
     try:
@@ -400,6 +593,7 @@ def migrate(
                 start_over=start_over,
                 state_dir=inputs.state_dir,
                 skip_validation=skip_validation,
+                bucket=bucket,
             )
     except ValidationFailed as exc:
         print_report(exc.report)
@@ -643,6 +837,9 @@ def serve(
     replicate_active: Annotated[
         bool, typer.Option(help="Start with the replication schedule on (default: paused until migrated).")
     ] = False,
+    bucket_block: Annotated[
+        str | None, typer.Option(help="Saved ThanosBucket block name (write modes blocks and hybrid).")
+    ] = None,
 ) -> None:
     """Serve the wizard's deployments (migrate, replicate, verify) for the Prefect UI, from this process."""
     from prefect import serve as prefect_serve
@@ -661,6 +858,7 @@ def serve(
             spec,
             replicate_every_seconds=_minutes(replicate_every) * 60,
             replicate_active=replicate_active,
+            bucket_block=bucket_block,
         )
     except ValidationError as exc:
         console.print(f"[red]{format_validation_error(exc, 'migration settings')}[/red]")
