@@ -16,34 +16,15 @@ import pytest
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
 from flows.replicate import replicate
-from m3migrate.codec import encode_labels, pack_write_requests
-from m3migrate.config import TargetSettings
 from m3migrate.errors import ConfigError
-from m3migrate.prompb import TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
-from m3migrate.sandbox.history import HistorySpec, start_source
+from m3migrate.sandbox.history import HistorySpec, append_minutely, start_source
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms as _iso
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 MINUTE = 60_000
-
-
-def _write_new(url: str, series: list[tuple[tuple[str, str], ...]], start_ms: int, end_ms: int) -> int:
-    """Append samples every minute in (start, end] to the given series of a source Prometheus."""
-    pairs = []
-    for i, labels in enumerate(series):
-        ts = TimeSeries()
-        for t in range(start_ms + MINUTE, end_ms + 1, MINUTE):
-            ts.samples.add(timestamp=t, value=float(i * 1000 + t // MINUTE % 997) + 0.25)
-        pairs.append((encode_labels(sorted(labels)), ts))
-    with RemoteWriteClient(TargetSettings(write_url=f"{url}/api/v1/write")) as writer:
-        for chain in pack_write_requests(pairs, max_bytes=1 << 22, max_samples=50_000):
-            for request in chain.requests:
-                writer.write(request)
-    return sum(len(ts.samples) for _, ts in pairs)
 
 
 @pytest.fixture
@@ -82,7 +63,7 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
 
     # pass 1: new samples for existing series and a brand-new series
     until1 = end + 20 * MINUTE
-    _write_new(src_url, [*some, newborn], end, until1)
+    append_minutely(src_url, [*some, newborn], end, until1)
     result = replicate(
         source_block, target_block, spec, until=datetime.fromtimestamp(until1 / 1000, UTC), state_dir=str(state_dir)
     )
@@ -91,7 +72,7 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
 
     # pass 2: killed with kill -9 halfway through, then rerun to completion
     until2 = until1 + 60 * MINUTE
-    _write_new(src_url, some, until1, until2)
+    append_minutely(src_url, some, until1, until2)
     cmd = [
         sys.executable,
         "-m",
@@ -197,7 +178,7 @@ def test_namespace_changes_on_an_m3_source_are_reported_and_replication_continue
         del m3.namespaces["default"]
         m3.namespaces["default_v2"] = fake_namespace("72h")
         # new samples after the first pass's watermark (end + 5 min)
-        _write_new(src_url, sorted(read_all(src_url, end - MINUTE, end))[:2], end + 5 * MINUTE, end + 10 * MINUTE)
+        append_minutely(src_url, sorted(read_all(src_url, end - MINUTE, end))[:2], end + 5 * MINUTE, end + 10 * MINUTE)
         second = replicate(
             source_block,
             target_block,

@@ -30,8 +30,10 @@ import httpx
 import numpy as np
 import snappy
 
-from m3migrate.codec import STALE_NAN_BITS, float_bits
+from m3migrate.codec import STALE_NAN_BITS, encode_labels, float_bits, pack_write_requests
+from m3migrate.config import TargetSettings
 from m3migrate.prompb import prompb_pb2
+from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.servers import Server, find_binary, start_prometheus
 
 __all__ = [
@@ -789,3 +791,19 @@ def start_source(
         tail_stats=tail,
         build_seconds=build_seconds,
     )
+
+
+def append_minutely(url: str, series: list[tuple[tuple[str, str], ...]], start_ms: int, end_ms: int) -> int:
+    """Append samples every minute in (start, end] to the given series of a source Prometheus (new writes
+    that replication must pick up); returns how many samples were written."""
+    pairs = []
+    for i, labels in enumerate(series):
+        ts = prompb_pb2.TimeSeries()
+        for t in range(start_ms + 60_000, end_ms + 1, 60_000):
+            ts.samples.add(timestamp=t, value=float(i * 1000 + t // 60_000 % 997) + 0.25)
+        pairs.append((encode_labels(sorted(labels)), ts))
+    with RemoteWriteClient(TargetSettings(write_url=f"{url}/api/v1/write")) as writer:
+        for chain in pack_write_requests(pairs, max_bytes=1 << 22, max_samples=50_000):
+            for request in chain.requests:
+                writer.write(request)
+    return sum(len(ts.samples) for _, ts in pairs)

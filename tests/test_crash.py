@@ -1,0 +1,151 @@
+"""kill -9 at chosen points of a migration or a replication pass, then rerun: the target ends exact.
+
+The CLI runs as a subprocess with ``M3MIGRATE_FAILPOINT=<point>:<n>`` (see m3migrate/failpoints.py):
+it SIGKILLs itself the n-th time it passes the point, e.g. between two write requests of a unit, or
+after the target acknowledged a unit but before the journal recorded it. n is drawn from a seeded RNG
+(printed in the test id), so a failure reproduces.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from blocks import M3Source, ThanosTarget
+from flows.migrate import migrate
+from m3migrate.sandbox.compare import diff_target, read_all, with_label
+from m3migrate.sandbox.history import HistorySpec, append_minutely, start_source
+from m3migrate.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms
+
+pytestmark = [pytest.mark.servers, pytest.mark.prefect]
+ROOT = Path(__file__).parents[1]
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+
+# (point, range of n, target out-of-order window): ~100 units of 3 batches x 2-day range in 60-min windows
+CRASHES = [
+    ("unit.read", (5, 120), None),
+    ("unit.write", (5, 120), None),
+    ("unit.write", (5, 40), "30d"),
+    ("unit.done", (5, 120), None),
+    ("unit.done", (5, 40), "30d"),
+    ("segment.done", (1, 6), None),
+]
+
+
+def _crash_cases() -> list:
+    rng = random.Random(20261126)
+    return [
+        pytest.param(point, rng.randint(*span), ooo, id=f"{point}:{n}-{'ooo' if ooo else 'in-order'}")
+        for point, span, ooo in CRASHES
+        for n in [rng.randint(*span)]
+    ]
+
+
+def _env(prefect_api: str, failpoint: str | None) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    env.pop("M3MIGRATE_FAILPOINT", None)
+    if failpoint:
+        env["M3MIGRATE_FAILPOINT"] = failpoint
+    return env
+
+
+def _cli(step: str, source_url: str, target_url: str, state_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "m3migrate.cli",
+        step,
+        "--source-read-url",
+        f"{source_url}/api/v1/read",
+        "--source-query-url",
+        source_url,
+        "--target-write-url",
+        f"{target_url}/api/v1/write",
+        "--target-query-url",
+        target_url,
+        "--state-dir",
+        str(state_dir),
+        "--migration-id",
+        "crash",
+        *extra,
+    ]
+
+
+def _killed_then_rerun(cmd: list[str], prefect_api: str, failpoint: str) -> None:
+    crashed = subprocess.run(cmd, env=_env(prefect_api, failpoint), capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -9, f"the run did not reach {failpoint}: {crashed.stderr[-2000:]}"
+    rerun = subprocess.run(cmd, env=_env(prefect_api, None), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+
+@pytest.mark.parametrize("point,nth,ooo_window", _crash_cases())
+def test_migrate_killed_at_a_point_then_rerun_is_exact(
+    prefect_api, source_history, prometheus_target, tmp_path, point, nth, ooo_window
+):
+    target = prometheus_target(ooo_window=ooo_window)
+    start = source_history.stats.start_ms
+    end = start + 48 * HOUR_MS - 1
+    mode = ["--write-mode", "out_of_order", "--window-minutes", "120"] if ooo_window else ["--window-minutes", "60"]
+    cmd = _cli(
+        "migrate",
+        source_history.server.url,
+        target.url,
+        tmp_path / "state",
+        "--start",
+        iso_ms(start),
+        "--end",
+        iso_ms(end),
+        "--batch-max-series",
+        "70",
+        "--skip-validation",
+        *mode,
+    )
+    _killed_then_rerun(cmd, prefect_api, f"{point}:{nth}")
+    expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
+    assert diff_target(expected, target.url, start, end) == []
+
+
+@pytest.mark.parametrize("point", ["unit.write:3", "unit.done:5", "replicate.finish:1"])
+def test_replication_pass_killed_then_rerun_is_exact(prefect_api, prometheus_target, tmp_path, point):
+    source = start_source(HistorySpec(series=60, span_s=4 * 3600, interval_s=60), tmp_path, tail_minutes=None)
+    try:
+        target = prometheus_target()
+        src = source.server.url
+        start, end = source.stats.start_ms, source.stats.end_ms
+        spec = MigrationSpec(migration_id="crash", start=iso_ms(start), end=iso_ms(end), window_minutes=10)
+        migrate(
+            M3Source(read_url=f"{src}/api/v1/read", query_url=src),
+            ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url),
+            spec,
+            state_dir=str(tmp_path / "state"),
+            skip_validation=True,
+        )
+        until = end + 40 * MINUTE_MS
+        append_minutely(src, sorted(read_all(src, end - MINUTE_MS, end)), end, until)
+        cmd = _cli(
+            "replicate",
+            src,
+            target.url,
+            tmp_path / "state",
+            "--start",
+            iso_ms(start),
+            "--end",
+            iso_ms(end),
+            "--window-minutes",
+            "10",
+            "--until",
+            datetime.fromtimestamp(until / 1000, UTC).isoformat(),
+        )
+        _killed_then_rerun(cmd, prefect_api, point)
+        expected = with_label(read_all(src, start, until), "_source", "m3db")
+        assert diff_target(expected, target.url, start, until) == []
+    finally:
+        source.stop()
