@@ -126,10 +126,9 @@ def transfer_windows(
         futures = [task_fn.submit(ctx, segment, samples_before=totals.samples) for segment in run]
         results = [f.result() for f in futures]  # raises a segment's error: the front stops here
         for future, result in zip(futures, results, strict=True):
-            cached += future.state.name == "Cached"
-            totals.merge(
-                {**result, "samples_moved_now": 0 if future.state.name == "Cached" else result["samples_moved_now"]}
-            )
+            from_cache = future.state.name == "Cached"
+            cached += from_cache
+            totals.merge({**result, "samples_moved_now": 0 if from_cache else result["samples_moved_now"]})
         first, last = plan.windows[run[0].first_window], plan.windows[run[0].last_window]
         progress.windows_done = last.index + 1
         progress.front_end_ms = last.end_ms
@@ -147,13 +146,15 @@ def transfer_windows(
                 "tasks": len(run),
             }
         )
+        per_window = elapsed / progress.windows_done
         logger.info(
-            "front at %s: window %d/%d, %d samples so far, %.0f samples/s",
+            "front at %s: window %d/%d, %d samples so far, %.0f samples/s, ETA %.0f s",
             iso_ms(last.end_ms),
             progress.windows_done,
             nw,
             totals.samples,
             rate,
+            per_window * (nw - progress.windows_done),
         )
         notify({"windows_done": progress.windows_done, "windows_total": nw, "samples": totals.samples, "rate": rate})
     elapsed = time.monotonic() - t0
