@@ -16,7 +16,7 @@ import httpx
 from m3migrate import __version__
 from m3migrate.codec import WriteBody
 from m3migrate.config import TargetSettings, redact_url
-from m3migrate.errors import RejectReason, TransientError, WriteRejected
+from m3migrate.errors import MalformedResponse, RejectReason, TransientError, WriteRejected
 from m3migrate.http import (
     EndpointClient,
     RetryPolicy,
@@ -122,6 +122,16 @@ class RemoteWriteClient(EndpointClient):
         response = self.exchange(request, what="remote write", samples=samples)
         status = response.status_code
         if 200 <= status < 300:
+            if "text/html" in response.headers.get("Content-Type", "").lower():
+                # A login page or a UI behind a proxy answers 200 HTML: nothing was stored.
+                raise MalformedResponse(
+                    "remote write: the target answered an HTML page, not a remote-write acknowledgement",
+                    endpoint=self.endpoint,
+                    status=status,
+                    body=body_excerpt(response),
+                    hint="check write_url (Thanos: /api/v1/receive, Prometheus: /api/v1/write) and any "
+                    "authenticating proxy in front of the receiver",
+                )
             return
         text = body_excerpt(response)
         lowered = text.lower()
