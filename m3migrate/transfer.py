@@ -1,6 +1,7 @@
 """Moves one batch × window: remote read, relabel, pack, remote write, exactly.
 
-The batch's series are the only ones written; samples pass through as protobuf bytes; a source limit
+The batch's series are the only ones written; samples pass through as the bytes the source sent
+(m3migrate.wire walks the read response per series, never per sample); a source limit
 splits the read (by series, then by time) instead of truncating it; refusals from data the target
 already holds (a resumed window) are reconciled series by series instead of failing the migration.
 """
@@ -8,35 +9,28 @@ already holds (a resumed window) are reconciled series by series instead of fail
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from m3migrate.codec import (
-    WriteBody,
-    WriteChain,
-    decode_read_response,
-    encode_labels,
-    pack_write_requests,
-    single_request,
-)
+from m3migrate.codec import WriteBody, WriteChain, decode_read_response, single_request
 from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.errors import MalformedResponse, RejectReason, SourceLimitExceeded, WriteRejected
+from m3migrate.errors import RejectReason, SourceLimitExceeded, WriteRejected
 from m3migrate.failpoints import failpoint
 from m3migrate.http import RetryPolicy
-from m3migrate.plan import Batch, Labels, Window, split_batch
-from m3migrate.prompb import QueryResult, TimeSeries
+from m3migrate.plan import Batch, Window, split_batch
+from m3migrate.prompb import QueryResult
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.wire import Counters, LabelCache, pack_query_result, pack_read_response
 
 log = logging.getLogger("m3migrate.transfer")
 
 MIN_SPLIT_MS = 60_000  # below this a single series is not split further by time
-LABEL_CACHE_MAX = 100_000  # relabeled + encoded label sets kept between windows (~0.3 KB each)
+ReadPart = bytes | QueryResult  # a decompressed ReadResponse (the transfer's own reads) or a decoded result
 
 
 @dataclass
@@ -63,14 +57,6 @@ class TransferResult:
         return asdict(self)
 
 
-@dataclass
-class _Counters:
-    series: int = 0
-    samples: int = 0
-    foreign: int = 0
-    dropped: int = 0
-
-
 class Transfer:
     """Shared per process: holds the HTTP connection pools and the write thread pool."""
 
@@ -90,8 +76,7 @@ class Transfer:
         self.reader = RemoteReadClient(source, retry=read_retry, max_connections=max(4, write_concurrency))
         self.writer = RemoteWriteClient(target, retry=write_retry, max_connections=max(4, write_concurrency * 2))
         self._pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="m3migrate-write")
-        self._label_bytes: dict[Labels, bytes] = {}  # source labels -> encoded target labels (b"": dropped)
-        self._lock = threading.Lock()
+        self._labels = LabelCache(relabeler, endpoint=self.reader.endpoint)  # source -> encoded target labels
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -122,7 +107,7 @@ class Transfer:
         result.write_retries = self.writer.stats.retries - write_retries0
         return result
 
-    def fetch(self, batch: Batch, window: Window) -> tuple[list[QueryResult], TransferResult]:
+    def fetch(self, batch: Batch, window: Window) -> tuple[list[ReadPart], TransferResult]:
         """The read half of :meth:`run`, so a scheduler can read one window ahead while the previous
         window of the same batch is still being written (memory: one batch × window)."""
         result = TransferResult(batch_id=batch.id, window=window.index)
@@ -131,7 +116,7 @@ class Transfer:
         result.read_retries = self.reader.stats.retries - retries0  # approximate under concurrency
         return parts, result
 
-    def store(self, parts: list[QueryResult], batch: Batch, result: TransferResult, *, resumed: bool = False) -> None:
+    def store(self, parts: list[ReadPart], batch: Batch, result: TransferResult, *, resumed: bool = False) -> None:
         """The write half of :meth:`run`: write what :meth:`fetch` read (consumes ``parts``)."""
         retries0 = self.writer.stats.retries
         while parts:
@@ -140,51 +125,25 @@ class Transfer:
 
     # -- read side ------------------------------------------------------------------------------
 
-    def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[QueryResult]:
-        return read_batch_window(self.reader, batch, start_ms, end_ms, result)
+    def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[bytes]:
+        """Decompressed ReadResponses, left undecoded: the write side walks them (m3migrate.wire)."""
+        return _read_parts(self.reader, batch, start_ms, end_ms, result, bytes)
 
     # -- write side -----------------------------------------------------------------------------
 
-    def _series_for_write(
-        self, qr: QueryResult, batch: Batch, counters: _Counters
-    ) -> Iterator[tuple[bytes, TimeSeries]]:
-        keys = batch.keys
-        for ts in qr.timeseries:
-            labels = tuple((label.name, label.value) for label in ts.labels)
-            key = tuple(sorted(labels))
-            if len(key) != len({n for n, _ in key}):
-                raise MalformedResponse(
-                    f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
-                    endpoint=self.reader.endpoint,
-                )
-            if key not in keys:
-                counters.foreign += 1  # matched the read but belongs to another batch (or is new)
-                continue
-            if not ts.samples:
-                continue
-            label_bytes = self._label_bytes.get(key)
-            if label_bytes is None:
-                out = self.relabeler(key)
-                label_bytes = b"" if out is None else encode_labels(out)
-                with self._lock:
-                    if len(self._label_bytes) >= LABEL_CACHE_MAX:
-                        self._label_bytes.clear()  # bounded memory on migrations with millions of series
-                    self._label_bytes[key] = label_bytes
-            if not label_bytes:
-                counters.dropped += 1
-                continue
-            counters.series += 1
-            counters.samples += len(ts.samples)
-            ts.ClearField("labels")
-            yield label_bytes, ts
-
-    def _write_result(self, qr: QueryResult, batch: Batch, result: TransferResult, resumed: bool) -> None:
-        counters = _Counters()
-        chains = pack_write_requests(
-            self._series_for_write(qr, batch, counters),
+    def _write_result(self, part: ReadPart, batch: Batch, result: TransferResult, resumed: bool) -> None:
+        counters = Counters()
+        pack = pack_query_result if isinstance(part, QueryResult) else pack_read_response
+        chains = pack(
+            part,
+            batch.keys,
+            self._labels,
+            counters,
             max_bytes=self.target.max_request_bytes,
             max_samples=self.target.max_samples_per_request,
         )
+        if counters.fallback:
+            log.debug("%d series of batch %s took the exact path (non-canonical encoding)", counters.fallback, batch.id)
         result.series += counters.series
         result.samples += counters.samples
         result.foreign_series += counters.foreign
@@ -251,6 +210,22 @@ def read_batch_window(
 ) -> Iterator[QueryResult]:
     """Decoded read results covering batch × [start, end]; a source limit splits the read (by series,
     then by time), never truncates it. Parts come one at a time, so memory holds one part."""
+    return _read_parts(
+        reader, batch, start_ms, end_ms, tally, lambda raw: decode_read_response(raw, endpoint=reader.endpoint)
+    )
+
+
+_Part = TypeVar("_Part")
+
+
+def _read_parts(
+    reader: RemoteReadClient,
+    batch: Batch,
+    start_ms: int,
+    end_ms: int,
+    tally: ReadTally,
+    decode: Callable[[bytes], _Part],
+) -> Iterator[_Part]:
     t0 = time.perf_counter()
     try:
         raw = reader.read_raw(batch.matchers, start_ms, end_ms)
@@ -261,16 +236,16 @@ def read_batch_window(
             parts = split_batch(batch)
             log.info("batch %s hit a source limit: split into %d parts by series", batch.id, len(parts))
             for sub in parts:
-                yield from read_batch_window(reader, sub, start_ms, end_ms, tally)
+                yield from _read_parts(reader, sub, start_ms, end_ms, tally, decode)
             return
         if end_ms - start_ms < MIN_SPLIT_MS:
             raise
         mid = start_ms + (end_ms - start_ms) // 2
         log.info("batch %s hit a source limit: split [%d, %d] in time", batch.id, start_ms, end_ms)
-        yield from read_batch_window(reader, batch, start_ms, mid, tally)
-        yield from read_batch_window(reader, batch, mid + 1, end_ms, tally)
+        yield from _read_parts(reader, batch, start_ms, mid, tally, decode)
+        yield from _read_parts(reader, batch, mid + 1, end_ms, tally, decode)
         return
-    parsed = decode_read_response(raw, endpoint=reader.endpoint)
+    parsed = decode(raw)
     tally.bytes_read += len(raw)
     tally.read_seconds += time.perf_counter() - t0
     yield parsed

@@ -1,0 +1,344 @@
+"""Read responses walked at the message level: each series' samples pass through as their original bytes.
+
+A ReadResponse is field 1 (one QueryResult) → field 1 (TimeSeries, repeated) → labels (field 1) and
+samples (field 2). Every canonical encoder (Go gogo-proto, upb) writes a TimeSeries' labels before its
+samples, so the bytes after the label prefix are the samples: they are copied into the WriteRequest as
+they are, never decoded, and the work is per series, not per sample:
+
+- the label prefix (raw bytes) is the cache key to the series' sorted source labels and its relabeled,
+  encoded target labels, so a series seen in an earlier window costs a dict lookup;
+- the samples are counted at C speed: records of one size are checked by strided slices of their tag
+  and length bytes (which proves the framing), otherwise by a upb parse that keeps each sample opaque.
+
+Anything else in a series (a label after a sample, exemplars, histograms, unknown fields, a framing that
+does not add up) sends that series down the exact path: a upb parse, labels from the message, samples
+re-serialized, i.e. what :func:`m3migrate.codec.pack_write_requests` does, so output never differs.
+A response not in the canonical one-result shape is decoded whole (which reports what is wrong).
+Sample bodies are not inspected on the fast path: a malformed one is forwarded and refused by the target.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
+from google.protobuf.message import DecodeError
+
+from m3migrate.codec import (
+    MAX_SAMPLE_BYTES,
+    WriteChain,
+    _Packer,
+    _varint,
+    decode_read_response,
+    encode_labels,
+    frame_series,
+)
+from m3migrate.errors import MalformedResponse
+from m3migrate.prompb import QueryResult, TimeSeries
+from m3migrate.relabel import Relabeler
+
+Labels = tuple[tuple[str, str], ...]
+
+LABEL_CACHE_MAX = 100_000  # label sets kept between windows (~0.5 KB each with their prefix)
+_LABEL_TAG = 0x0A  # field 1, length-delimited: TimeSeries.labels, QueryResult.timeseries, ReadResponse.results
+_SAMPLE_TAG = 0x12  # field 2, length-delimited: TimeSeries.samples
+
+
+def _samples_view_class() -> type:
+    """A message with only `repeated bytes samples = 2`: upb frames the samples without decoding them,
+    and anything in the bytes that is not a field-2 record lands in its unknown fields."""
+    fd = descriptor_pb2.FileDescriptorProto(name="m3migrate_wire.proto", package="m3migrate.wire", syntax="proto3")
+    msg = fd.message_type.add(name="SamplesView")
+    field = descriptor_pb2.FieldDescriptorProto
+    msg.field.add(name="samples", number=2, type=field.TYPE_BYTES, label=field.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("m3migrate.wire.SamplesView"))
+
+
+_SamplesView = _samples_view_class()
+
+
+@dataclass
+class Counters:
+    """What one read part contributed (TransferResult adds them up)."""
+
+    series: int = 0
+    samples: int = 0
+    foreign: int = 0
+    dropped: int = 0
+    fallback: int = 0  # series that took the exact path (non-canonical encoding)
+
+
+class LabelCache:
+    """Source labels → encoded target labels (b"": dropped by relabeling), shared by a process's threads.
+
+    Two maps: sorted source labels → target bytes (the exact path), and a series' raw label prefix →
+    (sorted source labels, target bytes or None until first needed) for the wire path. Both are bounded:
+    when full they are cleared, so memory stays flat on migrations with millions of series.
+    """
+
+    def __init__(self, relabeler: Relabeler, *, endpoint: str, max_entries: int = LABEL_CACHE_MAX) -> None:
+        self.relabeler = relabeler
+        self.endpoint = endpoint
+        self.max_entries = max_entries
+        self.by_key: dict[Labels, bytes] = {}
+        self.by_prefix: dict[bytes, tuple[Labels, bytes | None]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, labels: Labels) -> Labels:
+        """Sorted labels; the source must not send two labels with one name."""
+        key = tuple(sorted(labels))
+        if len(key) != len({n for n, _ in key}):
+            raise MalformedResponse(
+                f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
+                endpoint=self.endpoint,
+            )
+        return key
+
+    def target(self, key: Labels) -> bytes:
+        """Relabeled, encoded target labels of a (sorted) source label set; b"" if relabeling drops it."""
+        label_bytes = self.by_key.get(key)
+        if label_bytes is None:
+            out = self.relabeler(key)
+            label_bytes = b"" if out is None else encode_labels(out)
+            with self._lock:
+                if len(self.by_key) >= self.max_entries:
+                    self.by_key.clear()
+                self.by_key[key] = label_bytes
+        return label_bytes
+
+    def learn_prefix(self, prefix: bytes) -> tuple[Labels, bytes | None]:
+        """Decode a series' label prefix (all field-1 records) once; later windows find it by its bytes."""
+        ts = _decode_series(prefix, self.endpoint)
+        entry = (self.key(tuple((label.name, label.value) for label in ts.labels)), None)
+        self._remember(prefix, entry)
+        return entry
+
+    def target_for_prefix(self, prefix: bytes, key: Labels) -> bytes:
+        label_bytes = self.target(key)
+        self._remember(prefix, (key, label_bytes))
+        return label_bytes
+
+    def _remember(self, prefix: bytes, entry: tuple[Labels, bytes | None]) -> None:
+        with self._lock:
+            if len(self.by_prefix) >= self.max_entries:
+                self.by_prefix.clear()
+            self.by_prefix[prefix] = entry
+
+
+# -- walking the wire ---------------------------------------------------------------------------------
+
+
+def _uvarint_at(buf: bytes, p: int, end: int) -> tuple[int, int]:
+    """The varint at buf[p:] (before `end`) and the position after it; (-1, end) if it is not one."""
+    value = shift = 0
+    while p < end and shift < 64:
+        byte = buf[p]
+        p += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, p
+        shift += 7
+    return -1, end
+
+
+def series_spans(raw: bytes) -> list[tuple[int, int]] | None:
+    """[start, end) of each TimeSeries of a ReadResponse that holds exactly one QueryResult made only of
+    TimeSeries fields; None for any other shape (the caller then decodes it whole, which says what is
+    wrong, or handles what is merely unusual, such as unknown fields)."""
+    end = len(raw)
+    if end < 2 or raw[0] != _LABEL_TAG:
+        return None
+    length, p = _uvarint_at(raw, 1, end)
+    if p + length != end:
+        return None  # not exactly one QueryResult (or something beside it)
+    spans = []
+    append = spans.append
+    try:
+        while p < end:
+            if raw[p] != _LABEL_TAG:
+                return None
+            length = raw[p + 1]
+            if length < 0x80:
+                p += 2
+            else:
+                length, p = _uvarint_at(raw, p + 1, end)
+                if length < 0:
+                    return None
+            append((p, p + length))
+            p += length
+    except IndexError:
+        return None
+    return spans if p == end else None
+
+
+def count_samples(buf: bytes, start: int, end: int) -> int:
+    """How many samples buf[start:end] holds if it is nothing but field-2 (sample) records, else -1.
+
+    Records of one size (the usual case: no 0.0 values, timestamps of one varint length) are proven by
+    two strided slices: every record starts with tag 0x12 and the same length byte, so each one ends
+    where the next begins. Mixed sizes are framed by upb, the sample bodies kept as opaque bytes.
+    """
+    size = end - start
+    if size == 0:
+        return 0
+    if size >= 2 and buf[start] == _SAMPLE_TAG:
+        length = buf[start + 1]
+        if length < 0x80 and size % (length + 2) == 0:
+            step = length + 2
+            n = size // step
+            if buf[start:end:step] == b"\x12" * n and buf[start + 1 : end : step] == bytes((length,)) * n:
+                return n
+    try:
+        view = _SamplesView.FromString(buf[start:end])
+    except DecodeError:
+        return -1
+    if len(unknown_fields.UnknownFieldSet(view)):
+        return -1
+    return len(view.samples)
+
+
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
+
+
+def _frame(label_bytes: bytes, samples: bytes | memoryview) -> bytes:
+    """A TimeSeries as WriteRequest field 1: its target labels, then its samples as read."""
+    n = len(label_bytes) + len(samples)
+    if n < 0x80:
+        head = _SMALL_VARINTS[n]
+    elif n < 0x4000:
+        head = bytes(((n & 0x7F) | 0x80, n >> 7))
+    else:
+        head = _varint(n)
+    return b"".join((b"\x0a", head, label_bytes, samples))
+
+
+def _decode_series(data: bytes, endpoint: str) -> TimeSeries:
+    try:
+        return TimeSeries.FromString(data)
+    except DecodeError as exc:
+        raise MalformedResponse(f"remote read: body is not a ReadResponse ({exc})", endpoint=endpoint) from None
+
+
+def _add_large(packer: _Packer, label_bytes: bytes, ts: TimeSeries) -> None:
+    """A series over either bound, sliced in time order into one chain (as codec.pack_write_requests)."""
+    packer.flush()
+    n = len(ts.samples)
+    step = max(1, min(packer.max_samples, (packer.max_bytes - 64 - len(label_bytes)) // (MAX_SAMPLE_BYTES + 2)))
+    for i, start in enumerate(range(0, n, step)):
+        part = TimeSeries()
+        part.samples.extend(ts.samples[start : start + step])
+        packer.add(frame_series(label_bytes, part.SerializeToString()), len(part.samples), continues=i > 0)
+        packer.flush()
+
+
+def _add_exact(
+    packer: _Packer, ts: TimeSeries, keys: frozenset[Labels], labels: LabelCache, counters: Counters
+) -> None:
+    """One decoded series the exact way: labels from the message, samples re-serialized by upb."""
+    key = labels.key(tuple((label.name, label.value) for label in ts.labels))
+    if key not in keys:
+        counters.foreign += 1  # matched the read but belongs to another batch (or is new)
+        return
+    n = len(ts.samples)
+    if not n:
+        return
+    label_bytes = labels.target(key)
+    if not label_bytes:
+        counters.dropped += 1
+        return
+    counters.series += 1
+    counters.samples += n
+    ts.ClearField("labels")
+    payload = ts.SerializeToString()
+    if n <= packer.max_samples and len(payload) + len(label_bytes) + 16 <= packer.max_bytes:
+        packer.add(frame_series(label_bytes, payload), n)
+    else:
+        _add_large(packer, label_bytes, ts)
+
+
+def pack_query_result(
+    qr: QueryResult | Iterable[TimeSeries],
+    keys: frozenset[Labels],
+    labels: LabelCache,
+    counters: Counters,
+    *,
+    max_bytes: int,
+    max_samples: int,
+) -> list[WriteChain]:
+    """The exact path for decoded series: what pack_write_requests makes of the batch's series."""
+    packer = _Packer(max_bytes, max_samples)
+    for ts in qr.timeseries if isinstance(qr, QueryResult) else qr:
+        _add_exact(packer, ts, keys, labels, counters)
+    packer.flush()
+    return packer.chains
+
+
+def pack_read_response(
+    raw: bytes,
+    keys: frozenset[Labels],
+    labels: LabelCache,
+    counters: Counters,
+    *,
+    max_bytes: int,
+    max_samples: int,
+) -> list[WriteChain]:
+    """WriteRequests for the batch's series of a decompressed ReadResponse, samples passed through as
+    bytes. Same requests, byte for byte, as decoding it and packing with pack_write_requests."""
+    spans = series_spans(raw)
+    if spans is None:
+        qr = decode_read_response(raw, endpoint=labels.endpoint)
+        return pack_query_result(qr, keys, labels, counters, max_bytes=max_bytes, max_samples=max_samples)
+    packer = _Packer(max_bytes, max_samples)
+    add = packer.add
+    known = labels.by_prefix
+    view = memoryview(raw)
+    series = samples = foreign = dropped = fallback = 0
+    for a, b in spans:
+        p = a
+        try:
+            while p < b and raw[p] == _LABEL_TAG:  # the label prefix: field-1 records
+                length = raw[p + 1]
+                if length < 0x80:
+                    p += 2 + length
+                else:
+                    length, p = _uvarint_at(raw, p + 1, b)
+                    p = b + 1 if length < 0 else p + length
+        except IndexError:
+            p = b + 1
+        n = count_samples(raw, p, b) if p <= b else -1
+        if n < 0:  # not labels-then-samples: the exact path decides (and reports a broken encoding)
+            fallback += 1
+            _add_exact(packer, _decode_series(raw[a:b], labels.endpoint), keys, labels, counters)
+            continue
+        prefix = raw[a:p]
+        entry = known.get(prefix)
+        if entry is None:
+            entry = labels.learn_prefix(prefix)
+        key, label_bytes = entry
+        if key not in keys:
+            foreign += 1
+            continue
+        if not n:
+            continue
+        if label_bytes is None:
+            label_bytes = labels.target_for_prefix(prefix, key)
+        if not label_bytes:
+            dropped += 1
+            continue
+        series += 1
+        samples += n
+        if n <= max_samples and b - p + len(label_bytes) + 16 <= max_bytes:
+            add(_frame(label_bytes, view[p:b]), n)
+        else:
+            _add_large(packer, label_bytes, _decode_series(raw[p:b], labels.endpoint))
+    packer.flush()
+    counters.series += series
+    counters.samples += samples
+    counters.foreign += foreign
+    counters.dropped += dropped
+    counters.fallback += fallback
+    return packer.chains
