@@ -29,6 +29,7 @@ from flows.backfill import migrate_blocks
 from flows.validate import validate
 from m3migrate.errors import ConfigError
 from m3migrate.front import UNIT_FIELDS, FrontTotals, plan_segments
+from m3migrate.limits import reset_limits
 from m3migrate.migration import prepare
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
@@ -179,7 +180,11 @@ def transfer_windows(
 def run_transfer(
     source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, stage: Stage
 ) -> dict[str, Any]:
-    """Run a stage's saved plan on the spec's task runner (the caller holds the migration's lock)."""
+    """Run a stage's saved plan on the spec's task runner (the caller holds the migration's lock).
+
+    Each run starts at the endpoints' configured concurrency again: what the adaptive limiters learned
+    from an earlier run's 429/503s may no longer hold."""
+    reset_limits()
     try:
         return transfer_windows.with_options(task_runner=build_task_runner(spec))(
             source, target, spec, state.migration_id, str(state.dir.parent), stage

@@ -12,6 +12,7 @@ from m3migrate.plan import DAY_MS, Plan, discover, make_batches
 from m3migrate.promql import PromQLClient
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
+from m3migrate.timefmt import iso_ms
 
 log = logging.getLogger("m3migrate.migration")
 
@@ -101,6 +102,7 @@ def prepare(
     The caller holds the migration's lock, so no other run can replan or write meanwhile.
     """
     migration_id = state.migration_id
+    whole_range = start_ms is None and end_ms is None  # a part of the range (hybrid) may well be empty
     start_ms = spec.start_ms if start_ms is None else start_ms
     end_ms = spec.end_ms if end_ms is None else end_ms
     if start_over:
@@ -121,5 +123,12 @@ def prepare(
         )
     if plan is None:
         plan = build_plan(source, spec, migration_id, on_metric=on_metric, start_ms=start_ms, end_ms=end_ms)
+        if plan.series_count == 0 and whole_range:
+            raise ConfigError(
+                f"the source holds no series matching {', '.join(spec.match)} between "
+                f"{iso_ms(plan.start_ms)} and {iso_ms(plan.end_ms)}: nothing to migrate",
+                hint="check the selectors (--match), the time range, the source URL and, on M3, the namespace "
+                "pin (--source-metrics-type / --source-storage-policy) and its retention",
+            )
         state.save_plan(plan, stage)
     return PreparedMigration(migration_id, state, plan, state.generation, reused)
