@@ -110,7 +110,7 @@ def test_migrate_killed_at_a_point_then_rerun_is_exact(
     )
     _killed_then_rerun(cmd, prefect_api, f"{point}:{nth}")
     expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
-    assert diff_target(expected, target.url, start, end) == []
+    assert diff_target(expected, target.url, start, end, restart=target) == []
 
 
 @pytest.mark.parametrize("point", ["unit.write:3", "unit.done:5", "replicate.finish:1"])
@@ -146,6 +146,6 @@ def test_replication_pass_killed_then_rerun_is_exact(prefect_api, prometheus_tar
         )
         _killed_then_rerun(cmd, prefect_api, point)
         expected = with_label(read_all(src, start, until), "_source", "m3db")
-        assert diff_target(expected, target.url, start, until) == []
+        assert diff_target(expected, target.url, start, until, restart=target) == []
     finally:
         source.stop()

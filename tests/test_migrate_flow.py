@@ -17,7 +17,7 @@ from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import SourceSandbox
-from m3migrate.sandbox.servers import start_prometheus
+from m3migrate.sandbox.servers import Server, start_prometheus
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms as _iso
 
@@ -47,8 +47,8 @@ def _target_data(target_url: str, source: SourceSandbox) -> dict:
     return read_all(target_url, source.stats.start_ms, source.stats.end_ms)
 
 
-def _target_diff(expected: dict, target_url: str, source: SourceSandbox) -> list[str]:
-    return diff_target(expected, target_url, source.stats.start_ms, source.stats.end_ms)
+def _target_diff(expected: dict, target: Server, source: SourceSandbox) -> list[str]:
+    return diff_target(expected, target.url, source.stats.start_ms, source.stats.end_ms, restart=target)
 
 
 def test_fresh_target_without_ooo_window_gets_an_exact_copy(
@@ -59,12 +59,12 @@ def test_fresh_target_without_ooo_window_gets_an_exact_copy(
     summary = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
     assert summary["samples"] == source_history.stats.samples
     assert summary["series"] == source_history.stats.series
-    assert _target_diff(expected, target.url, source_history) == []
+    assert _target_diff(expected, target, source_history) == []
 
     again = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
     assert again["samples_moved_now"] == 0, "a rerun of a finished migration must write nothing"
     assert again["tasks_cached"] == again["tasks"] > 1
-    assert _target_diff(expected, target.url, source_history) == []
+    assert _target_diff(expected, target, source_history) == []
 
 
 def test_ooo_target_holding_recent_data_gets_an_exact_copy(
@@ -86,7 +86,7 @@ def test_ooo_target_holding_recent_data_gets_an_exact_copy(
     spec = _spec(source_history, write_mode="out_of_order", batch_max_series=64, task_concurrency=3)
     summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
     assert summary["batches"] > 1
-    assert _target_diff(expected, target.url, source_history) == []
+    assert _target_diff(expected, target, source_history) == []
 
 
 def test_source_limit_splits_batches_and_stays_exact(prefect_api, source_history, prometheus_target, tmp_path):
@@ -107,7 +107,7 @@ def test_source_limit_splits_batches_and_stays_exact(prefect_api, source_history
         spec = MigrationSpec(start=_iso(stats.start_ms), end=_iso(end_ms))
         summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path / "state"))
         assert summary["splits"] > 0
-        assert diff_target(expected, target.url, stats.start_ms, end_ms) == []
+        assert diff_target(expected, target.url, stats.start_ms, end_ms, restart=target) == []
     finally:
         limited.stop()
 
@@ -167,7 +167,7 @@ def test_kill_9_then_rerun_resumes_to_an_exact_copy(
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert _target_diff(expected, target.url, source_history) == []
+    assert _target_diff(expected, target, source_history) == []
 
 
 def test_start_over_rewrites_everything(prefect_api, source_history, prometheus_target, expected, tmp_path):
@@ -178,7 +178,7 @@ def test_start_over_rewrites_everything(prefect_api, source_history, prometheus_
     again = migrate(source_block, target_block, spec, start_over=True, state_dir=str(tmp_path))
     assert again["tasks_cached"] == 0
     assert again["samples_moved_now"] == first["samples"] == source_history.stats.samples
-    assert _target_diff(expected, target.url, source_history) == []
+    assert _target_diff(expected, target, source_history) == []
 
 
 def test_dask_cluster_of_worker_processes_by_address(prefect_api, source_history, prometheus_target, tmp_path):
@@ -207,4 +207,4 @@ def test_dask_cluster_of_worker_processes_by_address(prefect_api, source_history
     expected = with_label(read_all(source_history.server.url, source_history.stats.start_ms, end_ms), "_source", "m3db")
     assert summary["batches"] >= 4 and summary["tasks"] > 2
     assert sorted(transfers_per_worker.values()) == [1, 1], transfers_per_worker
-    assert diff_target(expected, target.url, source_history.stats.start_ms, end_ms) == []
+    assert diff_target(expected, target.url, source_history.stats.start_ms, end_ms, restart=target) == []
