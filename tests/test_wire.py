@@ -7,6 +7,8 @@ the ReadResponse, build sorted label keys, relabel, clear the labels, pack with 
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import struct
 from collections.abc import Sequence
@@ -431,3 +433,19 @@ def test_fuzz_mutated_responses_raise_only_malformed_and_never_differ(data) -> N
     if want is not None:
         assert got is not None
         assert decoded_series(got[0]) == decoded_series(want[0])
+
+
+def test_malloc_tuning_is_once_per_process_and_yields_to_the_users_settings(monkeypatch) -> None:
+    from m3migrate import wire
+
+    monkeypatch.setattr(wire, "_malloc_tuned", None)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert wire.tune_malloc() is False  # the user tunes glibc: hands off
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert wire.tune_malloc() is False  # decided once per process
+    monkeypatch.setattr(wire, "_malloc_tuned", None)
+    for key in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(key)
+    tuned = wire.tune_malloc()
+    assert tuned is (platform.libc_ver()[0] == "glibc")
+    assert wire.tune_malloc() is tuned
