@@ -201,6 +201,9 @@ def series_spans(raw: bytes) -> list[tuple[int, int]] | None:
             length = raw[p + 1]
             if length < 0x80:
                 p += 2
+            elif raw[p + 2] < 0x80:  # a series of 128 B to 16 KiB: the usual case
+                length = (length & 0x7F) | raw[p + 2] << 7
+                p += 3
             else:
                 length, p = _uvarint_at(raw, p + 1, end)
                 if length < 0:
