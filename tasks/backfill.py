@@ -22,10 +22,10 @@ from m3migrate.backfill import BackfillResult, BlockWindow, backfill_from_source
 from m3migrate.bucket import BlockConflict, Bucket, BucketSettings
 from m3migrate.config import SourceSettings
 from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError
-from m3migrate.plan import Plan
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
-from m3migrate.state import MigrationState, Stage
+from m3migrate.state import Stage
+from tasks.transfer import forget_plans, saved_plan
 
 PERMANENT = (BlockConflict, ConfigError, AuthError, EndpointNotFound, TlsError)
 
@@ -46,32 +46,12 @@ class BackfillContext:
     external_labels: tuple[tuple[str, str], ...]
     work_dir: str | None = None
 
-    @property
-    def key(self) -> tuple:
-        return (self.migration_id, self.plan_id, self.generation, self.stage)
-
     def __repr__(self) -> str:  # short in Prefect's logs; the settings' secrets are SecretStr anyway
         return f"BackfillContext({self.migration_id!r}, plan {self.plan_id}, {self.stage})"
 
 
-_plans: dict[tuple, Plan] = {}
 _buckets: dict[str, Bucket] = {}
 _lock = threading.Lock()
-
-
-def get_plan(ctx: BackfillContext) -> Plan:
-    """The stage's saved plan, parsed once per process (a plan of a million series is big)."""
-    with _lock:
-        plan = _plans.get(ctx.key)
-        if plan is None:
-            plan = MigrationState(Path(ctx.state_root), ctx.migration_id).load_plan(ctx.stage)
-            if plan is None or plan.id != ctx.plan_id:
-                raise ConfigError(
-                    f"migration {ctx.migration_id!r}: the saved {ctx.stage} plan is not {ctx.plan_id}",
-                    hint="another run replanned this migration meanwhile; rerun",
-                )
-            _plans[ctx.key] = plan
-        return plan
 
 
 def get_bucket(settings: BucketSettings) -> Bucket:
@@ -85,8 +65,8 @@ def get_bucket(settings: BucketSettings) -> Bucket:
 
 
 def clear_caches() -> None:
+    forget_plans()
     with _lock:
-        _plans.clear()
         _buckets.clear()
 
 
@@ -124,7 +104,7 @@ def _retry_transient_only(task, task_run, state: State) -> bool:
 )
 def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> dict:
     """Write and upload the block of one window (or skip it when the bucket already has it)."""
-    plan = get_plan(ctx)
+    plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
     relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
     with RemoteReadClient(ctx.source) as reader:
         result: BackfillResult = backfill_from_source(

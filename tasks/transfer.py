@@ -94,20 +94,26 @@ def get_transfer(ctx: TransferContext) -> Transfer:
         return transfer
 
 
-def get_plan(ctx: TransferContext) -> Plan:
-    """The stage's saved plan, parsed once per process (a plan of a million series is big)."""
+def saved_plan(state_root: str, migration_id: str, stage: Stage, plan_id: str) -> Plan:
+    """A stage's saved plan, parsed once per process (a plan of a million series is big); a ConfigError
+    if another run has replanned the migration since this run's flow read it."""
+    key = (state_root, migration_id, stage, plan_id)
     with _shared_lock:
-        key = (ctx.fingerprint, ctx.stage)
         plan = _plans.get(key)
         if plan is None:
-            plan = ctx.state.load_plan(ctx.stage)
-            if plan is None or plan.id != ctx.plan_id:
+            plan = MigrationState(Path(state_root), migration_id).load_plan(stage)
+            if plan is None or plan.id != plan_id:
                 raise ConfigError(
-                    f"migration {ctx.migration_id!r}: the saved {ctx.stage} plan is not {ctx.plan_id}",
+                    f"migration {migration_id!r}: the saved {stage} plan is not {plan_id}",
                     hint="another run replanned this migration meanwhile; rerun",
                 )
             _plans[key] = plan
         return plan
+
+
+def forget_plans() -> None:
+    with _shared_lock:
+        _plans.clear()
 
 
 def close_transfers() -> None:
@@ -115,7 +121,7 @@ def close_transfers() -> None:
         for transfer in _transfers.values():
             transfer.close()
         _transfers.clear()
-        _plans.clear()
+    forget_plans()
 
 
 def segment_cache_key(context: TaskRunContext, parameters: dict) -> str:
@@ -193,7 +199,7 @@ def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int
     Units an earlier attempt finished are skipped, units it started are reconciled (journal).
     ``samples_before`` (what earlier segments moved) only makes the progress figures global.
     """
-    plan = get_plan(ctx)
+    plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
     journal = ctx.state.journal(ctx.stage, ctx.plan_id)
     front = Front(
         get_transfer(ctx),

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import OFFLINE_MIGRATE, run_cli
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from m3migrate.backfill import block_windows
@@ -26,7 +25,6 @@ from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
 from m3migrate.validate import ValidationInput, check_bucket, check_target_write
 
-ROOT = Path(__file__).parents[1]
 HOUR_MS = 3_600_000
 
 
@@ -105,21 +103,7 @@ def test_bucket_block_keeps_credentials_secret():
 
 
 def test_cli_blocks_mode_without_a_bucket_exits_2():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [
-        "migrate",
-        "--source-read-url",
-        "http://127.0.0.1:9/api/v1/read",
-        "--target-write-url",
-        "http://127.0.0.1:9/api/v1/write",
-        "--start",
-        "2026-01-01T00:00:00Z",
-        "--end",
-        "2026-01-02T00:00:00Z",
-        "--write-mode",
-        "blocks",
-    ]
-    done = subprocess.run([sys.executable, "-m", "m3migrate.cli", *args], capture_output=True, text=True, env=env)
+    done = run_cli(*OFFLINE_MIGRATE, "--write-mode", "blocks")
     assert done.returncode == 2 and "--bucket-dir" in done.stderr
 
 
@@ -293,10 +277,7 @@ def test_cli_migrate_blocks_into_a_bucket_dir(prefect_api, source_history, prome
         str(tmp_path / "state"),
         "--skip-validation",
     ]
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    done = subprocess.run(
-        [sys.executable, "-m", "m3migrate.cli", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    done = run_cli(*args, env={"PREFECT_API_URL": prefect_api})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "blocks_uploaded" in done.stdout
     dirs = _block_dirs(bucket_dir)

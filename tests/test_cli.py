@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from cli_helpers import OFFLINE_MIGRATE as BASE
+from cli_helpers import run_cli
 
 from m3migrate.sandbox.servers import bcrypt_hash, start_prometheus
 
-ROOT = Path(__file__).parents[1]
 SECRET = "s3cr3t-Pa55word-do-not-print"
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "m3migrate.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
-
-
-BASE = [
-    "migrate",
-    "--source-read-url",
-    "http://127.0.0.1:9/api/v1/read",
-    "--target-write-url",
-    "http://127.0.0.1:9/api/v1/write",
-    "--start",
-    "2026-01-01T00:00:00Z",
-    "--end",
-    "2026-01-02T00:00:00Z",
-]
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,12 @@ after the target acknowledged a unit but before the journal recorded it. n is dr
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from cli_helpers import cli_env, step_argv
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
@@ -25,7 +23,6 @@ from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
-ROOT = Path(__file__).parents[1]
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 
@@ -50,33 +47,11 @@ def _crash_cases() -> list:
 
 
 def _env(prefect_api: str, failpoint: str | None) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    env = cli_env(PREFECT_API_URL=prefect_api)
     env.pop("M3MIGRATE_FAILPOINT", None)
     if failpoint:
         env["M3MIGRATE_FAILPOINT"] = failpoint
     return env
-
-
-def _cli(step: str, source_url: str, target_url: str, state_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "m3migrate.cli",
-        step,
-        "--source-read-url",
-        f"{source_url}/api/v1/read",
-        "--source-query-url",
-        source_url,
-        "--target-write-url",
-        f"{target_url}/api/v1/write",
-        "--target-query-url",
-        target_url,
-        "--state-dir",
-        str(state_dir),
-        "--migration-id",
-        "crash",
-        *extra,
-    ]
 
 
 def _killed_then_rerun(cmd: list[str], prefect_api: str, failpoint: str) -> None:
@@ -94,11 +69,13 @@ def test_migrate_killed_at_a_point_then_rerun_is_exact(
     start = source_history.stats.start_ms
     end = start + 48 * HOUR_MS - 1
     mode = ["--write-mode", "out_of_order", "--window-minutes", "120"] if ooo_window else ["--window-minutes", "60"]
-    cmd = _cli(
+    cmd = step_argv(
         "migrate",
         source_history.server.url,
         target.url,
         tmp_path / "state",
+        "--migration-id",
+        "crash",
         "--start",
         iso_ms(start),
         "--end",
@@ -130,11 +107,13 @@ def test_replication_pass_killed_then_rerun_is_exact(prefect_api, prometheus_tar
         )
         until = end + 40 * MINUTE_MS
         append_minutely(src, sorted(read_all(src, end - MINUTE_MS, end)), end, until)
-        cmd = _cli(
+        cmd = step_argv(
             "replicate",
             src,
             target.url,
             tmp_path / "state",
+            "--migration-id",
+            "crash",
             "--start",
             iso_ms(start),
             "--end",

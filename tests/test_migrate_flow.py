@@ -7,11 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import step_argv
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
@@ -113,29 +113,19 @@ def test_source_limit_splits_batches_and_stays_exact(prefect_api, source_history
 
 
 def _cli(source_url: str, target_url: str, source: SourceSandbox, state_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "m3migrate.cli",
+    return step_argv(
         "migrate",
-        "--source-read-url",
-        f"{source_url}/api/v1/read",
-        "--source-query-url",
         source_url,
-        "--target-write-url",
-        f"{target_url}/api/v1/write",
-        "--target-query-url",
         target_url,
+        state_dir,
         "--start",
         _iso(source.stats.start_ms),
         "--end",
         _iso(source.stats.end_ms),
         "--migration-id",
         "killtest",
-        "--state-dir",
-        str(state_dir),
         *extra,
-    ]
+    )
 
 
 @pytest.mark.parametrize("ooo_window", [None, "30d"], ids=["no-ooo", "ooo"])
