@@ -45,6 +45,7 @@ from m3migrate.relabel import Relabeler
 Labels = tuple[tuple[str, str], ...]
 
 LABEL_CACHE_MAX = 100_000  # label sets kept between windows (~0.5 KB each with their prefix)
+BATCH_TABLES_MAX = 64  # batches whose per-series decisions are kept (a process runs a few at a time)
 _LABEL_TAG = 0x0A  # field 1, length-delimited: TimeSeries.labels, QueryResult.timeseries, ReadResponse.results
 _SAMPLE_TAG = 0x12  # field 2, length-delimited: TimeSeries.samples
 
@@ -79,8 +80,9 @@ class LabelCache:
     """Source labels → encoded target labels (b"": dropped by relabeling), shared by a process's threads.
 
     Two maps: sorted source labels → target bytes (the exact path), and a series' raw label prefix →
-    (sorted source labels, target bytes or None until first needed) for the wire path. Both are bounded:
-    when full they are cleared, so memory stays flat on migrations with millions of series.
+    (sorted source labels, target bytes or None until first needed) for the wire path; and per batch,
+    what the wire path decided for each label prefix (see :meth:`decisions`). All are bounded: when full
+    they are cleared, so memory stays flat on migrations with millions of series.
     """
 
     def __init__(self, relabeler: Relabeler, *, endpoint: str, max_entries: int = LABEL_CACHE_MAX) -> None:
@@ -89,6 +91,8 @@ class LabelCache:
         self.max_entries = max_entries
         self.by_key: dict[Labels, bytes] = {}
         self.by_prefix: dict[bytes, tuple[Labels, bytes | None]] = {}
+        self.by_batch: dict[int, tuple[frozenset[Labels], dict[bytes, bytes | bool]]] = {}
+        self._decided = 0
         self._lock = threading.Lock()
 
     def key(self, labels: Labels) -> Labels:
@@ -124,6 +128,44 @@ class LabelCache:
         label_bytes = self.target(key)
         self._remember(prefix, (key, label_bytes))
         return label_bytes
+
+    def decisions(self, keys: frozenset[Labels]) -> dict[bytes, bytes | bool]:
+        """The batch's table: label prefix → target label bytes (b"": dropped by relabeling) or False
+        (not one of the batch's series), so a known series costs one lookup of bytes whose hash is
+        already computed, not a hash of its label tuples. Keyed by the key set's identity (it is held,
+        so its id is not reused): hashing or comparing a set of thousands of label sets per read would
+        cost what the table saves."""
+        slot = self.by_batch.get(id(keys))
+        if slot is not None and slot[0] is keys:
+            return slot[1]
+        with self._lock:
+            if len(self.by_batch) >= BATCH_TABLES_MAX:
+                self.by_batch.clear()
+                self._decided = 0
+            table: dict[bytes, bytes | bool] = {}
+            self.by_batch[id(keys)] = (keys, table)
+        return table
+
+    def decide(self, prefix: bytes, keys: frozenset[Labels], table: dict[bytes, bytes | bool]) -> bytes | bool:
+        """First sight of a label prefix in this batch: decode it (or find it), check it belongs, relabel."""
+        entry = self.by_prefix.get(prefix)
+        if entry is None:
+            entry = self.learn_prefix(prefix)
+        key, label_bytes = entry
+        if key not in keys:
+            decision: bytes | bool = False
+        elif label_bytes is None:
+            decision = self.target_for_prefix(prefix, key)
+        else:
+            decision = label_bytes
+        with self._lock:
+            if self._decided >= self.max_entries:
+                for _, other in self.by_batch.values():
+                    other.clear()
+                self._decided = 0
+            table[prefix] = decision
+            self._decided += 1
+        return decision
 
     def _remember(self, prefix: bytes, entry: tuple[Labels, bytes | None]) -> None:
         with self._lock:
@@ -334,7 +376,7 @@ def pack_read_response(
         return pack_query_result(qr, keys, labels, counters, max_bytes=max_bytes, max_samples=max_samples)
     packer = _Packer(max_bytes, max_samples)
     add = packer.add
-    known = labels.by_prefix
+    decided = labels.decisions(keys)
     view = memoryview(raw)
     series = samples = foreign = dropped = fallback = 0
     for a, b in spans:
@@ -355,17 +397,14 @@ def pack_read_response(
             _add_exact(packer, _decode_series(raw[a:b], labels.endpoint), keys, labels, counters)
             continue
         prefix = raw[a:p]
-        entry = known.get(prefix)
-        if entry is None:
-            entry = labels.learn_prefix(prefix)
-        key, label_bytes = entry
-        if key not in keys:
-            foreign += 1
+        label_bytes = decided.get(prefix)
+        if label_bytes is None:
+            label_bytes = labels.decide(prefix, keys, decided)
+        if label_bytes is False:
+            foreign += 1  # matched the read but belongs to another batch (or is new)
             continue
         if not n:
             continue
-        if label_bytes is None:
-            label_bytes = labels.target_for_prefix(prefix, key)
         if not label_bytes:
             dropped += 1
             continue

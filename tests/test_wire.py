@@ -28,6 +28,7 @@ from m3migrate.codec import (
 from m3migrate.errors import MalformedResponse
 from m3migrate.prompb import ReadResponse, Sample, TimeSeries, WriteRequest
 from m3migrate.wire import (
+    BATCH_TABLES_MAX,
     Counters,
     LabelCache,
     count_samples,
@@ -387,6 +388,10 @@ def test_the_label_cache_stays_bounded() -> None:
     keys = frozenset((("__name__", f"m{i}"),) for i in range(10))
     _, counts = wire(response(series), keys, max_bytes=1 << 20, max_samples=10, cache=cache)
     assert counts.series == 10 and len(cache.by_prefix) <= 3 and len(cache.by_key) <= 3
+    assert sum(len(table) for _, table in cache.by_batch.values()) <= 3
+    for _ in range(100):  # a new key set per read (batches rebuilt by each task): the tables stay bounded
+        wire(response(series[:1]), frozenset(keys), max_bytes=1 << 20, max_samples=10, cache=cache)
+    assert len(cache.by_batch) <= BATCH_TABLES_MAX
 
 
 # -- broken responses -----------------------------------------------------------------------------
