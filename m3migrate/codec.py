@@ -99,9 +99,14 @@ def decode_read_response(raw: bytes, *, endpoint: str) -> QueryResult:
     return response.results[0]
 
 
-def _varint(n: int) -> bytes:
+def uvarint(n: int) -> bytes:
+    """An unsigned varint (little-endian base 128): protobuf's length prefix and Go's PutUvarint."""
+    if n < 0:
+        raise ValueError(f"uvarint of a negative number: {n}")
+    if n < 0x80:
+        return bytes((n,))
     out = bytearray()
-    while n > 0x7F:
+    while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
@@ -110,7 +115,7 @@ def _varint(n: int) -> bytes:
 
 def _field1(payload: bytes) -> bytes:
     """Frame bytes as field 1 (length-delimited): a TimeSeries inside a WriteRequest."""
-    return b"\x0a" + _varint(len(payload)) + payload
+    return b"\x0a" + uvarint(len(payload)) + payload
 
 
 @dataclass
@@ -145,7 +150,7 @@ class WriteChain:
 def frame_series(label_bytes: bytes, samples_payload: bytes) -> bytes:
     """A TimeSeries framed as WriteRequest field 1, from its encoded labels and encoded samples."""
     payload_len = len(label_bytes) + len(samples_payload)
-    return b"\x0a" + _varint(payload_len) + label_bytes + samples_payload
+    return b"\x0a" + uvarint(payload_len) + label_bytes + samples_payload
 
 
 def encode_labels(labels: Iterable[tuple[str, str]]) -> bytes:

@@ -33,10 +33,10 @@ from m3migrate.codec import (
     MAX_SAMPLE_BYTES,
     WriteChain,
     _Packer,
-    _varint,
     decode_read_response,
     encode_labels,
     frame_series,
+    uvarint,
 )
 from m3migrate.errors import MalformedResponse
 from m3migrate.prompb import QueryResult, TimeSeries
@@ -294,7 +294,7 @@ def _frame(label_bytes: bytes, samples: bytes | memoryview) -> bytes:
     elif n < 0x4000:
         head = bytes(((n & 0x7F) | 0x80, n >> 7))
     else:
-        head = _varint(n)
+        head = uvarint(n)
     return b"".join((b"\x0a", head, label_bytes, samples))
 
 

@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import google_crc32c
 
+from m3migrate.codec import uvarint
+
+__all__ = ["crc32c", "read_uvarint", "read_varint", "uvarint", "varint"]
+
 
 def crc32c(data: bytes | bytearray | memoryview) -> bytes:
     """CRC-32C of data as the 4 big-endian bytes Prometheus stores."""
     return google_crc32c.value(bytes(data)).to_bytes(4, "big")
-
-
-def uvarint(n: int) -> bytes:
-    """Go's binary.PutUvarint (little-endian base 128)."""
-    if n < 0:
-        raise ValueError(f"uvarint of a negative number: {n}")
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def varint(n: int) -> bytes:
