@@ -55,6 +55,8 @@ def units_in_flight(spec: MigrationSpec) -> int:
 
 
 def build_task_runner(spec: MigrationSpec):
+    """Dask: one worker per batch group. Threads: one segment at a time, since the engine's Front
+    already moves ``task_concurrency`` units in parallel inside it."""
     if spec.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
