@@ -102,7 +102,8 @@ def prepare(
     The caller holds the migration's lock, so no other run can replan or write meanwhile.
     """
     migration_id = state.migration_id
-    whole_range = start_ms is None and end_ms is None  # a part of the range (hybrid) may well be empty
+    # the whole range must hold series; a part of it (a hybrid migration's tail or history) may be empty
+    whole_range = start_ms in (None, spec.start_ms) and end_ms in (None, spec.end_ms)
     start_ms = spec.start_ms if start_ms is None else start_ms
     end_ms = spec.end_ms if end_ms is None else end_ms
     if start_over:

@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from blocks import M3Source, ThanosTarget
+from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.migrate import migrate
 from m3migrate.codec import Matcher, encode_labels, frame_series, single_request
 from m3migrate.config import SourceSettings, TargetSettings
@@ -34,12 +34,14 @@ STEP_MS = 10  # 10 M samples, 10 ms apart: 27.8 h of one series
 PEAK_RSS_LIMIT_MB = 600
 
 
-def test_an_empty_source_is_one_clear_error_and_writes_nothing(prefect_api, prometheus_target, tmp_path):
+@pytest.mark.parametrize("write_mode", ["in_order", "blocks"])
+def test_an_empty_source_is_one_clear_error_and_writes_nothing(prefect_api, prometheus_target, tmp_path, write_mode):
     empty = start_prometheus(tmp_path, name="empty")
     try:
         target = prometheus_target()
+        bucket_dir = tmp_path / "bucket"
         now = int(time.time() * 1000)
-        spec = MigrationSpec(start=iso_ms(now - 6 * HOUR_MS), end=iso_ms(now - HOUR_MS))
+        spec = MigrationSpec(start=iso_ms(now - 6 * HOUR_MS), end=iso_ms(now - HOUR_MS), write_mode=write_mode)
         with pytest.raises(ConfigError, match="no series matching") as refused:
             migrate(
                 M3Source(read_url=f"{empty.url}/api/v1/read", query_url=empty.url),
@@ -47,9 +49,11 @@ def test_an_empty_source_is_one_clear_error_and_writes_nothing(prefect_api, prom
                 spec,
                 state_dir=str(tmp_path / "state"),
                 skip_validation=True,
+                bucket=ThanosBucket(url=str(bucket_dir)) if write_mode == "blocks" else None,
             )
         assert "--match" in refused.value.hint
         assert read_all(target.url, now - 6 * HOUR_MS, now) == {}
+        assert not bucket_dir.exists() or not any(bucket_dir.iterdir()), "no block may be uploaded"
     finally:
         empty.stop()
 
