@@ -16,7 +16,6 @@ from pathlib import Path
 
 from prefect import task
 from prefect.context import TaskRunContext
-from prefect.states import State
 
 from m3migrate.backfill import BackfillResult, BlockWindow, backfill_from_source
 from m3migrate.bucket import BlockConflict, Bucket, BucketSettings
@@ -25,7 +24,7 @@ from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.state import Stage
-from tasks.transfer import forget_plans, saved_plan
+from tasks.transfer import TASK_RETRIES, forget_plans, retry_unless, saved_plan
 
 PERMANENT = (BlockConflict, ConfigError, AuthError, EndpointNotFound, TlsError)
 
@@ -82,23 +81,11 @@ def window_cache_key(context: TaskRunContext, parameters: dict) -> str:
     return f"{ctx.migration_id}-{ctx.plan_id}-g{ctx.generation}-blocks-{where}-{w.min_time}-{w.read_start}-{w.read_end}"
 
 
-def _retry_transient_only(task, task_run, state: State) -> bool:
-    try:
-        state.result()
-    except PERMANENT:
-        return False
-    except Exception:  # BucketError, TransientError, a killed worker...: the rerun of a window is safe
-        return True
-    return False
-
-
 @task(
     name="backfill-window",
     task_run_name="block {window.label}",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient_only,
+    **TASK_RETRIES,
+    retry_condition_fn=retry_unless(PERMANENT),  # BucketError, TransientError, a killed worker: retried
     cache_key_fn=window_cache_key,
     persist_result=True,
 )

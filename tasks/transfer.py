@@ -133,14 +133,23 @@ def segment_cache_key(context: TaskRunContext, parameters: dict) -> str:
     )
 
 
-def _retry_transient_only(task, task_run, state: State) -> bool:
-    try:
-        state.result()
-    except PERMANENT:
+def retry_unless(permanent: tuple[type[BaseException], ...]) -> Callable[..., bool]:
+    """A Prefect retry condition: retry a failed attempt unless its error is one of ``permanent``."""
+
+    def condition(task, task_run, state: State) -> bool:
+        try:
+            state.result()
+        except permanent:
+            return False
+        except Exception:
+            return True
         return False
-    except Exception:
-        return True
-    return False
+
+    return condition
+
+
+# Task-level retries on top of each request's own backoff: a rerun of a segment or block window is safe.
+TASK_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_jitter_factor": 0.5}
 
 
 def results_storage(results_dir: Path) -> Path:
@@ -186,10 +195,8 @@ class _SegmentProgress:
 @task(
     name="transfer-segment",
     task_run_name="{segment.label}",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient_only,
+    **TASK_RETRIES,
+    retry_condition_fn=retry_unless(PERMANENT),
     cache_key_fn=segment_cache_key,
     persist_result=True,
 )
