@@ -28,6 +28,7 @@ from m3migrate.transfer import Transfer, TransferResult
 log = logging.getLogger("m3migrate.front")
 
 PER_BATCH_IN_FLIGHT = 2  # one unit writing + the next window of the same batch reading ahead
+READ_AHEAD_WINDOWS = 1  # reads may run this many windows past the depth; only writes are held to it
 SEGMENTS_PER_RUN = 8  # orchestrator tasks per run on one process: resume points and visible progress
 
 
@@ -162,6 +163,8 @@ class Front:
         self.concurrency = concurrency
         self.on_window = on_window
         self._failed = threading.Event()
+        self._front = threading.Condition()
+        self._low = 0  # lowest window some batch has not finished: writes stay below _low + depth
 
     def run(self) -> FrontTotals:
         """Transfer every unit not yet done; raises the first failure after in-flight units settle."""
@@ -193,6 +196,9 @@ class Front:
                     done = WindowDone(w.index, w.start_ms, w.end_ms, window_samples[low], window_series[low])
                     self.on_window(done, totals)
                 low += 1
+            with self._front:
+                self._low = low
+                self._front.notify_all()
 
         advance()
         ready = [(todo[-1], b) for b, todo in enumerate(pending) if todo]
@@ -204,7 +210,8 @@ class Front:
         errors: list[BaseException] = []
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="m3migrate-front") as pool:
             while True:
-                while not errors and ready and len(inflight) < self.concurrency and ready[0][0] < low + self.depth:
+                reach = low + self.depth + READ_AHEAD_WINDOWS
+                while not errors and ready and len(inflight) < self.concurrency and ready[0][0] < reach:
                     w, b = heapq.heappop(ready)
                     in_heap.discard(b)
                     pending[b].pop()
@@ -245,24 +252,29 @@ class Front:
         try:
             if self._failed.is_set():
                 raise _Aborted
-            parts, result = self.transfer.fetch(batch, window)
+            packed, result = self.transfer.fetch(batch, window)
             failpoint("unit.read")
             if unit.previous_written is not None:
                 unit.previous_written.wait()
+            with self._front:  # a unit read ahead writes only once the front has reached its window
+                self._front.wait_for(lambda: unit.window < self._low + self.depth or self._failed.is_set())
             if self._failed.is_set():
                 raise _Aborted
             key = UnitJournal.key(batch.id, window.index)
             resumed = self.journal.started(key)
             if not resumed:
                 self.journal.mark_started(key)
-            self.transfer.store(parts, batch, result, resumed=resumed)
+            self.transfer.store(packed, result, resumed=resumed)
+            unit.written.set()  # acknowledged: the batch's next window may go while this one is journaled
             failpoint("unit.done")
             self.journal.mark_done(key, result.as_dict())
             return result
         except _Aborted:
             raise
         except BaseException:
-            self._failed.set()
+            with self._front:
+                self._failed.set()
+                self._front.notify_all()
             raise
         finally:
             unit.written.set()

@@ -102,26 +102,30 @@ class Transfer:
         result = TransferResult(batch_id=batch.id, window=window.index)
         read_retries0, write_retries0 = self.reader.stats.retries, self.writer.stats.retries
         for part in self._reads(batch, window.start_ms, window.end_ms, result):
-            self._write_result(part, batch, result, resumed)
+            chains = self._pack(part, batch, result)
             del part
+            self._send_chains(chains, result, resumed)
         result.read_retries = self.reader.stats.retries - read_retries0  # approximate under concurrency
         result.write_retries = self.writer.stats.retries - write_retries0
         return result
 
-    def fetch(self, batch: Batch, window: Window) -> tuple[list[ReadPart], TransferResult]:
-        """The read half of :meth:`run`, so a scheduler can read one window ahead while the previous
-        window of the same batch is still being written (memory: one batch × window)."""
+    def fetch(self, batch: Batch, window: Window) -> tuple[list[list[WriteChain]], TransferResult]:
+        """The read half of :meth:`run`, packed into requests: a scheduler reads and compresses one
+        window ahead while the previous window of the same batch is still being written, so the
+        target only waits for the network between two windows (memory: one batch × window, compressed).
+        Returns per read part (a limit may split the read) the chains to send, in order."""
         result = TransferResult(batch_id=batch.id, window=window.index)
         retries0 = self.reader.stats.retries
-        parts = list(self._reads(batch, window.start_ms, window.end_ms, result))
+        parts = self._reads(batch, window.start_ms, window.end_ms, result)
+        packed = [self._pack(part, batch, result) for part in parts]
         result.read_retries = self.reader.stats.retries - retries0  # approximate under concurrency
-        return parts, result
+        return packed, result
 
-    def store(self, parts: list[ReadPart], batch: Batch, result: TransferResult, *, resumed: bool = False) -> None:
-        """The write half of :meth:`run`: write what :meth:`fetch` read (consumes ``parts``)."""
+    def store(self, packed: list[list[WriteChain]], result: TransferResult, *, resumed: bool = False) -> None:
+        """The write half of :meth:`run`: send what :meth:`fetch` packed, part after part (consumes it)."""
         retries0 = self.writer.stats.retries
-        while parts:
-            self._write_result(parts.pop(0), batch, result, resumed)
+        while packed:
+            self._send_chains(packed.pop(0), result, resumed)
         result.write_retries = self.writer.stats.retries - retries0
 
     # -- read side ------------------------------------------------------------------------------
@@ -132,7 +136,7 @@ class Transfer:
 
     # -- write side -----------------------------------------------------------------------------
 
-    def _write_result(self, part: ReadPart, batch: Batch, result: TransferResult, resumed: bool) -> None:
+    def _pack(self, part: ReadPart, batch: Batch, result: TransferResult) -> list[WriteChain]:
         counters = Counters()
         pack = pack_query_result if isinstance(part, QueryResult) else pack_read_response
         chains = pack(
@@ -149,6 +153,10 @@ class Transfer:
         result.samples += counters.samples
         result.foreign_series += counters.foreign
         result.dropped_series += counters.dropped
+        return chains
+
+    def _send_chains(self, chains: list[WriteChain], result: TransferResult, resumed: bool) -> None:
+        """Chains hold disjoint series, so they go out at once; returns after every one is acknowledged."""
         t0 = time.perf_counter()
         futures = [self._pool.submit(self._send_chain, chain, resumed) for chain in chains]
         errors: list[BaseException] = []

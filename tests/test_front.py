@@ -49,15 +49,15 @@ class RecordingTransfer:
             self.fetches.append((batch.id, window.index, t0, time.monotonic()))
         return ["part"], TransferResult(batch_id=batch.id, window=window.index)
 
-    def store(self, parts, batch, result, *, resumed=False):
+    def store(self, packed, result, *, resumed=False):
         t0 = time.monotonic()
         self._pause()
-        time.sleep(self.slow.get(batch.id, 0.0))
-        if (batch.id, result.window) in self.fail_at:
-            raise Boom(f"{batch.id} w{result.window}")
+        time.sleep(self.slow.get(result.batch_id, 0.0))
+        if (result.batch_id, result.window) in self.fail_at:
+            raise Boom(f"{result.batch_id} w{result.window}")
         result.samples, result.series = 10, 1
         with self.lock:
-            self.stores.append((batch.id, result.window, t0, time.monotonic(), resumed))
+            self.stores.append((result.batch_id, result.window, t0, time.monotonic(), resumed))
 
 
 def _plan(batches: int, windows: int) -> Plan:
@@ -95,10 +95,12 @@ def test_units_are_written_once_in_window_order_per_batch_and_within_the_depth(t
         assert all(end <= start for end in behind), f"{b} w{w} started before every batch finished w{w - 2}"
 
 
-def test_the_next_window_of_a_batch_is_read_while_the_previous_one_is_written(tmp_path):
+@pytest.mark.parametrize("depth", [1, 20])
+def test_the_next_window_of_a_batch_is_read_while_the_previous_one_is_written(tmp_path, depth):
+    """Even when only one window may be written at a time (depth 1), the next one is read meanwhile."""
     plan = _plan(batches=1, windows=20)
     transfer = RecordingTransfer()
-    _front(transfer, plan, UnitJournal(tmp_path / "j.jsonl"), depth=20, concurrency=4).run()
+    _front(transfer, plan, UnitJournal(tmp_path / "j.jsonl"), depth=depth, concurrency=4).run()
     stores = {w: (start, end) for _, w, start, end, _ in transfer.stores}
     overlapped = sum(1 for _, w, start, _ in transfer.fetches if w > 0 and start < stores[w - 1][1] and w - 1 in stores)
     assert overlapped > 0, "reads never ran ahead of writes"
