@@ -73,7 +73,8 @@ class MigrationSpec(BaseModel):
     window_minutes: int | None = Field(
         default=None,
         gt=0,
-        description="Time window per batch (remote write). Default: 360 (out_of_order), else 30.",
+        description="Time window per batch (remote write). Default: 360 (out_of_order), else accept_window_minutes "
+        "up to 60 (the widest a receiver without an out-of-order window accepts: fewer, larger reads).",
     )
     accept_window_minutes: int = Field(
         default=60,
@@ -153,7 +154,9 @@ class MigrationSpec(BaseModel):
 
     @property
     def window_ms(self) -> int:
-        default = 360 if self.write_mode == "out_of_order" else 30  # hybrid's tail is written in order
+        # in order (hybrid's tail too): one window = the accept window, so the front writes one window at a
+        # time and reads the next meanwhile (Front.READ_AHEAD_WINDOWS); larger reads cost the source less.
+        default = 360 if self.write_mode == "out_of_order" else min(self.accept_window_minutes, 60)
         return (self.window_minutes or default) * 60_000
 
     @property

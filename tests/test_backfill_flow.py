@@ -86,7 +86,11 @@ def test_spec_defaults_and_label_rules():
     spec = MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", write_mode="blocks")
     assert spec.block_ms == 2 * HOUR_MS and spec.uses_blocks
     assert spec.backfill_external_labels("m-1") == {"m3migrate_backfill": "m-1"}
-    assert MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z").window_ms == 30 * 60_000
+    day = {"start": "2025-01-01T00:00:00Z", "end": "2025-01-02T00:00:00Z"}
+    assert MigrationSpec(**day).window_ms == 60 * 60_000, "in order: one window is the whole accept window"
+    assert MigrationSpec(**day, accept_window_minutes=20).window_ms == 20 * 60_000
+    assert MigrationSpec(**day, accept_window_minutes=720).window_ms == 60 * 60_000, "capped: memory per unit"
+    assert MigrationSpec(**day, write_mode="out_of_order").window_ms == 360 * 60_000
     with pytest.raises(ValueError, match="block_hours"):
         MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", block_hours=3)
     with pytest.raises(ValueError, match="label every migrated series gets"):
