@@ -204,13 +204,9 @@ def run_backfill(
     source: M3Source, spec: MigrationSpec, bucket: ThanosBucket, state: MigrationState, stage: Stage
 ) -> dict[str, Any]:
     """The backfill subflow on a runner that runs at most task_concurrency windows at once."""
-    from flows.migrate import build_task_runner  # flows.migrate imports this module
+    from flows.migrate import dask_task_runner  # flows.migrate imports this module
 
-    runner = (
-        build_task_runner(spec)
-        if spec.task_runner == "dask"
-        else ThreadPoolTaskRunner(max_workers=spec.task_concurrency)
-    )
+    runner = dask_task_runner(spec) if spec.task_runner == "dask" else ThreadPoolTaskRunner(spec.task_concurrency)
     return backfill_blocks.with_options(task_runner=runner)(
         source, spec, bucket, state.migration_id, str(state.dir.parent), stage
     )
