@@ -42,7 +42,6 @@ from m3migrate.transfer import Transfer
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "default": [],
-    "tuned-inorder-60m": ["--window-minutes", "60", "--task-concurrency", "4", "--write-concurrency", "4"],
     "tuned-ooo-6h": [
         "--write-mode", "out_of_order", "--window-minutes", "360", "--batch-max-series", "500",
         "--task-concurrency", "4", "--write-concurrency", "4",

@@ -6,12 +6,13 @@
 
 Steps, each against fresh Prometheus 2.42 servers on 127.0.0.1:
   1. raw read    remote read of the whole range (<= 1 d windows, 2 in flight), bodies decompressed and discarded
-  2. raw ingest  the same data, pre-encoded as WriteRequests per 30 min window, sent with 2 and 4 in flight
+  2. raw ingest  the same data, pre-encoded as WriteRequests per 60 min window, sent with 2 and 4 in flight
                  (barrier per window so every series stays in order); the best is kept
-  3. m3migrate   `python -m m3migrate.cli migrate` as a subprocess with its own ephemeral Prefect API
-                 (one PREFECT_HOME in a temp dir, its database created before measuring), default,
-                 tuned and Dask settings; wall time, CPU seconds
-                 of the process tree (and of the Prefect API server on its own), peak RSS
+  3. m3migrate   `python -m m3migrate.cli migrate` as a subprocess, default, tuned and Dask settings,
+                 against a running Prefect server (`--prefect-api server`, the deployed setup: started
+                 once before measuring) and/or with its own ephemeral API per run (`ephemeral`, one
+                 PREFECT_HOME whose database is created before measuring); wall time, CPU seconds
+                 of the tool and of the Prefect API server, peak RSS
 After every write the target is read back and must hold exactly the source's series and samples.
 """
 
@@ -52,18 +53,14 @@ from m3migrate.codec import WriteBody, decode_read_response, encode_labels, pack
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.sandbox.servers import start_prometheus
+from m3migrate.sandbox.servers import free_port, start_prometheus
 from m3migrate.timefmt import iso_ms
 
 ROOT = Path(__file__).resolve().parent.parent
-INGEST_WINDOW_MS = 30 * 60_000  # in-order safe: everything in flight stays within the target's 1 h accept window
+INGEST_WINDOW_MS = 60 * 60_000  # in-order safe: one window at a time stays within the target's 1 h accept window
 
 M3MIGRATE_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {"args": [], "ooo": False},
-    "tuned-inorder-60m": {
-        "args": ["--window-minutes", "60", "--task-concurrency", "4", "--write-concurrency", "4"],
-        "ooo": False,
-    },
     "tuned-ooo-6h": {
         "args": [
             "--write-mode",
@@ -284,9 +281,10 @@ class TreeSampler:
         return out
 
 
-def prefect_env(tmp: Path) -> dict[str, str]:
-    """One PREFECT_HOME for every measured run: each CLI run starts its own ephemeral API server, on a
-    database that already exists (creating it is a one-time ~7 s, paid in warm_prefect_home)."""
+def prefect_env(tmp: Path, api_url: str | None = None) -> dict[str, str]:
+    """One PREFECT_HOME for every measured run. Without ``api_url`` each CLI run starts its own ephemeral
+    API server, on a database that already exists (creating it is a one-time ~7 s, paid in
+    warm_prefect_home); with it, runs report to that running server as a deployment does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(tmp / "prefect-home"),
@@ -295,7 +293,61 @@ def prefect_env(tmp: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         PYTHONIOENCODING="utf-8",
     )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return env
+
+
+class PrefectServer:
+    """`prefect server start` on loopback, started before anything is measured (what users run for the UI)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import httpx
+        import psutil
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.logf = open(tmp / "prefect-server.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=prefect_env(tmp),
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {self.proc.returncode}; see {tmp}/prefect-server.log")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("prefect server did not answer /api/health within 120 s")
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except Exception:
+                continue
+            total += t.user + t.system
+        return total
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in [self.ps, *self.ps.children(recursive=True)])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.logf.close()
 
 
 def warm_prefect_home(tmp: Path) -> float:
@@ -308,18 +360,29 @@ def warm_prefect_home(tmp: Path) -> float:
 
 
 def run_m3migrate(
-    name: str, cfg: dict, source_url: str, target_url: str, start_ms: int, end_ms: int, tmp: Path, samples: int
+    name: str,
+    cfg: dict,
+    source_url: str,
+    target_url: str,
+    start_ms: int,
+    end_ms: int,
+    tmp: Path,
+    samples: int,
+    server: PrefectServer | None = None,
 ) -> dict:
-    env = prefect_env(tmp)
+    env = prefect_env(tmp, server.url if server else None)
+    run_id = f"{name}-{'server' if server else 'ephemeral'}"
     argv = [
         str(ROOT / ".venv/bin/python"), "-m", "m3migrate.cli", "migrate",
         "--source-read-url", f"{source_url}/api/v1/read", "--source-query-url", source_url,
         "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
         "--start", iso_ms(start_ms), "--end", iso_ms(end_ms),
-        "--migration-id", f"bench-{name}", "--skip-validation", "--state-dir", str(tmp / f"state-{name}"),
+        "--migration-id", f"bench-{run_id}", "--skip-validation", "--state-dir", str(tmp / f"state-{run_id}"),
         *cfg["args"],
     ]  # fmt: skip
-    with open(tmp / f"m3migrate-{name}.log", "wb") as logf:
+    log_path = tmp / f"m3migrate-{run_id}.log"
+    server_cpu0 = server.cpu_seconds() if server else 0.0
+    with open(log_path, "wb") as logf:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
         sampler = TreeSampler(proc.pid)
@@ -328,14 +391,18 @@ def run_m3migrate(
         sampler.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
     by_role = sampler.cpu_by_role()
+    if server:
+        by_role["prefect-server"] = server.cpu_seconds() - server_cpu0
+        sampler.peak_rss["prefect-server"] = server.rss()
     # (wait4's ru_maxrss is not used: Linux carries the bench process's high-water mark across fork + exec)
     cli_tree_cpu = ru.ru_utime + ru.ru_stime
-    server_cpu = by_role.get("prefect-server", 0.0)
+    server_cpu = 0.0 if server else by_role.get("prefect-server", 0.0)  # a running server is not the CLI's child
     # wait4 covers the CLI plus the children it reaped (the API server, if it was waited for); the sampler's
     # last poll of the CLI itself misses at most one period, so the larger of the two is the tool's own CPU
     tool_cpu = max(by_role.get("cli", 0.0), cli_tree_cpu - server_cpu)
     out = {
         "name": name,
+        "prefect_api": "server" if server else "ephemeral",
         "args": cfg["args"],
         "exit_code": proc.returncode,
         "seconds": round(wall, 3),
@@ -343,7 +410,7 @@ def run_m3migrate(
         "cpu_s_wait4": round(cli_tree_cpu, 2),
         "cpu_s_by_role": {k: round(v, 2) for k, v in by_role.items()},
         "cpu_s_tree": round(tool_cpu + sum(v for k, v in by_role.items() if k != "cli"), 2),
-        "cpu_s_prefect_server": round(server_cpu, 2),
+        "cpu_s_prefect_server": round(by_role.get("prefect-server", 0.0), 2),
         "cpu_s_tool": round(tool_cpu, 2),
         "tool_cpu_ns_per_sample": round(tool_cpu / samples * 1e9, 1),
         "tree_cpu_ns_per_sample": round(
@@ -352,9 +419,9 @@ def run_m3migrate(
         "peak_rss_mb_cli": round(sampler.peak_rss.get("cli", 0) / 2**20, 1),
         "peak_rss_mb_prefect_server": round(sampler.peak_rss.get("prefect-server", 0) / 2**20, 1),
         "peak_rss_mb_dask_worker": round(sampler.peak_rss.get("dask-worker", 0) / 2**20, 1),
-        "log": str(tmp / f"m3migrate-{name}.log"),
+        "log": str(log_path),
     }
-    text = (tmp / f"m3migrate-{name}.log").read_text(encoding="utf-8", errors="replace")
+    text = log_path.read_text(encoding="utf-8", errors="replace")
     for key in ("seconds", "samples_per_second", "windows", "batches", "requests"):
         m = re.search(rf"\b{key}\s*[│|]\s*([\d.,]+)", text)
         if m:
@@ -362,7 +429,7 @@ def run_m3migrate(
     if "flow_seconds" in out:
         out["startup_and_plan_seconds"] = round(wall - out["flow_seconds"], 2)
     if proc.returncode != 0:
-        tail = (tmp / f"m3migrate-{name}.log").read_text(errors="replace")[-3000:]
+        tail = text[-3000:]
         log(f"m3migrate {name} FAILED (exit {proc.returncode}):\n{tail}")
     return out
 
@@ -387,12 +454,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(M3MIGRATE_CONFIGS), help="m3migrate configs to run")
     ap.add_argument("--in-flight", default="2,4", help="raw ingest concurrencies to try")
     ap.add_argument("--skip-raw-ingest", action="store_true")
+    ap.add_argument(
+        "--prefect-api",
+        default="server",
+        help="comma list: server (a running `prefect server`, as deployed) and/or ephemeral (one API per run)",
+    )
     ap.add_argument("--no-wait", action="store_true", help="do not wait for load1 < 0.7")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args(argv)
     p = resolve_preset(a)
     json_out = a.json_out or ROOT / "bench" / "results" / f"{a.preset}.json"
     configs = [c for c in a.configs.split(",") if c]
+    modes = [m for m in a.prefect_api.split(",") if m]
+    if not set(modes) <= {"server", "ephemeral"}:
+        ap.error("--prefect-api takes server and/or ephemeral")
     for c in configs:
         if c not in M3MIGRATE_CONFIGS:
             ap.error(f"unknown config {c!r}; known: {', '.join(M3MIGRATE_CONFIGS)}")
@@ -453,25 +528,22 @@ def main(argv: list[str] | None = None) -> int:
         if configs:
             results["prefect_home_creation_seconds"] = warm_prefect_home(tmp)
             log(f"Prefect home created in {results['prefect_home_creation_seconds']} s (not in the figures)")
-        for name in configs:
-            cfg = M3MIGRATE_CONFIGS[name]
-            ooo = f"{max(30, math.ceil(p['days']) + 2)}d" if cfg["ooo"] else None
-            target = start_prometheus(tmp, name=f"target-{name}", remote_write_receiver=True, ooo_window=ooo)
+        for mode in modes:
+            server = PrefectServer(tmp) if mode == "server" and configs else None
             try:
-                log(f"m3migrate {name} {' '.join(cfg['args'])} ...")
-                r = run_m3migrate(name, cfg, source.server.url, target.url, st.start_ms, st.end_ms, tmp, samples)
-                r["ratio_to_baseline"] = round(r["samples_per_s"] / baseline, 3)
-                r["verified"] = r["exit_code"] == 0 and verify(
-                    target.url, st.start_ms, st.end_ms, chunk_ms, expected, f"m3migrate {name}"
-                )
-                ok_all &= r["verified"]
+                for name in configs:
+                    r = measure_config(name, p, source.server.url, st, tmp, samples, server, chunk_ms, expected)
+                    r["ratio_to_baseline"] = round(r["samples_per_s"] / baseline, 3)
+                    ok_all &= r["verified"]
+                    log(
+                        f"m3migrate {name} ({mode} API): {r['samples_per_s']:,} samples/s "
+                        f"({r['ratio_to_baseline']:.0%}), tool CPU {r['tool_cpu_ns_per_sample']} ns/sample, "
+                        f"Prefect server {r['cpu_s_prefect_server']} s, peak RSS {r['peak_rss_mb_cli']} MB"
+                    )
+                    results["m3migrate"].append(r)
             finally:
-                target.stop()
-                shutil.rmtree(tmp / f"target-{name}", ignore_errors=True)
-            log(f"m3migrate {name}: {r['samples_per_s']:,} samples/s ({r['ratio_to_baseline']:.0%}), "
-                f"tool CPU {r['tool_cpu_ns_per_sample']} ns/sample, Prefect server {r['cpu_s_prefect_server']} s, "
-                f"peak RSS {r['peak_rss_mb_cli']} MB")  # fmt: skip
-            results["m3migrate"].append(r)
+                if server:
+                    server.stop()
     finally:
         for s in servers:
             s.stop()
@@ -489,6 +561,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok_all else 1
 
 
+def measure_config(
+    name: str,
+    p: dict,
+    source_url: str,
+    st,
+    tmp: Path,
+    samples: int,
+    server: PrefectServer | None,
+    chunk_ms: int,
+    expected: dict,
+) -> dict:
+    """One m3migrate run into a fresh target, then the target read back."""
+    cfg = M3MIGRATE_CONFIGS[name]
+    ooo = f"{max(30, math.ceil(p['days']) + 2)}d" if cfg["ooo"] else None
+    target = start_prometheus(tmp, name=f"target-{name}", remote_write_receiver=True, ooo_window=ooo)
+    try:
+        log(f"m3migrate {name} {' '.join(cfg['args'])} ({'server' if server else 'ephemeral'} API) ...")
+        r = run_m3migrate(name, cfg, source_url, target.url, st.start_ms, st.end_ms, tmp, samples, server)
+        r["verified"] = r["exit_code"] == 0 and verify(
+            target.url, st.start_ms, st.end_ms, chunk_ms, expected, f"m3migrate {name}"
+        )
+    finally:
+        target.stop()
+        shutil.rmtree(tmp / f"target-{name}", ignore_errors=True)
+    return r
+
+
 def print_table(r: dict) -> None:
     base = r["baseline_samples_per_s"]
     rows = [("raw read (remote read, 2 in flight)", r["raw_read"]["samples_per_s"], "", "", "", "")]
@@ -498,7 +597,7 @@ def print_table(r: dict) -> None:
     for m in r["m3migrate"]:
         rows.append(
             (
-                f"m3migrate {m['name']}" + ("" if m.get("verified") else " MISMATCH"),
+                f"m3migrate {m['name']} ({m['prefect_api']})" + ("" if m.get("verified") else " MISMATCH"),
                 m["samples_per_s"],
                 f"{m['ratio_to_baseline']:.0%}",
                 f"{m['tool_cpu_ns_per_sample']:.0f}",
