@@ -55,7 +55,15 @@ def units_in_flight(spec: MigrationSpec) -> int:
 
 def dask_task_runner(spec: MigrationSpec):
     """One Dask worker per batch group: on the cluster at dask_address, else a LocalCluster of processes."""
+    from prefect.settings import get_current_settings
     from prefect_dask import DaskTaskRunner
+
+    if get_current_settings().api.url is None:
+        get_run_logger().warning(
+            "task_runner=dask without PREFECT_API_URL: every Dask worker process starts a temporary Prefect API "
+            "of its own (its task runs are not in this run's UI, and on one machine they share its database). "
+            "Run `prefect server start` and export PREFECT_API_URL for the workers and this run."
+        )
 
     if spec.dask_address:
         return DaskTaskRunner(address=spec.dask_address)
