@@ -291,7 +291,7 @@ def _shared_options(
     write_mode: Annotated[
         str | None, typer.Option(help="in_order (default), out_of_order, blocks or hybrid (docs/blocks.md).")
     ] = None,
-    window_minutes: Annotated[int | None, typer.Option(help="Time window per batch.")] = None,
+    window_minutes: Annotated[int | None, typer.Option(help="Window minutes (60 in order, 360 out of order).")] = None,
     batch_max_series: Annotated[int | None, typer.Option(help="Most series per batch.")] = None,
     task_concurrency: Annotated[int | None, typer.Option(help="Batches in parallel.")] = None,
     write_concurrency: Annotated[int | None, typer.Option(help="Write requests in flight.")] = None,
