@@ -71,8 +71,9 @@ class UnitJournal:
     directory can append concurrently; a torn last line (kill -9 mid-write) is ignored on reading.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, windows: range | None = None) -> None:
         self.path = path
+        self.windows = windows  # only these windows' units are held in memory (a segment's), else all
         self._lock = threading.Lock()
         self._started: set[str] = set()
         self._done: dict[str, dict] = {}
@@ -91,6 +92,8 @@ class UnitJournal:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash
+            if self.windows is not None and int(entry["unit"].rpartition(":")[2]) not in self.windows:
+                continue  # another segment's unit: memory stays bounded by the segment, not the migration
             if entry.get("event") == "start":
                 self._started.add(entry["unit"])
             elif entry.get("event") == "done":
@@ -146,9 +149,9 @@ class MigrationState:
     def plan_path(self, stage: Stage = "migrate") -> Path:
         return self.dir / _PLAN_FILES[stage]
 
-    def journal(self, stage: Stage, plan_id: str) -> UnitJournal:
-        """The unit journal of a stage's plan in the current generation."""
-        return UnitJournal(self.dir / f"journal-{stage}-{plan_id}-g{self.generation}.jsonl")
+    def journal(self, stage: Stage, plan_id: str, windows: range | None = None) -> UnitJournal:
+        """The unit journal of a stage's plan in the current generation (holding ``windows``' units)."""
+        return UnitJournal(self.dir / f"journal-{stage}-{plan_id}-g{self.generation}.jsonl", windows)
 
     @property
     def results_dir(self) -> Path:

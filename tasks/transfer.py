@@ -207,12 +207,12 @@ def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int
     ``samples_before`` (what earlier segments moved) only makes the progress figures global.
     """
     plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
-    journal = ctx.state.journal(ctx.stage, ctx.plan_id)
+    windows = segment.windows(plan)
     front = Front(
         get_transfer(ctx),
         segment.batches(plan),
-        segment.windows(plan),
-        journal,
+        windows,
+        ctx.state.journal(ctx.stage, ctx.plan_id, range(windows[0].index, windows[-1].index + 1)),
         depth=ctx.depth,
         concurrency=ctx.units_in_flight,
         on_window=_SegmentProgress(ctx, segment, samples_before),

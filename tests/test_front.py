@@ -138,6 +138,18 @@ def test_a_torn_journal_line_is_ignored(tmp_path):
     assert again.done("b0:0") == {"samples": 5} and again.done("b0:1") is None and again.started("b0:0")
 
 
+def test_a_segments_journal_holds_only_its_own_windows(tmp_path):
+    """A long migration has millions of units; a segment keeps only its windows' entries in memory."""
+    path = tmp_path / "j.jsonl"
+    journal = UnitJournal(path)
+    for w in range(10):
+        journal.mark_started(f"b0:{w}")
+        journal.mark_done(f"b0:{w}", {"samples": w})
+    segment = UnitJournal(path, windows=range(4, 7))
+    assert [segment.done(f"b0:{w}") for w in range(10)] == [None] * 4 + [{"samples": w} for w in (4, 5, 6)] + [None] * 3
+    assert segment.started("b0:5") and not segment.started("b0:3")
+
+
 @pytest.mark.parametrize("windows,depth,groups", [(338, 2, 1), (7, 4, 1), (29, 4, 3), (1, 1, 2), (100, 1, 1)])
 def test_segments_cover_every_window_once_and_groups_stay_within_the_depth(windows, depth, groups):
     runs = plan_segments(windows, depth, groups)
