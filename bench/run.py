@@ -19,6 +19,7 @@ After every write the target is read back and must hold exactly the source's ser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -53,7 +54,8 @@ from m3migrate.codec import WriteBody, decode_read_response, encode_labels, pack
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.sandbox.servers import Server, free_port, start_prometheus
+from m3migrate.sandbox.demo import RunningPrefect, prefect_server
+from m3migrate.sandbox.servers import Server, start_prometheus
 from m3migrate.timefmt import iso_ms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,12 +110,31 @@ def cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds a server process has used so far (Prometheus is one process)."""
+def _tree(pid: int) -> list:
     import psutil
 
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds a server and its child processes have used so far (Prometheus is one process, a
+    Prefect server a few)."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(Exception):  # a child that just exited
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def rss_of(pid: int) -> int:
+    """Resident memory of a server and its child processes."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(Exception):
+            total += p.memory_info().rss
+    return total
 
 
 # -- 1. raw read --------------------------------------------------------------------------------------
@@ -325,58 +346,6 @@ def prefect_env(tmp: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
-class PrefectServer:
-    """`prefect server start` on loopback, started before anything is measured (what users run for the UI)."""
-
-    def __init__(self, tmp: Path) -> None:
-        import httpx
-        import psutil
-
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}/api"
-        self.logf = open(tmp / "prefect-server.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=prefect_env(tmp),
-            stdout=self.logf,
-            stderr=subprocess.STDOUT,
-        )
-        self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self.proc.returncode}; see {tmp}/prefect-server.log")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("prefect server did not answer /api/health within 120 s")
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in [self.ps, *self.ps.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-            except Exception:
-                continue
-            total += t.user + t.system
-        return total
-
-    def rss(self) -> int:
-        return sum(p.memory_info().rss for p in [self.ps, *self.ps.children(recursive=True)])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.logf.close()
-
-
 def warm_prefect_home(tmp: Path) -> float:
     """Run one empty flow so the ephemeral API's database exists before anything is measured."""
     (tmp / "prefect-home").mkdir(parents=True, exist_ok=True)
@@ -396,10 +365,10 @@ def run_m3migrate(
     tmp: Path,
     samples: int,
     endpoints: dict[str, int],
-    server: PrefectServer | None = None,
+    server: RunningPrefect | None = None,
 ) -> dict:
     """One CLI run; ``endpoints`` names the source and target server pids, whose CPU is measured too."""
-    env = prefect_env(tmp, server.url if server else None)
+    env = prefect_env(tmp, server.api_url if server else None)
     run_id = f"{name}-{'server' if server else 'ephemeral'}"
     argv = [
         str(ROOT / ".venv/bin/python"), "-m", "m3migrate.cli", "migrate",
@@ -410,7 +379,7 @@ def run_m3migrate(
         *cfg["args"],
     ]  # fmt: skip
     log_path = tmp / f"m3migrate-{run_id}.log"
-    server_cpu0 = server.cpu_seconds() if server else 0.0
+    server_cpu0 = cpu_of(server.pid) if server else 0.0
     endpoint_cpu0 = {role: cpu_of(pid) for role, pid in endpoints.items()}
     with open(log_path, "wb") as logf:
         t0 = time.perf_counter()
@@ -423,8 +392,8 @@ def run_m3migrate(
     by_role = sampler.cpu_by_role()
     endpoint_cpu = {role: cpu_of(pid) - endpoint_cpu0[role] for role, pid in endpoints.items()}
     if server:
-        by_role["prefect-server"] = server.cpu_seconds() - server_cpu0
-        sampler.peak_rss["prefect-server"] = server.rss()
+        by_role["prefect-server"] = cpu_of(server.pid) - server_cpu0
+        sampler.peak_rss["prefect-server"] = rss_of(server.pid)
     # (wait4's ru_maxrss is not used: Linux carries the bench process's high-water mark across fork + exec)
     cli_tree_cpu = ru.ru_utime + ru.ru_stime
     api_cpu = by_role.get("prefect-server", 0.0)
@@ -580,8 +549,8 @@ def main(argv: list[str] | None = None) -> int:
             results["prefect_home_creation_seconds"] = warm_prefect_home(tmp)
             log(f"Prefect home created in {results['prefect_home_creation_seconds']} s (not in the figures)")
         for mode in modes:
-            server = PrefectServer(tmp) if mode == "server" and configs else None
-            try:
+            with contextlib.ExitStack() as stack:
+                server = stack.enter_context(prefect_server(tmp)) if mode == "server" and configs else None
                 for name in configs:
                     if mode == "ephemeral" and M3MIGRATE_CONFIGS[name].get("server_only"):
                         log(f"m3migrate {name}: skipped with an ephemeral API (needs a Prefect server)")
@@ -595,9 +564,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"Prefect server {r['cpu_s_prefect_server']} s, peak RSS {r['peak_rss_mb_cli']} MB"
                     )
                     results["m3migrate"].append(r)
-            finally:
-                if server:
-                    server.stop()
     finally:
         for s in servers:
             s.stop()
@@ -622,7 +588,7 @@ def measure_config(
     st,
     tmp: Path,
     samples: int,
-    server: PrefectServer | None,
+    server: RunningPrefect | None,
     chunk_ms: int,
     expected: dict,
 ) -> dict:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -82,9 +83,21 @@ class LiveWriter(threading.Thread):
         self.writer.close()
 
 
+@dataclass(frozen=True)
+class RunningPrefect:
+    """A Prefect server started by :func:`prefect_server`: its UI address and process id."""
+
+    url: str
+    pid: int
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+
 @contextmanager
-def prefect_server(workdir: Path) -> Iterator[str]:
-    """A Prefect server with its UI, in its own PREFECT_HOME, stopped on exit."""
+def prefect_server(workdir: Path) -> Iterator[RunningPrefect]:
+    """A Prefect server with its UI, in its own PREFECT_HOME (workdir/prefect-home), stopped on exit."""
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     log = open(workdir / "prefect-server.log", "wb")  # noqa: SIM115 - closed below
@@ -105,7 +118,7 @@ def prefect_server(workdir: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Prefect server did not start; see {workdir / 'prefect-server.log'}")
             time.sleep(0.5)
-        yield url
+        yield RunningPrefect(url, proc.pid)
     finally:
         _stop_group(proc)
         log.close()
@@ -189,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.append(target.stop)
         say(f"source (M3 stand-in)     remote read   {source.server.url}/api/v1/read  (live writes continue)")
         say(f"target (Thanos stand-in) remote write  {target.url}/api/v1/write")
-        with prefect_server(workdir) as ui:
-            os.environ["PREFECT_API_URL"] = f"{ui}/api"
+        with prefect_server(workdir) as server:
+            ui = server.url
+            os.environ["PREFECT_API_URL"] = server.api_url
             say(f"Prefect UI                             {ui}")
             return _run_wizard(a, workdir, source, target, ui, stack)
     except KeyboardInterrupt:
