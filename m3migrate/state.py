@@ -83,6 +83,11 @@ class UnitJournal:
     def key(batch_id: str, window: int) -> str:
         return f"{batch_id}:{window}"
 
+    @staticmethod
+    def window_of(key: str) -> int:
+        """The window index of a :meth:`key`."""
+        return int(key.rpartition(":")[2])
+
     def reload(self) -> None:
         """Read what every process recorded so far."""
         if not self.path.exists():
@@ -92,7 +97,7 @@ class UnitJournal:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash
-            if self.windows is not None and int(entry["unit"].rpartition(":")[2]) not in self.windows:
+            if self.windows is not None and self.window_of(entry["unit"]) not in self.windows:
                 continue  # another segment's unit: memory stays bounded by the segment, not the migration
             if entry.get("event") == "start":
                 self._started.add(entry["unit"])
