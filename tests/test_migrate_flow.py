@@ -198,3 +198,28 @@ def test_dask_cluster_of_worker_processes_by_address(prefect_api, source_history
     assert summary["batches"] >= 4 and summary["tasks"] > 2
     assert sorted(transfers_per_worker.values()) == [1, 1], transfers_per_worker
     assert diff_target(expected, target.url, source_history.stats.start_ms, end_ms, restart=target) == []
+
+
+@pytest.mark.parametrize("api_url_set", [True, False])
+def test_dask_without_a_prefect_api_url_warns(prefect_api, caplog, api_url_set):
+    """Dask workers are other processes: without PREFECT_API_URL each one would start an API of its own."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.migrate import dask_task_runner
+
+    spec = MigrationSpec(
+        start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", task_runner="dask", dask_address="tcp://127.0.0.1:1"
+    )
+
+    @flow(name="dask-runner-check")
+    def build() -> str:
+        if api_url_set:
+            return type(dask_task_runner(spec)).__name__
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            return type(dask_task_runner(spec)).__name__
+
+    caplog.set_level("WARNING")
+    assert build() == "DaskTaskRunner"
+    warned = [r for r in caplog.records if "without PREFECT_API_URL" in r.getMessage()]
+    assert bool(warned) is not api_url_set
