@@ -68,7 +68,8 @@ class UnitJournal:
     """Append-only JSON lines of started/done batch × window units of one plan and generation.
 
     Lines are small single ``write`` calls on an O_APPEND file, so worker processes sharing the state
-    directory can append concurrently; a torn last line (kill -9 mid-write) is ignored on reading.
+    directory can append concurrently; a torn last line (kill -9 mid-write, a short write on a full
+    disk) is ignored on reading, and the next record is written on a new line after it.
     """
 
     def __init__(self, path: Path, windows: range | None = None) -> None:
@@ -96,7 +97,9 @@ class UnitJournal:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line torn by a crash
+                continue  # a line torn by a crash (the next record starts on a line of its own)
+            if not isinstance(entry, dict) or not isinstance(entry.get("unit"), str):
+                continue
             if self.windows is not None and self.window_of(entry["unit"]) not in self.windows:
                 continue  # another segment's unit: memory stays bounded by the segment, not the migration
             if entry.get("event") == "start":
@@ -121,15 +124,45 @@ class UnitJournal:
         self._done[key] = result
 
     def _append(self, entry: dict, *, sync: bool) -> None:
+        """One whole line per record, in one write when the OS allows, and never glued onto a torn line:
+        a record appended onto a line torn by a crash (or a short write) would be lost on reload."""
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise JournalError(f"cannot open the unit journal {self.path}: {exc.strerror}") from None
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # end the torn line first (at worst an empty line, skipped on reading)
+                _write_all(fd, line, self.path)
                 if sync:
                     os.fsync(fd)
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot append to the unit journal {self.path}: {exc.strerror}",
+                    hint="free space on the state directory's disk (or fix its permissions) and rerun",
+                ) from None
             finally:
                 os.close(fd)
+
+
+class JournalError(M3MigrateError):
+    """The unit journal cannot be written (disk full, permissions): progress would not be durable."""
+
+
+def _write_all(fd: int, data: bytes, path: Path) -> None:
+    """os.write until every byte is written: a write may be short (disk nearly full, a signal)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise JournalError(
+                f"the unit journal {path} accepted no more bytes ({len(view)} of {len(data)} left): disk full?",
+                hint="free space on the state directory's disk and rerun",
+            )
+        view = view[written:]
 
 
 @dataclass
