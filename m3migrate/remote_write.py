@@ -87,12 +87,14 @@ class RemoteWriteClient(EndpointClient):
         if settings.tenant:
             self.headers[settings.tenant_header] = settings.tenant
 
-    def write(self, request: WriteBody) -> None:
+    def write(self, request: WriteBody, *, trust_lost_answer: bool = True) -> None:
         """Send one request; retries transient failures, raises WriteRejected on refusals.
 
         An attempt whose outcome is unknown (reset or timed out after sending, a 5xx) may have been
         stored: when the resend is then refused only as "out of order", the target already holds these
-        samples from that attempt, and the write counts as done instead of failing the run.
+        samples from that attempt, and the write counts as done instead of failing the run. With
+        ``trust_lost_answer=False`` the refusal is raised instead, flagged ``after_lost_answer``, for a
+        caller that checks what the target holds (the transfer does).
         """
         outcome_unknown = False
         for attempt in self.retry.context(retry_transient):
@@ -105,7 +107,8 @@ class RemoteWriteClient(EndpointClient):
                     outcome_unknown = outcome_unknown or (exc.sent and exc.status != 429)
                     raise
                 except WriteRejected as exc:
-                    if not (outcome_unknown and exc.reasons <= {RejectReason.OUT_OF_ORDER}):
+                    exc.after_lost_answer = outcome_unknown
+                    if not (trust_lost_answer and outcome_unknown and exc.reasons <= {RejectReason.OUT_OF_ORDER}):
                         raise
                     self.stats.landed_unacknowledged += 1
                     log.info(

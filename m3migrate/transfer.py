@@ -9,19 +9,32 @@ already holds (a resumed window) are reconciled series by series instead of fail
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
-from m3migrate.codec import WriteBody, WriteChain, decode_read_response, single_request
+import numpy as np
+
+from m3migrate.codec import (
+    STALE_NAN_BITS,
+    Matcher,
+    WriteBody,
+    WriteChain,
+    _field1,
+    decode_read_response,
+    selector_string,
+    single_request,
+)
 from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.errors import RejectReason, SourceLimitExceeded, WriteRejected
+from m3migrate.errors import ConfigError, RejectReason, SourceLimitExceeded, WriteRejected
 from m3migrate.failpoints import failpoint
 from m3migrate.http import RetryPolicy
-from m3migrate.plan import Batch, Window, split_batch
-from m3migrate.prompb import QueryResult
+from m3migrate.plan import Batch, Labels, Window, split_batch
+from m3migrate.prompb import QueryResult, TimeSeries, WriteRequest
+from m3migrate.promql import PromQLClient
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
@@ -77,12 +90,16 @@ class Transfer:
         self.writer = RemoteWriteClient(target, retry=write_retry, max_connections=max(4, write_concurrency * 2))
         self._pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="m3migrate-write")
         self._labels = LabelCache(relabeler, endpoint=self.reader.endpoint)  # source -> encoded target labels
+        self._query: PromQLClient | None = None  # the target's query API, opened only to reconcile a refusal
+        self._query_lock = threading.Lock()
         tune_malloc()  # once per process: MB-sized buffers per unit stay mapped instead of faulting back in
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.reader.close()
         self.writer.close()
+        if self._query is not None:
+            self._query.close()
 
     def __enter__(self) -> Transfer:
         return self
@@ -182,9 +199,12 @@ class Transfer:
 
     def _send(self, request: WriteBody, resumed: bool) -> int:
         try:
-            self.writer.write(request)
+            self.writer.write(request, trust_lost_answer=False)
             return 0
         except WriteRejected as exc:
+            # A resend after a lost answer may be refused because the lost attempt landed, or because an
+            # earlier run wrote part of the data: either way, what the target holds decides, not a guess.
+            resumed = resumed or bool(getattr(exc, "after_lost_answer", False))
             if not resumed or not exc.reasons <= {RejectReason.OUT_OF_ORDER}:
                 raise
             if exc.partial:
@@ -192,9 +212,9 @@ class Transfer:
                 # holds, i.e. written by an earlier (interrupted) run of this window.
                 return request.series
             if request.series == 1:
-                return 1  # all-or-nothing receiver: this series already holds these samples
+                return self._reconcile_series(request.parts[0], exc)
             # All-or-nothing receiver (Prometheus): some series of the request are already written.
-            # Resend one series at a time, so the new ones land and the old ones are skipped.
+            # Resend one series at a time, so the new ones land and the old ones are reconciled.
             log.info(
                 "target already holds part of a request (%s): resending %d series one by one",
                 exc.body[:80],
@@ -204,6 +224,78 @@ class Transfer:
             for framed in request.parts:
                 reconciled += self._send(single_request(framed, samples=0), resumed)
             return reconciled
+
+    def _reconcile_series(self, framed: bytes, refused: WriteRejected) -> int:
+        """One series an all-or-nothing receiver refused as out of order on a resumed unit: read back what
+        the target holds of it, check that is exactly a time prefix of these samples (an earlier attempt,
+        maybe cut at other sample boundaries), and send the rest. Decodes the samples: a rare path."""
+        ts = WriteRequest.FromString(framed).timeseries[0]
+        labels = tuple((label.name, label.value) for label in ts.labels)
+        n = len(ts.samples)
+        t = np.fromiter((s.timestamp for s in ts.samples), dtype=np.int64, count=n)
+        v = np.fromiter((s.value for s in ts.samples), dtype=np.float64, count=n)
+        stale = v.view(np.uint64) == np.uint64(STALE_NAN_BITS)
+        stored = self._stored_timestamps(labels, int(t[0]), int(t[-1]))
+        newest = int(stored[-1]) if stored.size else None
+        start = 0 if newest is None else int(np.searchsorted(t, newest, side="right"))
+        ours = t[:start][~stale[:start]]  # stale markers are invisible through a query API
+        if not np.array_equal(ours, stored):
+            raise self._conflict(refused, labels, "holds samples in this window that differ from the source's")
+        while start < n:
+            rest = TimeSeries(labels=ts.labels)
+            rest.samples.extend(ts.samples[start:])
+            try:
+                self.writer.write(single_request(_field1(rest.SerializeToString()), n - start))
+                break
+            except WriteRejected as again:
+                if again.partial or not again.reasons <= {RejectReason.OUT_OF_ORDER}:
+                    raise
+                if not stale[start]:
+                    raise self._conflict(refused, labels, "holds newer samples than this window") from None
+                start += 1  # a stale marker after the newest visible sample: the earlier attempt wrote it
+        log.info(
+            "reconciled %s: the target held %d of this request's %d samples, sent the other %d",
+            selector_string(Matcher(k, "=", val) for k, val in labels),
+            min(start, n),
+            n,
+            n - min(start, n),
+        )
+        return 1
+
+    def _stored_timestamps(self, labels: Labels, first_ms: int, last_ms: int) -> np.ndarray:
+        """Sorted timestamps the target's query API shows for exactly this series in [first, last]."""
+        from m3migrate.verify import DEFAULT_IGNORE_LABELS  # verify is heavy; this path is rare
+
+        base = self.target.promql_base
+        if base is None:
+            raise ConfigError(
+                "the target refused a resent request as out of order, and without its query API m3migrate "
+                "cannot tell which of the samples it already holds",
+                hint="set the target's query_url (--target-query-url) so a resumed window is reconciled "
+                "by what the target holds",
+            )
+        with self._query_lock:
+            if self._query is None:
+                self._query = PromQLClient(base, self.target, extra_params={"partial_response": "false"})
+        selector = selector_string(Matcher(k, "=", val) for k, val in labels)
+        raw = self._query.raw_samples(selector, last_ms, last_ms - first_ms + 1)
+        want = frozenset(labels)
+        found: list[int] = []
+        for key, samples in raw.items():
+            if frozenset(p for p in key if p[0] not in DEFAULT_IGNORE_LABELS) == want:
+                found.extend(ts for ts, _ in samples if first_ms <= ts <= last_ms)
+        return np.unique(np.asarray(found, dtype=np.int64))
+
+    @staticmethod
+    def _conflict(refused: WriteRejected, labels: Labels, what: str) -> WriteRejected:
+        return WriteRejected(
+            f"remote write: the target {what} for series {dict(labels)} (not written by this migration)",
+            reasons=refused.reasons,
+            endpoint=refused.endpoint,
+            status=refused.status,
+            body=refused.body,
+            hint="another writer sends this series to the target: stop it, or migrate into a fresh tenant",
+        )
 
 
 class ReadTally(Protocol):
