@@ -25,6 +25,7 @@ from m3migrate.http import (
     unexpected,
 )
 from m3migrate.prompb import QueryResult, ReadResponse
+from m3migrate.wire import cut_after
 
 LIMIT_MARKERS = ("query exceeded limit", "exceeded sample limit", "exceeded limit", "too many series")
 
@@ -64,15 +65,18 @@ class RemoteReadClient(EndpointClient):
         }
 
     def read_raw(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> bytes:
-        """The decompressed ReadResponse bytes for [start_ms, end_ms] (both inclusive)."""
+        """The decompressed ReadResponse bytes for [start_ms, end_ms] (both inclusive), exact on an
+        end-exclusive source (M3 reads [start, end)) and an end-inclusive one (Prometheus) alike: the
+        query asks for end_ms + 1 and what lies after end_ms is cut at the wire level."""
         if end_ms < start_ms:
             raise ValueError(f"end {end_ms} before start {start_ms}")
-        body = encode_read_request(matchers, start_ms, end_ms)
+        body = encode_read_request(matchers, start_ms, end_ms + 1)
         for attempt in self.retry.context(retry_transient):
             with attempt:
                 if attempt.num > 1:
                     self.stats.retries += 1
                 raw = self._read_once(body)
+        raw = cut_after(raw, end_ms)
         if self.settings.max_samples_per_second:
             self.charge_samples(count_samples(raw))
         return raw

@@ -39,7 +39,7 @@ from m3migrate.codec import (
     uvarint,
 )
 from m3migrate.errors import MalformedResponse
-from m3migrate.prompb import QueryResult, TimeSeries
+from m3migrate.prompb import QueryResult, ReadResponse, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 
 Labels = tuple[tuple[str, str], ...]
@@ -267,13 +267,9 @@ def count_samples(buf: bytes, start: int, end: int) -> int:
     size = end - start
     if size == 0:
         return 0
-    if size >= 2 and buf[start] == _SAMPLE_TAG:
-        length = buf[start + 1]
-        if length < 0x80 and size % (length + 2) == 0:
-            step = length + 2
-            n = size // step
-            if buf[start:end:step] == b"\x12" * n and buf[start + 1 : end : step] == bytes((length,)) * n:
-                return n
+    step = _uniform_step(buf, start, end)
+    if step:
+        return size // step
     try:
         view = _SamplesView.FromString(buf[start:end])
     except DecodeError:
@@ -281,6 +277,21 @@ def count_samples(buf: bytes, start: int, end: int) -> int:
     if len(unknown_fields.UnknownFieldSet(view)):
         return -1
     return len(view.samples)
+
+
+def _uniform_step(buf: bytes, start: int, end: int) -> int:
+    """The size of every record if buf[start:end] is field-2 records of one size (< 130 B), else 0."""
+    size = end - start
+    if size < 2 or buf[start] != _SAMPLE_TAG:
+        return 0
+    length = buf[start + 1]
+    step = length + 2
+    if length >= 0x80 or size % step:
+        return 0
+    n = size // step
+    if buf[start:end:step] == b"\x12" * n and buf[start + 1 : end : step] == bytes((length,)) * n:
+        return step
+    return 0
 
 
 _SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
@@ -421,3 +432,112 @@ def pack_read_response(
     counters.dropped += dropped
     counters.fallback += fallback
     return packer.chains
+
+
+
+# -- exact range ends ---------------------------------------------------------------------------------
+
+
+def cut_after(raw: bytes, end_ms: int) -> bytes:
+    """A decompressed ReadResponse without its samples after end_ms, and without the series that leaves
+    empty: what an end-inclusive read of [start, end_ms] returns, from a read of [start, end_ms + 1].
+
+    M3 reads [start, end) (m3 src/query/storage/index.go FetchOptionsToM3Options: EndExclusive) and
+    Prometheus [start, end]: asking both for end_ms + 1 and cutting here is exact on either. Samples of
+    a series come in time order, so only a tail is cut; the work is per series, never per kept sample,
+    and a response holding no sample at end_ms + 1 (always so from M3) is returned as it is.
+    """
+    if end_ms >= 0 and raw.find(b"\x10" + uvarint(end_ms + 1)) < 0:
+        return raw  # the read asked for [.., end_ms + 1]: nothing later can be in it
+    spans = series_spans(raw)
+    if spans is None:
+        return _cut_decoded(raw, end_ms)
+    kept: list[tuple[int, int]] = []
+    changed = False
+    for a, b in spans:
+        p = _samples_start(raw, a, b)
+        cut = _cut_samples(raw, p, b, end_ms) if p >= 0 else -1
+        if cut < 0:
+            return _cut_decoded(raw, end_ms)
+        if cut != b:
+            changed = True
+            if cut == p and p != b:
+                continue  # every sample was after end_ms: the series is not in the answer
+        kept.append((a, cut))
+    if not changed:
+        return raw
+    series = [b"".join((b"\x0a", uvarint(b - a), raw[a:b])) for a, b in kept]
+    body = b"".join(series)
+    return b"".join((b"\x0a", uvarint(len(body)), body))
+
+
+def _samples_start(raw: bytes, a: int, b: int) -> int:
+    """Where a series' samples begin, after its label prefix (field-1 records); -1 if that is not framed."""
+    p = a
+    try:
+        while p < b and raw[p] == _LABEL_TAG:
+            length = raw[p + 1]
+            if length < 0x80:
+                p += 2 + length
+            else:
+                length, p = _uvarint_at(raw, p + 1, b)
+                if length < 0:
+                    return -1
+                p += length
+    except IndexError:
+        return -1
+    return p if p <= b else -1
+
+
+def _cut_samples(raw: bytes, p: int, b: int, end_ms: int) -> int:
+    """The end of the samples of buf[p:b] at or before end_ms; -1 if they are not canonical records."""
+    while p < b:
+        last = _last_record(raw, p, b)
+        if last is None:
+            return -1
+        start, body = last
+        try:
+            if Sample.FromString(body).timestamp <= end_ms:
+                return b
+        except DecodeError:
+            return -1
+        b = start
+    return b
+
+
+def _last_record(raw: bytes, p: int, b: int) -> tuple[int, bytes] | None:
+    """(start, body) of the last sample record of buf[p:b]: by stride when the records have one size
+    (the usual case), else by framing them with upb."""
+    step = _uniform_step(raw, p, b)
+    if step:
+        return b - step, raw[b - step + 2 : b]
+    try:
+        view = _SamplesView.FromString(raw[p:b])
+    except DecodeError:
+        return None
+    if len(unknown_fields.UnknownFieldSet(view)) or not view.samples:
+        return None
+    body = view.samples[-1]
+    return b - len(body) - 1 - len(uvarint(len(body))), body
+
+
+def _cut_decoded(raw: bytes, end_ms: int) -> bytes:
+    """cut_after for a response not in the canonical shape: decoded, cut series by series, re-encoded
+    (a body that does not parse is left for decoding to report)."""
+    response = ReadResponse()
+    try:
+        response.ParseFromString(raw)
+    except DecodeError:
+        return raw
+    for result in response.results:
+        kept = []
+        for ts in result.timeseries:
+            had = len(ts.samples)
+            while ts.samples and ts.samples[-1].timestamp > end_ms:
+                del ts.samples[-1]
+            if ts.samples or not had:
+                kept.append(ts)
+        if len(kept) != len(result.timeseries):
+            del result.timeseries[:]
+            result.timeseries.extend(kept)
+    return response.SerializeToString()

@@ -323,7 +323,8 @@ def test_m3_headers_are_sent_as_configured() -> None:
     read = ReadRequest.FromString(snappy.decompress(request.body))
     assert list(read.accepted_response_types) == [ReadRequest.SAMPLES]
     (query,) = read.queries
-    assert (query.start_timestamp_ms, query.end_timestamp_ms) == (1000, 2000)
+    # an inclusive [1000, 2000] is asked as [1000, 2001): M3 reads end-exclusive, what lies after 2000 is cut
+    assert (query.start_timestamp_ms, query.end_timestamp_ms) == (1000, 2001)
     assert [(m.name, m.value) for m in query.matchers] == [("__name__", "up")]
 
 
