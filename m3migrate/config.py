@@ -6,6 +6,7 @@ Secrets are ``SecretStr``: they never show in reprs, logs or the Prefect UI.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -13,33 +14,64 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from m3migrate.errors import ConfigError
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
 
 def check_http_url(url: str, what: str) -> str:
-    """Reject what httpx would only fail on later, with the field named."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """Reject what httpx would only fail on later, with the field named and the URL redacted.
+
+    Checked on the raw text before any parsing: without a scheme, ``urlsplit`` reads
+    ``admin:secret@host`` as scheme ``admin`` and path ``secret@host``, and its own error messages
+    echo parts of the URL (a port that is not a number may be part of a password).
+    """
+    text = url.strip()
+    shown = redact_url(text)
+    scheme = _SCHEME.match(text)
+    if scheme is None or scheme.group(1).lower() not in ("http", "https"):
         raise ConfigError(
-            f"{what} {redact_url(url)!r} is not an http(s) URL",
+            f"{what} {shown!r}: URL must start with http:// or https://",
             hint=f"give {what} as http://host:port/path or https://host:port/path",
         )
-    if parts.username or parts.password:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ConfigError(
+            f"{what} {shown!r} is not a valid URL (its host cannot be parsed)",
+            hint=f"give {what} as http://host:port/path or https://host:port/path",
+        ) from None
+    if "@" in text[scheme.end() :]:  # user info, even with a "/" or "?" typed raw in the password
         raise ConfigError(
             f"{what} must not carry credentials in the URL",
             hint="put the user name and password in the auth settings instead",
         )
-    return url.strip()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(
+            f"{what} {shown!r} has an invalid port",
+            hint="the port after the host must be a number from 1 to 65535",
+        )
+    if not parts.hostname:
+        raise ConfigError(
+            f"{what} {shown!r} has no host",
+            hint=f"give {what} as http://host:port/path or https://host:port/path",
+        )
+    return text
 
 
 def redact_url(url: str) -> str:
-    """The URL without user info and query string: safe to log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url.split("?")[0].split("@")[-1]
+    """The URL without user info, query string and fragment: safe to log, whatever the text is.
+
+    Never parses (so it never raises): everything up to the last ``@`` after the scheme is dropped, so a
+    password typed raw with ``/``, ``?``, ``#`` or ``@`` in it, or a URL without its scheme, still hides it.
+    """
+    text = str(url).strip()
+    scheme = _SCHEME.match(text)
+    prefix, rest = (scheme.group(0), text[scheme.end() :]) if scheme else ("", text)
+    rest = rest.rpartition("@")[2]
+    return prefix + re.split(r"[?#]", rest, maxsplit=1)[0]
 
 
 class AuthSettings(BaseModel):
