@@ -42,6 +42,46 @@ class _PromQLDiscovery:
         return self.client.label_values(name, [selector], start_ms, end_ms)
 
 
+WRITING_KEYS = ("relabel_rules", "merge_prometheus_prefix", "source_label_name", "source_label_value", "write_mode")
+
+
+def writing_settings(spec: MigrationSpec) -> dict:
+    """The spec's settings that change what is written: part of a plan's identity, so a resume with
+    other relabeling cannot write earlier windows under old names and later ones under new."""
+    return {
+        "relabel_rules": [rule.model_dump(mode="json") for rule in spec.relabel_rules],
+        "merge_prometheus_prefix": spec.merge_prometheus_prefix,
+        "source_label_name": spec.source_label_name,
+        "source_label_value": spec.source_label_value,
+        "write_mode": spec.write_mode,
+    }
+
+
+def check_writing(plan: Plan, spec: MigrationSpec) -> None:
+    """Refuse to resume a plan written with other relabeling, source label or write mode, naming what differs."""
+    if plan.writing is None:
+        raise ConfigError(
+            f"the saved plan of migration {plan.migration_id!r} predates plan version 2: it does not record "
+            "the relabeling, source label and write mode its windows were written with",
+            hint="pass --start-over to replan and rewrite, or finish it with the m3migrate version that started it",
+        )
+    now = writing_settings(spec)
+    changed = [k for k in WRITING_KEYS if plan.writing.get(k) != now[k]]
+    if changed:
+        detail = "; ".join(f"{k}: planned {_short(plan.writing.get(k))}, now {_short(now[k])}" for k in changed)
+        raise ConfigError(
+            f"migration {plan.migration_id!r} was planned with other settings that change what is written "
+            f"({detail}): resuming would write earlier windows one way and later ones another",
+            hint="rerun with the settings it was planned with, pass --start-over to replan and rewrite "
+            "everything, or choose another --migration-id",
+        )
+
+
+def _short(value: object, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def build_plan(
     source: SourceSettings,
     spec: MigrationSpec,
@@ -81,6 +121,7 @@ def build_plan(
         window_ms=spec.window_ms,
         batches=batches,
         selectors=list(spec.match),
+        writing=writing_settings(spec),
     )
 
 
@@ -122,6 +163,8 @@ def prepare(
             hint="rerun with the same spec to resume, pass --start-over to replan and rewrite, "
             "or choose another --migration-id",
         )
+    if plan is not None:
+        check_writing(plan, spec)
     if plan is None:
         plan = build_plan(source, spec, migration_id, on_metric=on_metric, start_ms=start_ms, end_ms=end_ms)
         if plan.series_count == 0 and whole_range:

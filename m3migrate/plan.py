@@ -25,6 +25,7 @@ Labels = tuple[tuple[str, str], ...]
 
 DAY_MS = 86_400_000
 MAX_SPLIT_DEPTH = 4
+PLAN_VERSION = 2  # 2: the plan records what changes what is written (`writing`)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Plan:
     window_ms: int
     batches: list[Batch]
     selectors: list[str] = field(default_factory=list)
+    # What changes what is written (relabeling, source label, write mode); None: a version-1 plan,
+    # saved before plans recorded it.
+    writing: dict | None = None
 
     @cached_property
     def windows(self) -> list[Window]:
@@ -110,6 +114,8 @@ class Plan:
         h.update(f"{self.migration_id}|{self.start_ms}|{self.end_ms}|{self.window_ms}".encode())
         for b in self.batches:
             h.update(b.id.encode())
+        if self.writing is not None:
+            h.update(json.dumps(self.writing, sort_keys=True, ensure_ascii=False).encode())
         return h.hexdigest()[:16]
 
     @property
@@ -118,7 +124,7 @@ class Plan:
 
     def to_json(self) -> dict:
         return {
-            "version": 1,
+            "version": PLAN_VERSION,
             "migration_id": self.migration_id,
             "plan_id": self.id,
             "start_ms": self.start_ms,
@@ -126,10 +132,18 @@ class Plan:
             "window_ms": self.window_ms,
             "selectors": self.selectors,
             "batches": [b.to_json() for b in self.batches],
+            "writing": self.writing,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Plan:
+        version = data.get("version")
+        if version not in (1, PLAN_VERSION):
+            raise ConfigError(
+                f"the saved plan has version {version!r}, which this m3migrate does not know "
+                f"(it reads versions 1 to {PLAN_VERSION})",
+                hint="resume with the m3migrate version that saved it, or pass --start-over to replan",
+            )
         plan = cls(
             migration_id=data["migration_id"],
             start_ms=data["start_ms"],
@@ -137,6 +151,7 @@ class Plan:
             window_ms=data["window_ms"],
             batches=[Batch.from_json(b) for b in data["batches"]],
             selectors=data.get("selectors", []),
+            writing=data.get("writing") if version >= 2 else None,
         )
         if data.get("plan_id") not in (None, plan.id):
             raise ConfigError("the saved plan is corrupt (its id does not match its content)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from m3migrate.config import SourceSettings
 from m3migrate.errors import ConfigError
 from m3migrate.m3admin import M3AdminClient
-from m3migrate.migration import build_plan
+from m3migrate.migration import build_plan, check_writing
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, ReplicationState
@@ -58,6 +58,7 @@ def plan_pass(
     """The pass to run: an interrupted one as it was planned, else a new one; None when up to date."""
     pending = state.load_plan("replicate")
     if pending is not None:
+        check_writing(pending, spec)  # an interrupted pass resumes only with the relabeling it was planned with
         return pending
     start_ms = replication_start_ms(state)
     if until_ms < start_ms:

@@ -9,6 +9,7 @@ without even opening a connection, and `--start-over` (a new generation) rewrite
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -69,7 +70,10 @@ class TransferContext:
 
     @property
     def fingerprint(self) -> tuple:
-        return (self.migration_id, self.plan_id, self.generation)
+        """What a cached Transfer was built for: the plan (whose id covers the relabeling, source label
+        and write mode) and the relabeler itself, so a changed rule never reuses an old label cache."""
+        rules = tuple(json.dumps(r.model_dump(mode="json"), sort_keys=True) for r in self.relabeler_rules)
+        return (self.migration_id, self.plan_id, self.generation, rules, self.add_labels)
 
     @property
     def state(self) -> MigrationState:
