@@ -83,6 +83,7 @@ Status = Literal["pass", "warn", "fail"]
 PROBE_METRIC = "m3migrate_probe"
 M3_DEFAULT_SERIES_LIMIT = 100_000
 HOUR_MS = 3_600_000
+MIN_PROBE_MS = 60_000  # the volume probe shrinks to this under a source limit, like the transfer's time splits
 DAY_MS = 24 * HOUR_MS
 # One attempt per call: the Prefect task retries transient failures, so a dead endpoint fails fast.
 ONE_TRY = RetryPolicy(attempts=1, timeout_seconds=30)
@@ -923,8 +924,15 @@ def check_volume(inp: ValidationInput) -> CheckResult:
         if series:
             metric = series[0]["__name__"]
             with RemoteReadClient(src, retry=ONE_TRY) as reader:
-                t0 = time.monotonic()
-                result = reader.read([Matcher("__name__", "=", metric)], spec.end_ms - probe_ms, spec.end_ms)
+                while True:  # a source limit (M3's range or series limit) shrinks the probe, as it splits reads
+                    t0 = time.monotonic()
+                    try:
+                        result = reader.read([Matcher("__name__", "=", metric)], spec.end_ms - probe_ms, spec.end_ms)
+                        break
+                    except SourceLimitExceeded:
+                        if probe_ms <= MIN_PROBE_MS:
+                            raise
+                        probe_ms = max(MIN_PROBE_MS, probe_ms // 2)
                 seconds = time.monotonic() - t0
                 probe_bytes = reader.stats.compressed_bytes
             probe_series = len(result.timeseries)

@@ -45,6 +45,7 @@ from m3migrate.remote_read import RemoteReadClient
 from m3migrate.selectors import re2_escape
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.transfer import TransferResult, read_batch_window
 
 log = logging.getLogger("m3migrate.verify")
 
@@ -412,10 +413,12 @@ class _Verifier:
         return self._compare(view, window, *source, target)
 
     def _read_source(self, view: _BatchView, window: Window) -> tuple[dict[Labels, SeriesData], int]:
-        qr = self.reader.read(view.batch.matchers, window.start_ms, window.end_ms)
+        # split by series, then by time, under a source limit (M3's series or range limit), as the transfer
+        tally = TransferResult(batch_id=view.batch.id, window=window.index)
+        parts = read_batch_window(self.reader, view.batch, window.start_ms, window.end_ms, tally)
         out: dict[Labels, SeriesData] = {}
         stale = 0
-        for ts in qr.timeseries:
+        for ts in (ts for qr in parts for ts in qr.timeseries):
             key = tuple(sorted((label.name, label.value) for label in ts.labels))
             expected = view.expected.get(key)
             if expected is None or not ts.samples:
