@@ -178,6 +178,7 @@ def transfer_windows(
         "units": totals.units,
         "units_skipped": totals.units_skipped,
         "samples_moved_now": totals.samples_moved_now,
+        "new_series_after_discovery": len(totals.new_series),
         "seconds": round(elapsed, 3),
         "samples_per_second": round(totals.samples_moved_now / elapsed) if elapsed else 0,
     }
@@ -274,6 +275,12 @@ def migrate(
         summary["samples_moved_now"],
         summary["seconds"],
     )
+    if summary.get("new_series_after_discovery"):
+        logger.warning(
+            "new series found after discovery: %d (each migrated by the first batch whose selectors match it; "
+            "the transfer log names them)",
+            summary["new_series_after_discovery"],
+        )
     return summary
 
 

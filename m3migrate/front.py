@@ -61,11 +61,13 @@ class FrontTotals:
     units: int = 0
     units_skipped: int = 0  # done by an earlier run (journal)
     samples_moved_now: int = 0
+    new_series: list[str] = field(default_factory=list)  # ids of series found after discovery (distinct)
 
     def add(self, result: dict, *, skipped: bool) -> None:
         """Count one unit's TransferResult (as a dict: journal entries are dicts too)."""
         for name in UNIT_FIELDS:
             setattr(self, name, getattr(self, name) + int(result.get(name, 0)))
+        self._add_new(result.get("new_series"))
         self.units += 1
         if skipped:
             self.units_skipped += 1
@@ -74,7 +76,14 @@ class FrontTotals:
 
     def merge(self, other: dict) -> None:
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + int(other.get(f.name, 0)))
+            if f.name != "new_series":
+                setattr(self, f.name, getattr(self, f.name) + int(other.get(f.name, 0)))
+        self._add_new(other.get("new_series"))
+
+    def _add_new(self, ids: list[str] | None) -> None:
+        """A series new since discovery is in every window's result: count it once."""
+        if ids:
+            self.new_series = sorted({*self.new_series, *ids})
 
     def as_dict(self) -> dict:
         return asdict(self)

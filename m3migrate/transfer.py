@@ -8,12 +8,15 @@ already holds (a resumed window) are reconciled series by series instead of fail
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -32,7 +35,7 @@ from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError, RejectReason, SourceLimitExceeded, WriteRejected
 from m3migrate.failpoints import failpoint
 from m3migrate.http import RetryPolicy
-from m3migrate.plan import Batch, Labels, Window, split_batch
+from m3migrate.plan import Batch, Labels, Plan, Window, split_batch
 from m3migrate.prompb import QueryResult, TimeSeries, WriteRequest
 from m3migrate.promql import PromQLClient
 from m3migrate.relabel import Relabeler
@@ -63,8 +66,9 @@ class TransferResult:
     write_retries: int = 0
     splits: int = 0
     reconciled_series: int = 0
-    foreign_series: int = 0
+    foreign_series: int = 0  # other batches' series that this batch's selectors also matched
     dropped_series: int = 0
+    new_series: list[str] = field(default_factory=list)  # ids of series new since discovery, written here
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +94,7 @@ class Transfer:
         self.writer = RemoteWriteClient(target, retry=write_retry, max_connections=max(4, write_concurrency * 2))
         self._pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="m3migrate-write")
         self._labels = LabelCache(relabeler, endpoint=self.reader.endpoint)  # source -> encoded target labels
+        self._scope: PlanScope | None = None  # the whole plan: tells another batch's series from a new one
         self._query: PromQLClient | None = None  # the target's query API, opened only to reconcile a refusal
         self._query_lock = threading.Lock()
         tune_malloc()  # once per process: MB-sized buffers per unit stay mapped instead of faulting back in
@@ -108,6 +113,12 @@ class Transfer:
         self.close()
 
     # -- public ---------------------------------------------------------------------------------
+
+    def use_plan(self, plan: Plan) -> None:
+        """Know the whole plan, so series that reached the source after discovery are migrated (once)."""
+        with self._query_lock:
+            if self._scope is None or self._scope.plan_id != plan.id:
+                self._scope = PlanScope(plan, self.relabeler)
 
     def run(self, batch: Batch, window: Window, *, resumed: bool = False) -> TransferResult:
         """Copy the batch's series over the window; returns only after the target acknowledged all.
@@ -163,6 +174,7 @@ class Transfer:
             counters,
             max_bytes=self.target.max_request_bytes,
             max_samples=self.target.max_samples_per_request,
+            adopt=None if self._scope is None else self._scope.adopter(batch),
         )
         if counters.fallback:
             log.debug("%d series of batch %s took the exact path (non-canonical encoding)", counters.fallback, batch.id)
@@ -170,6 +182,8 @@ class Transfer:
         result.samples += counters.samples
         result.foreign_series += counters.foreign
         result.dropped_series += counters.dropped
+        if counters.new:
+            result.new_series = sorted({*result.new_series, *counters.new})
         return chains
 
     def _send_chains(self, chains: list[WriteChain], result: TransferResult, resumed: bool) -> None:
@@ -296,6 +310,79 @@ class Transfer:
             body=refused.body,
             hint="another writer sends this series to the target: stop it, or migrate into a fresh tenant",
         )
+
+
+def _selects(matchers: Sequence[Matcher], labels: dict[str, str]) -> bool:
+    """Whether a selector selects a label set, with PromQL's semantics (absent = "", regexes anchored)."""
+    for m in matchers:
+        value = labels.get(m.name, "")
+        exact = m.op in ("=", "!=")
+        ok = value == m.value if exact else re.fullmatch(f"(?:{m.value})", value, re.DOTALL) is not None
+        if ok != (m.op in ("=", "=~")):
+            return False
+    return True
+
+
+def series_id(key: Labels) -> str:
+    """A short stable id of a series' source labels (counted once across units and processes)."""
+    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+_UNSET = object()
+
+
+class PlanScope:
+    """The whole plan, for a series a batch's read returns that the batch does not list.
+
+    Either another planned batch lists it (that batch writes it), or it reached the source after
+    discovery: then the first batch in plan order whose selectors match it writes it, in every window,
+    so it is written exactly once, and a relabel collision with any planned or new series stops the run
+    as it stops planning. Built per process and plan; the plan-wide sets are made on first need.
+    """
+
+    def __init__(self, plan: Plan, relabeler: Relabeler) -> None:
+        self.plan_id = plan.id
+        self._batches = plan.batches
+        self._relabeler = relabeler
+        self._keys: frozenset[Labels] | None = None
+        self._targets: dict[Labels, Labels] | None = None  # target labels -> source labels
+        self._owner: dict[Labels, object] = {}
+        self._lock = threading.Lock()
+
+    def adopter(self, batch: Batch) -> Callable[[Labels], str | None]:
+        return lambda key: self._adopt(batch, key)
+
+    def _adopt(self, batch: Batch, key: Labels) -> str | None:
+        with self._lock:
+            if self._keys is None:
+                self._keys = frozenset(k for b in self._batches for k in b.series)
+            if key in self._keys:
+                return None  # another batch's series
+            owner = self._owner.get(key, _UNSET)
+            if owner is _UNSET:
+                labels = dict(key)
+                owner = next((b.id for b in self._batches if _selects(b.matchers, labels)), batch.id)
+                self._check_collision(key)
+                self._owner[key] = owner
+                log.warning("series %s reached the source after discovery: batch %s migrates it", labels, owner)
+        return series_id(key) if owner == batch.id else None
+
+    def _check_collision(self, key: Labels) -> None:
+        out = self._relabeler(key)
+        if out is None:
+            return
+        if self._targets is None:
+            self._targets = {}
+            for k in self._keys or ():
+                t = self._relabeler(k)
+                if t is not None:
+                    self._targets[t] = k
+        other = self._targets.setdefault(out, key)
+        if other != key:
+            raise ConfigError(
+                f"series {dict(key)}, new since discovery, and {dict(other)} both become {dict(out)} after relabeling",
+                hint="their samples would overwrite each other: narrow the rename rule or the selectors",
+            )
 
 
 class ReadTally(Protocol):

@@ -23,8 +23,8 @@ import ctypes
 import os
 import platform
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.protobuf.message import DecodeError
@@ -71,9 +71,31 @@ class Counters:
 
     series: int = 0
     samples: int = 0
-    foreign: int = 0
+    foreign: int = 0  # another planned batch's series, matched by this batch's selectors too
     dropped: int = 0
     fallback: int = 0  # series that took the exact path (non-canonical encoding)
+    new: list[str] = field(default_factory=list)  # ids of series the plan does not know, written here
+
+
+class NewSeries(bytes):
+    """Target label bytes of a series that reached the source after discovery and that this batch
+    adopted; ``sid`` names it (a short hash of its source labels) so units can count it once."""
+
+    sid: str
+
+
+Adopt = Callable[[Labels], str | None]
+"""For a series not in the batch: its id when this batch writes it (it is new to the whole plan and
+this is the batch that owns it), else None (another batch's series)."""
+
+
+def _adopted(labels: LabelCache, key: Labels, adopt: Adopt | None) -> NewSeries | None:
+    sid = adopt(key) if adopt is not None else None
+    if sid is None:
+        return None
+    out = NewSeries(labels.target(key))
+    out.sid = sid
+    return out
 
 
 class LabelCache:
@@ -329,20 +351,31 @@ def _add_large(packer: _Packer, label_bytes: bytes, ts: TimeSeries) -> None:
 
 
 def _add_exact(
-    packer: _Packer, ts: TimeSeries, keys: frozenset[Labels], labels: LabelCache, counters: Counters
+    packer: _Packer,
+    ts: TimeSeries,
+    keys: frozenset[Labels],
+    labels: LabelCache,
+    counters: Counters,
+    adopt: Adopt | None = None,
 ) -> None:
     """One decoded series the exact way: labels from the message, samples re-serialized by upb."""
     key = labels.key(tuple((label.name, label.value) for label in ts.labels))
+    label_bytes: bytes | None = None
     if key not in keys:
-        counters.foreign += 1  # matched the read but belongs to another batch (or is new)
-        return
+        label_bytes = _adopted(labels, key, adopt)
+        if label_bytes is None:
+            counters.foreign += 1  # matched the read but belongs to another batch
+            return
     n = len(ts.samples)
     if not n:
         return
-    label_bytes = labels.target(key)
+    if label_bytes is None:
+        label_bytes = labels.target(key)
     if not label_bytes:
         counters.dropped += 1
         return
+    if isinstance(label_bytes, NewSeries):
+        counters.new.append(label_bytes.sid)
     counters.series += 1
     counters.samples += n
     ts.ClearField("labels")
@@ -361,11 +394,12 @@ def pack_query_result(
     *,
     max_bytes: int,
     max_samples: int,
+    adopt: Adopt | None = None,
 ) -> list[WriteChain]:
     """The exact path for decoded series: what pack_write_requests makes of the batch's series."""
     packer = _Packer(max_bytes, max_samples)
     for ts in qr.timeseries if isinstance(qr, QueryResult) else qr:
-        _add_exact(packer, ts, keys, labels, counters)
+        _add_exact(packer, ts, keys, labels, counters, adopt)
     packer.flush()
     return packer.chains
 
@@ -378,13 +412,15 @@ def pack_read_response(
     *,
     max_bytes: int,
     max_samples: int,
+    adopt: Adopt | None = None,
 ) -> list[WriteChain]:
     """WriteRequests for the batch's series of a decompressed ReadResponse, samples passed through as
-    bytes. Same requests, byte for byte, as decoding it and packing with pack_write_requests."""
+    bytes. Same requests, byte for byte, as decoding it and packing with pack_write_requests.
+    ``adopt`` decides about series the batch does not list (see :data:`Adopt`)."""
     spans = series_spans(raw)
     if spans is None:
         qr = decode_read_response(raw, endpoint=labels.endpoint)
-        return pack_query_result(qr, keys, labels, counters, max_bytes=max_bytes, max_samples=max_samples)
+        return pack_query_result(qr, keys, labels, counters, max_bytes=max_bytes, max_samples=max_samples, adopt=adopt)
     packer = _Packer(max_bytes, max_samples)
     add = packer.add
     decided = labels.decisions(keys)
@@ -405,20 +441,27 @@ def pack_read_response(
         n = count_samples(raw, p, b) if p <= b else -1
         if n < 0:  # not labels-then-samples: the exact path decides (and reports a broken encoding)
             fallback += 1
-            _add_exact(packer, _decode_series(raw[a:b], labels.endpoint), keys, labels, counters)
+            _add_exact(packer, _decode_series(raw[a:b], labels.endpoint), keys, labels, counters, adopt)
             continue
         prefix = raw[a:p]
         label_bytes = decided.get(prefix)
         if label_bytes is None:
             label_bytes = labels.decide(prefix, keys, decided)
+            if label_bytes is False and adopt is not None:  # not the batch's: another's, or new
+                entry = labels.by_prefix.get(prefix) or labels.learn_prefix(prefix)
+                new = _adopted(labels, entry[0], adopt)
+                if new is not None:
+                    decided[prefix] = label_bytes = new
         if label_bytes is False:
-            foreign += 1  # matched the read but belongs to another batch (or is new)
+            foreign += 1  # matched the read but belongs to another batch
             continue
         if not n:
             continue
         if not label_bytes:
             dropped += 1
             continue
+        if label_bytes.__class__ is NewSeries:
+            counters.new.append(label_bytes.sid)
         series += 1
         samples += n
         if n <= max_samples and b - p + len(label_bytes) + 16 <= max_bytes:

@@ -212,8 +212,10 @@ def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int
     """
     plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
     windows = segment.windows(plan)
+    transfer = get_transfer(ctx)
+    transfer.use_plan(plan)  # series new since discovery: migrated by the batch that owns them
     front = Front(
-        get_transfer(ctx),
+        transfer,
         segment.batches(plan),
         windows,
         ctx.state.journal(ctx.stage, ctx.plan_id, range(windows[0].index, windows[-1].index + 1)),
