@@ -18,7 +18,9 @@ from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import run_transfer
+from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
+from m3migrate.latewrites import LateWindow, recheck_late_writes, record_late_check
 from m3migrate.plan import Plan
 from m3migrate.replication import finish_pass, namespace_changes, plan_pass
 from m3migrate.spec import MigrationSpec, default_state_dir
@@ -49,6 +51,52 @@ def plan_replication_pass(
     return plan, changes
 
 
+def pass_until_ms(until: datetime | None, lag_minutes: int, now_ms: int | None = None) -> int:
+    """Where the pass ends: now - lag, or ``until``, which must not be in the future: the watermark would
+    move past now, and whatever reaches the source later with an older timestamp would never be copied."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if until is None:
+        return now_ms - lag_minutes * 60_000
+    until_ms = int(until.timestamp() * 1000)
+    if until_ms > now_ms:
+        raise ConfigError(
+            f"--until {iso_ms(until_ms)} is in the future (now is {iso_ms(now_ms)}): the watermark would move "
+            "past now and writes reaching the source later, older than it, would never be replicated",
+            hint="leave --until out (the pass then ends at now - lag) or give an instant in the past",
+        )
+    return until_ms
+
+
+@task(name="recheck-late-writes", cache_policy=NONE)
+def recheck_previous_pass(
+    source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, lag_minutes: int
+) -> list[LateWindow]:
+    """Find (and copy again) samples that reached the source after the last pass, older than its end."""
+    logger = get_run_logger()
+    late = recheck_late_writes(source.settings(), target.settings(), spec, state)
+    if late:
+        logger.warning(
+            "%d samples arrived in M3 after lag %d min, in %d windows the last pass had copied (%s); %s; "
+            "raise --lag (it must cover how late writes reach M3, its bufferPast)",
+            sum(w.late for w in late),
+            lag_minutes,
+            len(late),
+            ", ".join(f"{iso_ms(w.start_ms)} .. {iso_ms(w.end_ms)}: {w.late}" for w in late),
+            "re-copied them" if all(w.recopied for w in late) else "copied again where the target took them",
+        )
+    for w in late:
+        if not w.recopied:
+            logger.warning(
+                "%d late samples in %s .. %s are NOT in the target: it refused them (%s); give the target an "
+                "out-of-order window covering them, or accept the gap (m3migrate verify shows it)",
+                w.late,
+                iso_ms(w.start_ms),
+                iso_ms(w.end_ms),
+                w.refused,
+            )
+    return late
+
+
 @flow(name="replicate", log_prints=False)
 def replicate(
     source: M3Source,
@@ -64,9 +112,10 @@ def replicate(
     state = MigrationState(
         Path(state_dir) if state_dir else default_state_dir(), spec.resolved_id(source.read_url, target.write_url)
     )
-    until_ms = int((until.timestamp() if until else time.time() - lag_minutes * 60) * 1000)
+    until_ms = pass_until_ms(until, lag_minutes)
     try:
         with state.lock(wait_seconds=wait_for_lock_seconds):
+            late = recheck_previous_pass(source, target, spec, state, lag_minutes)
             plan, changes = plan_replication_pass(source, spec, state, until_ms)
             if plan is None:
                 lag = time.time() - (state.load_replication().watermark_ms or 0) / 1000
@@ -76,9 +125,11 @@ def replicate(
                     "status": "up-to-date",
                     "lag_seconds": round(lag, 1),
                     "source_changes": changes,
+                    **_late_figures(late),
                 }
             summary = run_transfer(source, target, spec, state, "replicate")
             failpoint("replicate.finish")
+            record_late_check(state, plan, lag_minutes * 60_000)
             outcome = finish_pass(state, plan, summary["samples"])
     except MigrationLocked as exc:
         logger.warning("skipped: %s", exc)
@@ -93,6 +144,7 @@ def replicate(
         "samples_moved_now": summary["samples_moved_now"],
         "passes": outcome.replication.passes,
         "source_changes": changes,
+        **_late_figures(late),
     }
     if outcome.lag_growing:
         logger.warning(
@@ -112,3 +164,11 @@ def replicate(
         description=f"Replication lag: {outcome.lag_seconds:.0f} s",
     )
     return result
+
+
+def _late_figures(late: list[LateWindow]) -> dict[str, int]:
+    """The late writes found in the previous pass's windows, for the result and the artifact."""
+    return {
+        "late_samples": sum(w.late for w in late),
+        "late_samples_recopied": sum(w.late for w in late if w.recopied),
+    }

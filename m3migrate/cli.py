@@ -615,9 +615,11 @@ def replicate(
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running pass of the same migration.")] = 10.0,
 ) -> None:
     """One replication pass: copy what reached the source since the last pass, up to now - lag."""
+    from flows.replicate import pass_until_ms
     from flows.replicate import replicate as replicate_flow
 
     until_dt = _parse_instant(until) if until else None
+    pass_until_ms(until_dt, _minutes(lag))  # a future --until is refused (exit 2) before a flow run starts
     result = replicate_flow(
         inputs.source,
         inputs.target,

@@ -111,6 +111,10 @@ class UnitJournal:
         """The recorded result of a finished unit, or None."""
         return self._done.get(key)
 
+    def done_units(self) -> dict[str, dict]:
+        """Every finished unit held (see ``windows``) and its recorded result."""
+        return dict(self._done)
+
     def started(self, key: str) -> bool:
         return key in self._started
 
@@ -174,6 +178,9 @@ class ReplicationState:
     last_lag_seconds: float | None = None
     namespaces: list[dict] | None = None
     history: list[dict] = field(default_factory=list)
+    # the last pass's windows within `lag` of its end, with the samples it copied from each
+    # ({"start_ms", "end_ms", "samples"}): the next pass counts them again to find late writes
+    late_check: list[dict] = field(default_factory=list)
 
 
 class MigrationState:
