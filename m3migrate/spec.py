@@ -25,7 +25,7 @@ HOUR_MS = 3_600_000
 # The hybrid boundary stays this far inside the target's accept window, so the remote-write tail is still
 # accepted after planning and writing it took a while (and across a small clock skew).
 HYBRID_MARGIN_MS = 15 * 60_000
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")  # \Z: $ would accept a trailing newline
 
 
 def default_state_dir() -> Path:
