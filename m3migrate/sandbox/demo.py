@@ -4,7 +4,8 @@
     make demo ARGS=--yes      # approves the cutover itself and prints the verification summary
 
 It starts, all on 127.0.0.1: a source with M3-style history and live writes continuing (Debian's
-Prometheus, serving remote read like an M3 Coordinator), a fresh target (a Prometheus remote-write
+Prometheus behind the sandbox's M3 Coordinator gateway, m3migrate.sandbox.m3gateway, which reads
+[start, end) and serves M3's namespace and limit API), a fresh target (a Prometheus remote-write
 receiver, the TSDB inside Thanos Receive), and a Prefect server with its UI. It registers and saves the
 blocks, serves the wizard's deployments, runs the end-to-end deployment (validate → migrate → replicate
 → close) and prints the address of the paused cutover form. Everything it started is stopped at the end
@@ -14,6 +15,7 @@ blocks, serves the wizard's deployments, runs the end-to-end deployment (validat
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -35,6 +37,7 @@ from m3migrate.config import TargetSettings
 from m3migrate.prompb import TimeSeries
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.history import HistorySpec, start_source
+from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
 from m3migrate.sandbox.servers import free_port, start_prometheus
 from m3migrate.timefmt import iso_ms
 
@@ -198,15 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         live = LiveWriter(source.server.url, first_ms=source.stats.end_ms + 15_000)
         live.start()
         stack.append(live.stop)
+        # the source answers as an M3 Coordinator does: [start, end) reads, its namespace and limit API
+        retention = f"{math.ceil(a.days) + 2}d"
+        m3 = M3Gateway({"default": GatewayNamespace(source.server.url, retention=retention)}).__enter__()
+        stack.append(lambda: m3.__exit__(None, None, None))
         target = start_prometheus(workdir, name="target", remote_write_receiver=True)
         stack.append(target.stop)
-        say(f"source (M3 stand-in)     remote read   {source.server.url}/api/v1/read  (live writes continue)")
+        say(f"source (M3 gateway)      remote read   {m3.read_url}  (a Prometheus behind it; live writes continue)")
         say(f"target (Thanos stand-in) remote write  {target.url}/api/v1/write")
         with prefect_server(workdir) as server:
             ui = server.url
             os.environ["PREFECT_API_URL"] = server.api_url
             say(f"Prefect UI                             {ui}")
-            return _run_wizard(a, workdir, source, target, ui, stack)
+            return _run_wizard(a, workdir, source, m3, target, ui, stack)
     except KeyboardInterrupt:
         say("interrupted: tearing down")
         return 130
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             say("stopped everything the demo started")
 
 
-def _run_wizard(a, workdir: Path, source, target, ui: str, stack: list) -> int:
+def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack: list) -> int:
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
 
@@ -228,9 +235,7 @@ def _run_wizard(a, workdir: Path, source, target, ui: str, stack: list) -> int:
 
     M3Source.register_type_and_schema()
     ThanosTarget.register_type_and_schema()
-    M3Source(read_url=f"{source.server.url}/api/v1/read", query_url=source.server.url).save(
-        "demo-source", overwrite=True
-    )
+    M3Source(read_url=m3.read_url, query_url=m3.url).save("demo-source", overwrite=True)
     ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url).save("demo-target", overwrite=True)
     say("saved the blocks demo-source and demo-target")
     config = workdir / "migration.yaml"
