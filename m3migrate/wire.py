@@ -477,7 +477,6 @@ def pack_read_response(
     return packer.chains
 
 
-
 # -- exact range ends ---------------------------------------------------------------------------------
 
 
