@@ -12,8 +12,14 @@ Rules that make both sides comparable:
   returns them, so they cannot be verified this way;
 * every other NaN compares as NaN (the API's JSON "NaN" loses the payload), and -0.0 as +0.0 (the
   source's remote read cannot tell them apart either); all other floats are compared bit for bit;
-* labels the target adds (Thanos' ``tenant_id``, replica labels) are ignored on both sides;
+* labels the target adds (Thanos' ``tenant_id``, replica labels) are ignored on target series only, and
+  only where the planned series does not carry them itself: two source series differing only in
+  ``replica`` stay two series;
 * source series are mapped through the migration's relabel rules (``spec.relabeler()``).
+
+Extra series are looked for on the whole target, not only under the batches' selectors: per window, every
+series carrying the migration's added label (``_source="m3db"``) that is not planned is an extra. Without
+an added label (source label disabled) only the batches' selectors can be searched.
 
 Memory is bounded by one batch × window per worker; ``concurrency`` workers run in parallel. A sampling
 mode checks a deterministic fraction of the series (every window). No Prefect here: flows/verify.py and
@@ -46,6 +52,7 @@ from m3migrate.selectors import re2_escape
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import TransferResult, read_batch_window
+from m3migrate.validate import PROBE_METRIC
 
 log = logging.getLogger("m3migrate.verify")
 
@@ -54,6 +61,9 @@ Labels = tuple[tuple[str, str], ...]
 DEFAULT_IGNORE_LABELS: tuple[str, ...] = ("tenant_id", "replica", "prometheus_replica", "receive", "rule_replica")
 CANONICAL_NAN_BITS = 0x7FF8000000000001  # every NaN but the stale marker compares as this
 MAX_SPLIT_DEPTH = 6
+SCAN_NAMES_PER_QUERY = 50  # unplanned metric names per raw-samples query of the extras scan
+SCAN_SERIES_PER_LISTING = 10_000  # planned series (by name) per series-API listing of the extras scan
+SCAN_EXACT_PER_NAME = 20  # stray series of a planned name read one by one; more: the whole name
 KINDS = ("missing", "extra", "mismatch")
 
 PROBLEM_COLUMNS = [
@@ -355,11 +365,37 @@ class _Verifier:
         self.query = query
         self.relabeler = relabeler
         self.ignore = ignore
-        self.all_expected = all_expected
         self.source_label = source_label
+        self.set_expected(all_expected)
+
+    def set_expected(self, all_expected: set[Labels]) -> None:
+        """Every planned target key (full relabeled labels), indexed for :meth:`target_key`."""
+        self.all_expected = all_expected
+        # planned series that carry an ignorable label themselves, by their labels without those
+        self.carrying: dict[Labels, list[Labels]] = {}
+        self.planned_names: dict[str, int] = {}
+        for key in all_expected:
+            name = dict(key).get("__name__", "")
+            self.planned_names[name] = self.planned_names.get(name, 0) + 1
+            if any(n in self.ignore for n, _ in key):
+                self.carrying.setdefault(self._strip(key), []).append(key)
+
+    def _strip(self, labels: Iterable[tuple[str, str]]) -> Labels:
+        return tuple(sorted((n, v) for n, v in labels if n not in self.ignore))
 
     def target_key(self, labels: Iterable[tuple[str, str]]) -> Labels:
-        return tuple(sorted((n, v) for n, v in labels if n not in self.ignore))
+        """The planned key a target series stands for: its labels less the ignorable ones the target
+        added, i.e. those the planned series does not carry itself (most specific match first);
+        for a series that is no planned one, its labels without any ignorable label."""
+        labels = tuple(labels)
+        stripped = self._strip(labels)
+        best, best_score = (stripped if stripped in self.all_expected else None), 0
+        have = dict(labels)
+        for key in self.carrying.get(stripped, ()):
+            own = [(n, v) for n, v in key if n in self.ignore]
+            if len(own) > best_score and all(have.get(n) == v for n, v in own):
+                best, best_score = key, len(own)
+        return best if best is not None else stripped
 
     def view(self, batch: Batch, fraction: float, seed: int) -> _BatchView | None:
         expected: dict[Labels, Labels] = {}
@@ -367,7 +403,7 @@ class _Verifier:
             out = self.relabeler(labels)
             if out is None or not sampled(labels, fraction, seed):
                 continue
-            expected[labels] = self.target_key(out)
+            expected[labels] = tuple(sorted(out))
         if not expected:
             return None
         return _BatchView(batch, expected, self.selector_for(batch, expected))
@@ -432,16 +468,19 @@ class _Verifier:
             if not in_window.any():
                 continue
             data = SeriesData.build(t[in_window], v[in_window])
-            if expected in out:  # two source series map to one target series (labels ignored): merge
+            if expected in out:  # a later part of a time split, or two series relabeled to one: merge
                 prev = out[expected]
                 data = SeriesData.build(np.concatenate([prev.ts, data.ts]), np.concatenate([prev.values, data.values]))
             out[expected] = data
         return out, stale
 
     def _read_target(self, view: _BatchView, window: Window) -> dict[Labels, SeriesData]:
+        return self._read_target_selector(view.target_selector, window)
+
+    def _read_target_selector(self, selector: str, window: Window) -> dict[Labels, SeriesData]:
         # sel[R] at T holds the samples in (T-R, T] (Prometheus 3, Thanos) or [T-R, T] (Prometheus 2):
         # ask one ms more and cut at the window's start, exact on both.
-        raw = self.query.raw_samples(view.target_selector, window.end_ms, window.end_ms - window.start_ms + 1)
+        raw = self.query.raw_samples(selector, window.end_ms, window.end_ms - window.start_ms + 1)
         out: dict[Labels, SeriesData] = {}
         for labels, samples in raw.items():
             kept = [(t, v) for t, v in samples if window.start_ms <= t <= window.end_ms]
@@ -468,7 +507,9 @@ class _Verifier:
         expected_keys = set(view.expected.values())
         result.series = len(source)
         result.source_samples = sum(d.count for d in source.values())
-        for key in sorted(expected_keys | (target.keys() - self.all_expected)):
+        # with an added label, extras come from the whole-target scan (scan_extras), not from here
+        extras = set() if self.source_label else target.keys() - self.all_expected
+        for key in sorted(expected_keys | extras):
             src = source.get(key)
             tgt = target.get(key)
             if tgt is not None:
@@ -485,29 +526,99 @@ class _Verifier:
                 kind = "mismatch"
                 if src is not None and src.count == tgt.count and src.digest() == tgt.digest():
                     continue
-            diff = first_difference(src or EMPTY, tgt or EMPTY)
-            assert diff is not None
-            result.rows.append(
-                {
-                    "kind": kind,
-                    "series": series_text(key),
-                    "window": window.index,
-                    "window_start": iso_ms(window.start_ms),
-                    "windows": 1,
-                    "source_count": src.count if src else 0,
-                    "target_count": tgt.count if tgt else 0,
-                    "source_first_ts": src.first_ts() if src else None,
-                    "target_first_ts": tgt.first_ts() if tgt else None,
-                    "source_last_ts": src.last_ts() if src else None,
-                    "target_last_ts": tgt.last_ts() if tgt else None,
-                    "first_diff_ts": diff[0],
-                    "first_diff": _describe(diff),
-                    "source_value": diff[1],
-                    "target_value": diff[2],
-                    "_key": key,
-                }
-            )
+            result.rows.append(_row(kind, key, window, src, tgt))
         return result
+
+    # -- extras on the whole target (one task per window) ------------------------------------------
+
+    def scan_selector(self) -> str | None:
+        """The added label every migrated series carries, as a selector; None when there is none."""
+        if not self.source_label:
+            return None
+        return selector_string([Matcher(self.source_label[0], "=", self.source_label[1])])
+
+    def scan_extras(self, window: Window) -> _TaskResult:
+        """Every target series of the window carrying the added label that is no planned series.
+
+        The metric names under the label come first (label values API); unplanned names are read
+        whole, planned ones are listed (series API, labels only) and only their stray series read.
+        Listings go by block/chunk overlap, so every extra is confirmed by its samples in the window.
+        """
+        result = _TaskResult(window.index)
+        base = self.scan_selector()
+        assert base is not None and self.source_label is not None
+        added = Matcher(self.source_label[0], "=", self.source_label[1])
+        names = self.query.label_values("__name__", [base], window.start_ms, window.end_ms)
+        names = sorted(n for n in names if n and n != PROBE_METRIC)  # the validation's probe is no data
+        unplanned = [n for n in names if n not in self.planned_names]
+        selectors = [
+            selector_string([_name_matcher(unplanned[i : i + SCAN_NAMES_PER_QUERY]), added])
+            for i in range(0, len(unplanned), SCAN_NAMES_PER_QUERY)
+        ]
+        stray: dict[str, list[dict[str, str]]] = {}
+        for chunk in _chunks_by_weight([n for n in names if n in self.planned_names], self.planned_names):
+            listed = self.query.series([selector_string([_name_matcher(chunk), added])], window.start_ms, window.end_ms)
+            for labels in listed:
+                if self.target_key(labels.items()) not in self.all_expected:
+                    stray.setdefault(labels.get("__name__", ""), []).append(labels)
+        for name, series in sorted(stray.items()):
+            if len(series) > SCAN_EXACT_PER_NAME:
+                selectors.append(selector_string([Matcher("__name__", "=", name), added]))
+            else:
+                selectors += [selector_string(Matcher(n, "=", v) for n, v in sorted(s.items())) for s in series]
+        found: dict[Labels, SeriesData] = {}
+        for selector in selectors:
+            for key, data in self._read_target_selector(selector, window).items():
+                if key not in self.all_expected:
+                    found.setdefault(key, data)  # setdefault: a stray series may come under two selectors
+        for key in sorted(found):
+            result.target_samples += found[key].count
+            result.rows.append(_row("extra", key, window, None, found[key]))
+        return result
+
+
+def _name_matcher(names: Sequence[str]) -> Matcher:
+    if len(names) == 1:
+        return Matcher("__name__", "=", names[0])
+    return Matcher("__name__", "=~", "|".join(re2_escape(n) for n in names))
+
+
+def _chunks_by_weight(names: list[str], weight: dict[str, int]) -> Iterator[list[str]]:
+    """Consecutive groups of names holding about SCAN_SERIES_PER_LISTING planned series each."""
+    chunk: list[str] = []
+    total = 0
+    for name in names:
+        if chunk and total + weight[name] > SCAN_SERIES_PER_LISTING:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(name)
+        total += weight[name]
+    if chunk:
+        yield chunk
+
+
+def _row(kind: str, key: Labels, window: Window, src: SeriesData | None, tgt: SeriesData | None) -> dict[str, Any]:
+    """One problem row: a series in one window, with its first differing sample."""
+    diff = first_difference(src or EMPTY, tgt or EMPTY)
+    assert diff is not None
+    return {
+        "kind": kind,
+        "series": series_text(key),
+        "window": window.index,
+        "window_start": iso_ms(window.start_ms),
+        "windows": 1,
+        "source_count": src.count if src else 0,
+        "target_count": tgt.count if tgt else 0,
+        "source_first_ts": src.first_ts() if src else None,
+        "target_first_ts": tgt.first_ts() if tgt else None,
+        "source_last_ts": src.last_ts() if src else None,
+        "target_last_ts": tgt.last_ts() if tgt else None,
+        "first_diff_ts": diff[0],
+        "first_diff": _describe(diff),
+        "source_value": diff[1],
+        "target_value": diff[2],
+        "_key": key,
+    }
 
 
 def _merge_into(result: _TaskResult, part: _TaskResult) -> None:
@@ -584,17 +695,19 @@ def verify(
         RemoteReadClient(source, max_connections=max(16, concurrency)) as reader,
         PromQLClient(target.promql_base, target, extra_params=params, extra_headers=headers) as query,
     ):
-        verifier = _Verifier(reader, query, relabeler, ignore, set(), source_label)
         all_expected: set[Labels] = set()
         for batch in plan.batches:
             for labels in batch.series:
                 out = relabeler(labels)
                 if out is not None:
-                    all_expected.add(verifier.target_key(out))
-        verifier.all_expected = all_expected
+                    all_expected.add(tuple(sorted(out)))
+        verifier = _Verifier(reader, query, relabeler, ignore, all_expected, source_label)
         views = [v for v in (verifier.view(b, sample_fraction, seed) for b in plan.batches) if v is not None]
         series_checked = len({k for v in views for k in v.expected.values()})
-        tasks = [(view, window) for window in windows for view in views]
+        tasks: list[tuple[_BatchView | None, Window]] = [(view, window) for window in windows for view in views]
+        scan = verifier.scan_selector()
+        if scan:  # and one whole-target extras scan per window (None: no batch)
+            tasks += [(None, window) for window in windows]
         per_window = {w.index: _TaskResult(w.index) for w in windows}
         log.info(
             "verifying %d of %d series over %d windows (%d tasks) against %s",
@@ -604,7 +717,12 @@ def verify(
             len(tasks),
             redact_url(target.promql_base),
         )
-        for done, part in enumerate(_bounded_map(lambda item: verifier.check(*item), tasks, concurrency), 1):
+
+        def run(item: tuple[_BatchView | None, Window]) -> _TaskResult:
+            view, window = item
+            return verifier.check(view, window) if view is not None else verifier.scan_extras(window)
+
+        for done, part in enumerate(_bounded_map(run, tasks, concurrency), 1):
             _merge_into(per_window[part.window], part)
             if on_progress:
                 on_progress(done, len(tasks))
@@ -629,6 +747,9 @@ def verify(
         "mismatched_series": int(mismatches["series"].nunique()),
         "missing": int((problems["kind"] == "missing").sum()),
         "extra": int((problems["kind"] == "extra").sum()),
+        "extras_searched": f"every target series with {scan}"
+        if scan
+        else "under the migrated selectors only: no added label (source label disabled), no whole-target scan",
         "seconds": round(time.monotonic() - t0, 3),
     }
     return VerificationReport(totals, window_frame, problems, migration_id=migration_id)

@@ -347,3 +347,149 @@ def test_cli_prints_the_three_series_and_exits_1(migrated, prefect_api, tmp_path
     )
     assert no_query.returncode == 2
     assert "target query URL" in no_query.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# extras anywhere under the added label; ignored labels only where the target added them
+
+MINUTE_MS = 60_000
+APP = "app_requests_total"
+STRAY = (("__name__", "verify_unplanned_total"), ("_source", "m3db"), ("job", "stray"))  # no batch selects it
+OTHER = (("__name__", APP), ("_source", "m3db"), ("instance", "c"), ("job", "other"))  # outside --match
+
+
+def _write(url: str, series: dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]) -> None:
+    from m3migrate.codec import encode_labels, frame_series, single_request
+    from m3migrate.config import TargetSettings
+    from m3migrate.prompb import TimeSeries
+    from m3migrate.remote_write import RemoteWriteClient
+
+    with RemoteWriteClient(TargetSettings(write_url=f"{url}/api/v1/write")) as writer:
+        for labels, samples in series.items():
+            ts = TimeSeries()
+            for t, v in samples:
+                ts.samples.add(timestamp=t, value=v)
+            writer.write(single_request(frame_series(encode_labels(labels), ts.SerializeToString()), len(samples)))
+
+
+@dataclass
+class Strays:
+    source_url: str
+    copy_url: str  # the migration done right, plus stray series carrying _source="m3db"
+    replica_url: str  # the migration with one sample changed in the replica="r2" series only
+    start_ms: int
+    end_ms: int
+    changed: tuple[int, float, float]  # (timestamp, source value, target value) in the r2 series
+
+    def settings(self, target_url: str):
+        from m3migrate.config import SourceSettings, TargetSettings
+
+        return (
+            SourceSettings(read_url=f"{self.source_url}/api/v1/read", query_url=self.source_url),
+            TargetSettings(write_url=f"{target_url}/api/v1/write", query_url=target_url),
+        )
+
+    def spec(self, **kw):
+        from m3migrate.spec import MigrationSpec
+
+        return MigrationSpec(
+            start=_iso(self.start_ms), end=_iso(self.end_ms), match=['{job="app"}'], window_minutes=15, **kw
+        )
+
+    def at(self, i: int) -> int:
+        return self.start_ms + 30_000 + i * MINUTE_MS
+
+
+@pytest.fixture(scope="module")
+def strays(tmp_path_factory) -> Iterator[Strays]:
+    """A source with two series differing only in ``replica`` (and one without it), 45 min at 60 s;
+    a target holding their exact copy plus stray ``_source="m3db"`` series, and one where only the
+    ``replica="r2"`` series differs."""
+    from m3migrate.sandbox.servers import start_prometheus
+
+    work = tmp_path_factory.mktemp("strays")
+    quarter = 15 * MINUTE_MS  # windows are aligned to multiples of the window: start on one
+    start = (int(pd.Timestamp.now(tz="UTC").timestamp() * 1000) - 50 * MINUTE_MS) // quarter * quarter
+    servers = []
+    try:
+        for name in ("src", "copy", "replica"):
+            servers.append(start_prometheus(work, name=name, remote_write_receiver=True))
+        src, copy, replica = servers
+        m = Strays(src.url, copy.url, replica.url, start, start + 45 * MINUTE_MS - 1, (0, 0.0, 0.0))
+        samples = [(m.at(i), float(i)) for i in range(45)]
+        app = {"__name__": APP, "job": "app"}
+        source = {
+            tuple(sorted({**app, "instance": "a", "replica": "r1"}.items())): samples,
+            tuple(sorted({**app, "instance": "a", "replica": "r2"}.items())): samples,  # same samples
+            tuple(sorted({**app, "instance": "b"}.items())): samples,
+        }
+        _write(src.url, source)
+        migrated = {tuple(sorted((*k, ("_source", "m3db")))): v for k, v in source.items()}
+        copied = dict(migrated)
+        # the target added its own replica label to the series that has none: still the same series
+        b = tuple(sorted((*app.items(), ("instance", "b"), ("_source", "m3db"))))
+        copied[tuple(sorted((*b, ("replica", "t0"))))] = copied.pop(b)
+        copied[STRAY] = [(m.at(i), 1.0) for i in range(20, 40)]  # windows 1 and 2
+        copied[OTHER] = [(m.at(i), 2.0) for i in range(16, 21)]  # window 1
+        copied[(("__name__", "verify_unplanned_total"), ("job", "live"))] = samples  # no _source: not ours
+        copied[(("__name__", "m3migrate_probe"), ("_source", "m3db"), ("migration_id", "x"))] = [(m.at(0), 0.0)]
+        _write(copy.url, copied)
+        r2 = tuple(sorted({**app, "instance": "a", "replica": "r2", "_source": "m3db"}.items()))
+        m.changed = (m.at(22), 22.0, 22.5)
+        _write(replica.url, {**migrated, r2: [(t, 22.5 if t == m.at(22) else v) for t, v in samples]})
+        yield m
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.servers
+def test_extras_anywhere_under_the_source_label_are_reported_per_window(strays, tmp_path):
+    from m3migrate.verify import verify
+
+    spec = strays.spec()
+    report = verify(*strays.settings(strays.copy_url), spec, None, concurrency=2)
+    t = report.totals
+    assert not report.ok
+    assert (t["mismatches"], t["missing"], t["extra"]) == (0, 0, 2), report.to_markdown()
+    assert t["series_checked"] == t["series_total"] == 3
+    assert t["samples_target"] == t["samples_source"] + 20 + 5
+    assert t["extras_searched"] == 'every target series with {_source="m3db"}'
+    extra = report.of_kind("extra").set_index("series")
+    assert sorted(extra.index) == sorted([series_text(STRAY), series_text(OTHER)])
+    assert (extra.loc[series_text(STRAY), "windows"], extra.loc[series_text(STRAY), "target_count"]) == (2, 20)
+    assert extra.loc[series_text(STRAY), "target_first_ts"] == strays.at(20)
+    assert (extra.loc[series_text(OTHER), "windows"], extra.loc[series_text(OTHER), "target_count"]) == (1, 5)
+    assert report.windows["extra"].tolist() == [0, 2, 1]
+    paths = report.write(tmp_path / "r")
+    csv = pd.read_csv(paths["problems_csv"])
+    assert sorted(csv[csv["kind"] == "extra"]["series"]) == sorted([series_text(STRAY), series_text(OTHER)])
+    assert pd.read_parquet(paths["windows_parquet"])["extra"].tolist() == [0, 2, 1]
+    assert series_text(STRAY) in report.to_markdown()
+
+    # sampling mode still scans the whole target for extras
+    assert verify(*strays.settings(strays.copy_url), spec, None, sample_fraction=0.3, seed=3).totals["extra"] == 2
+
+    # without an added label no whole-target scan is possible, and the report says so
+    bare = verify(*strays.settings(strays.copy_url), strays.spec(source_label_value=""), None)
+    assert "no whole-target scan" in bare.totals["extras_searched"]
+
+
+@pytest.mark.servers
+def test_series_differing_only_in_replica_are_compared_as_two(strays):
+    from m3migrate.verify import verify
+
+    report = verify(*strays.settings(strays.replica_url), strays.spec(), None)
+    t = report.totals
+    assert (t["mismatches"], t["missing"], t["extra"]) == (1, 0, 0), report.to_markdown()
+    row = report.of_kind("mismatch").iloc[0]
+    assert row["series"] == f'{APP}{{_source="m3db",instance="a",job="app",replica="r2"}}'
+    ts, source_value, target_value = strays.changed
+    assert (row["first_diff_ts"], row["source_value"], row["target_value"]) == (ts, source_value, target_value)
+    assert row["window"] == 1
+    assert t["series_checked"] == 3
+    assert t["samples_source"] == t["samples_target"] == 3 * 45  # r1 and r2 both counted, none deduplicated
+
+    clean = verify(*strays.settings(strays.copy_url), strays.spec(), None)  # target-added replica="t0" ignored
+    assert clean.totals["series_checked"] == 3
+    assert clean.of_kind("mismatch").empty and clean.of_kind("missing").empty
