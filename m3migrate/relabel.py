@@ -102,7 +102,7 @@ class GoRegexp:
     Matching runs on UTF-8 bytes, as Go's does, so spans are byte offsets into the encoded text.
     """
 
-    __slots__ = ("_re", "groups", "names", "regex")
+    __slots__ = ("_name_hits", "_re", "groups", "names", "regex")
 
     def __init__(self, regex: str) -> None:
         self.regex = regex
@@ -122,6 +122,7 @@ class GoRegexp:
         self._re = compiled
         self.groups: int = compiled.NumberOfCapturingGroups()
         self.names: dict[str, int] = {name.decode(): index for name, index in compiled.NamedCapturingGroups()}
+        self._name_hits: dict[str, bool] = {}
 
     def find(self, text: bytes, pos: int = 0) -> Spans | None:
         """Spans of the leftmost match at or after pos (group 0 first), or None."""
@@ -131,6 +132,15 @@ class GoRegexp:
     def matches(self, text: str) -> bool:
         data = text.encode()
         return self._re.Match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
+
+    def matches_name(self, name: str) -> bool:
+        """matches() for label names (labeldrop/labelkeep/labelmap): few distinct ones, so remembered."""
+        hit = self._name_hits.get(name)
+        if hit is None:
+            if len(self._name_hits) >= 100_000:
+                self._name_hits.clear()
+            hit = self._name_hits[name] = self.matches(name)
+        return hit
 
     def replace_all(self, text: str, template: Template) -> str:
         """Go's Regexp.ReplaceAllString (what labelmap calls): every match replaced, unmatched text kept."""
@@ -412,12 +422,12 @@ def _apply_rule(rule: RelabelRule, regex: GoRegexp, target: Template, replacemen
     if action in ("labeldrop", "labelkeep"):
         drop = action == "labeldrop"
         for name, _ in lb.range():
-            if regex.matches(name) == drop:
+            if regex.matches_name(name) == drop:
                 lb.delete(name)
         return True
     if action == "labelmap":
         for name, value in lb.range():
-            if regex.matches(name):
+            if regex.matches_name(name):
                 lb.set(regex.replace_all(name, replacement), value)
         return True
     value = rule.separator.join([lb.get(n) for n in rule.source_labels])
