@@ -399,3 +399,426 @@ def test_cache_is_bounded() -> None:
     for k in range(10):
         assert relabel(L(__name__="m", i=str(k))) == L(__name__="m", i=str(k))
     assert len(relabel._cache) <= 3
+
+
+# -- Prometheus' own cases and RE2 semantics (issue 20) ---------------------------------------------
+#
+# PROM_CASES are TestRelabel in prometheus/prometheus model/relabel/relabel_test.go (main, 2026-08), as data:
+# input, rules, and the output (None: dropped) Prometheus states. Left out: the cases with UTF-8 label
+# names ("utf-8.label"), which m3migrate's legacy-name target does not accept. Go's test fills defaults
+# as RelabelRule does: regex (.*), separator ";", replacement $1, action replace.
+
+
+def R(**fields: object) -> dict[str, object]:
+    """A rule's fields, built into a RelabelRule inside the test (a rule that fails to build fails its case)."""
+    return fields
+
+
+PROM_CASES: list[tuple[dict[str, str], list[dict[str, object]], dict[str, str] | None]] = [
+    (
+        {"a": "foo", "b": "bar", "c": "baz"},
+        [R(source_labels=["a"], regex="f(.*)", target_label="d", replacement="ch${1}-ch${1}")],
+        {"a": "foo", "b": "bar", "c": "baz", "d": "choo-choo"},
+    ),
+    (
+        {"a": "foo", "b": "bar", "c": "baz"},
+        [
+            R(source_labels=["a", "b"], regex="f(.*);(.*)r", target_label="a", replacement="b${1}${2}m"),
+            R(source_labels=["c", "a"], regex="(b).*b(.*)ba(.*)", target_label="d", replacement="$1$2$2$3"),
+        ],
+        {"a": "boobam", "b": "bar", "c": "baz", "d": "boooom"},
+    ),
+    (
+        {"a": "foo"},
+        [
+            R(source_labels=["a"], regex=".*o.*", action="drop"),
+            R(source_labels=["a"], regex="f(.*)", target_label="d", replacement="ch$1-ch$1"),
+        ],
+        None,
+    ),
+    ({"a": "foo", "b": "bar"}, [R(source_labels=["a"], regex=".*o.*", action="drop")], None),
+    (
+        {"a": "abc"},
+        [R(source_labels=["a"], regex=".*(b).*", target_label="d", replacement="$1")],
+        {"a": "abc", "d": "b"},
+    ),
+    ({"a": "foo"}, [R(source_labels=["a"], regex="no-match", action="drop")], {"a": "foo"}),
+    ({"a": "foo"}, [R(source_labels=["a"], regex="f|o", action="drop")], {"a": "foo"}),
+    ({"a": "foo"}, [R(source_labels=["a"], regex="no-match", action="keep")], None),
+    ({"a": "foo"}, [R(source_labels=["a"], regex="f.*", action="keep")], {"a": "foo"}),
+    ({"a": "boo"}, [R(source_labels=["a"], regex="f", target_label="b", replacement="bar")], {"a": "boo"}),
+    (
+        {"a": "foo", "f": "baz"},
+        [R(source_labels=["a"], regex="(f).*", target_label="$1", replacement="$2")],
+        {"a": "foo"},
+    ),
+    (
+        {"a": "foo", "b": "bar", "c": "baz"},
+        [R(source_labels=["c"], target_label="d", action="hashmod", modulus=1000)],
+        {"a": "foo", "b": "bar", "c": "baz", "d": "976"},
+    ),
+    (
+        {"a": "foo\nbar"},
+        [R(source_labels=["a"], target_label="b", action="hashmod", modulus=1000)],
+        {"a": "foo\nbar", "b": "734"},
+    ),
+    (
+        {"a": "foo", "b1": "bar", "b2": "baz"},
+        [R(regex="(b.*)", replacement="bar_${1}", action="labelmap")],
+        {"a": "foo", "b1": "bar", "b2": "baz", "bar_b1": "bar", "bar_b2": "baz"},
+    ),
+    (
+        {"a": "foo", "__meta_my_bar": "aaa", "__meta_my_baz": "bbb", "__meta_other": "ccc"},
+        [R(regex="__meta_(my.*)", replacement="${1}", action="labelmap")],
+        {
+            "a": "foo",
+            "__meta_my_bar": "aaa",
+            "__meta_my_baz": "bbb",
+            "__meta_other": "ccc",
+            "my_bar": "aaa",
+            "my_baz": "bbb",
+        },
+    ),
+    (
+        {"a": "some-name-value"},
+        [R(source_labels=["a"], regex="some-([^-]+)-([^,]+)", replacement="${2}", target_label="${1}")],
+        {"a": "some-name-value", "name": "value"},
+    ),
+    (
+        {"a": "some-name-value"},
+        [R(source_labels=["a"], regex="some-([^-]+)-([^,]+)", replacement="${3}", target_label="${1}")],
+        {"a": "some-name-value"},
+    ),
+    (
+        {"a": "some-name-0"},
+        [
+            R(source_labels=["a"], regex="some-([^-]+)-([^,]+)", replacement="${1}", target_label="${3}"),
+            R(source_labels=["a"], regex="some-([^-]+)-([^,]+)", replacement="${1}", target_label="${3}"),
+            R(source_labels=["a"], regex="some-([^-]+)(-[^,]+)", replacement="${1}", target_label="${3}"),
+        ],
+        {"a": "some-name-0"},
+    ),
+    (
+        {"__meta_sd_tags": "path:/secret,job:some-job,label:foo=bar"},
+        [
+            R(
+                source_labels=["__meta_sd_tags"],
+                regex="(?:.+,|^)path:(/[^,]+).*",
+                replacement="${1}",
+                target_label="__metrics_path__",
+            ),
+            R(source_labels=["__meta_sd_tags"], regex="(?:.+,|^)job:([^,]+).*", replacement="${1}", target_label="job"),
+            R(
+                source_labels=["__meta_sd_tags"],
+                regex="(?:.+,|^)label:([^=]+)=([^,]+).*",
+                replacement="${2}",
+                target_label="${1}",
+            ),
+        ],
+        {
+            "__meta_sd_tags": "path:/secret,job:some-job,label:foo=bar",
+            "__metrics_path__": "/secret",
+            "job": "some-job",
+            "foo": "bar",
+        },
+    ),
+    (  # prometheus/prometheus#12283
+        {
+            "__meta_kubernetes_pod_container_port_name": "foo",
+            "__meta_kubernetes_pod_annotation_XXX_metrics_port": "9091",
+        },
+        [
+            R(regex="^__meta_kubernetes_pod_container_port_name$", action="labeldrop"),
+            R(
+                source_labels=["__meta_kubernetes_pod_annotation_XXX_metrics_port"],
+                regex="(.+)",
+                replacement="metrics",
+                target_label="__meta_kubernetes_pod_container_port_name",
+            ),
+            R(source_labels=["__meta_kubernetes_pod_container_port_name"], regex="^metrics$", action="keep"),
+        ],
+        {
+            "__meta_kubernetes_pod_annotation_XXX_metrics_port": "9091",
+            "__meta_kubernetes_pod_container_port_name": "metrics",
+        },
+    ),
+    ({"a": "foo", "b1": "bar", "b2": "baz"}, [R(regex="(b.*)", action="labelkeep")], {"b1": "bar", "b2": "baz"}),
+    ({"a": "foo", "b1": "bar", "b2": "baz"}, [R(regex="(b.*)", action="labeldrop")], {"a": "foo"}),
+    (
+        {"foo": "bAr123Foo"},
+        [
+            R(source_labels=["foo"], action="uppercase", target_label="foo_uppercase"),
+            R(source_labels=["foo"], action="lowercase", target_label="foo_lowercase"),
+        ],
+        {"foo": "bAr123Foo", "foo_lowercase": "bar123foo", "foo_uppercase": "BAR123FOO"},
+    ),
+    (
+        {"__tmp_port": "1234", "__port1": "1234", "__port2": "5678"},
+        [R(source_labels=["__tmp_port"], action="keepequal", target_label="__port1")],
+        {"__tmp_port": "1234", "__port1": "1234", "__port2": "5678"},
+    ),
+    (
+        {"__tmp_port": "1234", "__port1": "1234", "__port2": "5678"},
+        [R(source_labels=["__tmp_port"], action="dropequal", target_label="__port1")],
+        None,
+    ),
+    (
+        {"__tmp_port": "1234", "__port1": "1234", "__port2": "5678"},
+        [R(source_labels=["__tmp_port"], action="dropequal", target_label="__port2")],
+        {"__tmp_port": "1234", "__port1": "1234", "__port2": "5678"},
+    ),
+    (
+        {"__tmp_port": "1234", "__port1": "1234", "__port2": "5678"},
+        [R(source_labels=["__tmp_port"], action="keepequal", target_label="__port2")],
+        None,
+    ),
+    (  # `.` matches a newline: Prometheus compiles ^(?s:REGEX)$
+        {"a": "line1\nline2", "b": "bar", "c": "baz"},
+        [R(source_labels=["a"], regex="line1.*line2", target_label="d", replacement="match${1}")],
+        {"a": "line1\nline2", "b": "bar", "c": "baz", "d": "match"},
+    ),
+    (  # (?<name>...) groups, ${name} and $name
+        {"a": "line1\nline2", "b": "bar", "c": "baz"},
+        [
+            R(
+                source_labels=["a"],
+                regex="(line1).*(?<second>line2)",
+                target_label="label1_${1}",
+                replacement="val_${second}",
+            ),
+            R(
+                source_labels=["a"],
+                regex="(line1).*(?<second>line2)",
+                target_label="label2_$1",
+                replacement="val_$second",
+            ),
+        ],
+        {"a": "line1\nline2", "b": "bar", "c": "baz", "label1_line1": "val_line2", "label2_line1": "val_line2"},
+    ),
+    (
+        {"__name__": "http_requests_total"},
+        [R(source_labels=["__name__"], regex=".*_total$", target_label="__type__", replacement="counter")],
+        {"__name__": "http_requests_total", "__type__": "counter"},
+    ),
+    (
+        {"__name__": "disk_usage_bytes"},
+        [R(source_labels=["__name__"], regex=".*_bytes$", target_label="__unit__", replacement="bytes")],
+        {"__name__": "disk_usage_bytes", "__unit__": "bytes"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("labels", "rules", "expected"), PROM_CASES)
+def test_prometheus_relabel_cases(
+    labels: dict[str, str], rules: list[dict[str, object]], expected: dict[str, str] | None
+) -> None:
+    assert apply(L(**labels), *(RelabelRule(**fields) for fields in rules)) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("target", "valid"),
+    [  # TestTargetLabelLegacyValidity in model/relabel/relabel_test.go
+        ("-label", False),
+        ("label", True),
+        ("label${1}", True),
+        ("${1}label", True),
+        ("${1}", True),
+        ("${", False),
+        ("$", False),
+        ("${}", False),
+        ("foo${", False),
+        ("$1", True),
+        ("asd$2asd", True),
+        ("-foo${1}bar-", False),
+        ("bar.foo${1}bar", False),
+        ("_${1}_", True),
+        ("foo${bar}foo", True),
+        # Go's $ is the end of the text: a trailing newline is no part of a label name
+        ("label\n", False),
+        ("${1}\n", False),
+    ],
+)
+def test_target_label_validity_as_in_prometheus(target: str, valid: bool) -> None:
+    rule = RelabelRule(source_labels=["a"], target_label=target)
+    if valid:
+        rule.check()
+    else:
+        with pytest.raises(ConfigError, match="not a valid label name"):
+            rule.check()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        RelabelRule(source_labels=["a"], target_label="b\n", action="lowercase"),
+        RelabelRule(source_labels=["a"], target_label="s\n", modulus=2, action="hashmod"),
+        RelabelRule(regex="(.+)", replacement="x_$1\n", action="labelmap"),
+    ],
+)
+def test_label_names_with_a_trailing_newline_are_rejected(rule: RelabelRule) -> None:
+    with pytest.raises(ConfigError, match="not a valid label name"):
+        Relabeler([rule])
+
+
+def test_a_trailing_newline_never_becomes_part_of_a_label_name() -> None:
+    """An expanded target "job\\n" is no valid name, so Prometheus skips the replace; an added label too."""
+    rule = RelabelRule(source_labels=["v"], regex="(.*)", target_label="$1", replacement="x")
+    assert apply(L(__name__="up", v="job\n"), rule) == {"__name__": "up", "v": "job\n"}
+    with pytest.raises(ConfigError):
+        Relabeler(add_labels={"_source\n": "m3db"})
+
+
+@pytest.mark.parametrize(
+    ("regex", "value", "kept"),
+    [
+        # POSIX classes inside brackets (RE2/Go); Python's re reads [[:alpha:]] as a set of ":ahlp[" + "]"
+        ("[[:alpha:]]+", "node", True),
+        ("[[:alpha:]]+", "node1", False),
+        ("[[:digit:][:upper:]_]+", "A_1", True),
+        # Perl classes are ASCII in RE2: \d is [0-9], \w is [0-9A-Za-z_], \s is [\t\n\f\r ]
+        (r"\d+", "١٢", False),
+        (r"\d+", "12", True),
+        (r"\w+", "zürich", False),
+        (r"\w+", "zurich_1", True),
+        (r"x\sy", "x\u00a0y", False),
+        (r"x\sy", "x y", True),
+        (r"a\b.*", "aé", True),  # ASCII \b: "é" is no word character, so there is a boundary after "a"
+        # Unicode classes and flags in the middle of a regex
+        (r"\pL+", "zürich", True),
+        (r"\p{Greek}+", "δέλτα", True),
+        (r"\PL+", "123", True),
+        ("a(?i)b", "aB", True),
+        ("a(?i)b", "AB", False),
+        ("(?i:node)|api", "NODE", True),
+        # ^(?s:REGEX)$: `.` matches a newline, and `$` only at the very end (Python's also before a final \n)
+        ("a.b", "a\nb", True),
+        ("foo$\n", "foo\n", False),
+        (r"foo\z", "foo", True),
+    ],
+)
+def test_keep_uses_re2_syntax_like_prometheus(regex: str, value: str, kept: bool) -> None:
+    labels = L(__name__="up", v=value)
+    out = apply(labels, RelabelRule(source_labels=["v"], regex=regex, action="keep"))
+    assert (out == dict(labels)) if kept else (out is None)
+
+
+def test_labeldrop_uses_re2_classes() -> None:
+    labels = L(__name__="up", a1="x", b="y")
+    assert apply(labels, RelabelRule(regex="[[:lower:]][[:digit:]]", action="labeldrop")) == {
+        "__name__": "up",
+        "b": "y",
+    }
+
+
+@pytest.mark.parametrize(
+    "regex",
+    [
+        "(unclosed",
+        "[[:alpha:]",
+        "[[:foo:]]",  # no such class in RE2
+        r"(a)\1",  # no backreferences
+        "(?<=a)b",  # no lookbehind
+        "a(?=b)",  # no lookahead
+        r"a\Z",  # RE2 has \z only
+        "a++",  # no possessive repetition
+        "x{1001}",  # repetition above 1000
+        r"a\Cb",  # RE2 C++ has \C (any byte), Go's regexp does not
+        "(?P<é>x)",  # Go allows ASCII group names only
+    ],
+)
+def test_regexes_re2_rejects_are_config_errors_naming_the_rule(regex: str) -> None:
+    with pytest.raises(ValidationError, match="not valid RE2"):
+        RelabelRule(source_labels=["job"], regex=regex, action="keep")
+    rule = RelabelRule.model_construct(source_labels=["job"], regex=regex, action="keep")  # skips validation
+    with pytest.raises(ConfigError, match=r"relabel rule 2 \(action 'keep', source_labels \['job'\]\).*not valid RE2"):
+        Relabeler([merge_prometheus_prefix_rule(), rule])
+
+
+def test_invalid_regex_in_a_migration_spec_names_the_rule() -> None:
+    from m3migrate.spec import MigrationSpec, format_validation_error
+
+    rules = [
+        {"source_labels": ["job"], "regex": "node|api", "action": "keep"},
+        {"regex": "[[:alpha:]", "action": "labeldrop"},
+    ]
+    with pytest.raises(ValidationError) as info:
+        MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", relabel_rules=rules)
+    text = format_validation_error(info.value, "migration settings")
+    assert "relabel_rules.1.regex" in text
+    assert "'[[:alpha:]' is not valid RE2" in text
+    assert "missing ]" in text
+
+
+@pytest.mark.parametrize(
+    ("replacement", "expected"),
+    [
+        # Go's regexp.Expand: the name after $ is the longest run of letters, digits and "_"; it is a group
+        # number only when all ASCII digits without a leading zero. "$01" is the group NAMED "01".
+        ("$01", ""),
+        ("${01}", ""),
+        ("$01x", ""),
+        ("$1", "a"),
+        ("${1}", "a"),
+        ("${1}x", "ax"),
+        ("$2", "b"),
+        ("${2}0", "b0"),
+        ("$10", ""),  # group 10, not $1 + "0"
+        ("$١", ""),  # an Arabic-Indic digit is a letter-or-digit of a name, not the number 1
+        ("$1é", ""),  # the group named "1é"
+        ("$$1", "$1"),
+        ("${1", "${1"),  # malformed: the $ is literal
+        ("$-", "$-"),
+        ("a$", "a$"),
+    ],
+)
+def test_replacement_expands_with_go_rules(replacement: str, expected: str) -> None:
+    labels = L(__name__="up", v="ab", out="old")
+    rule = RelabelRule(source_labels=["v"], regex="(a)(b)", target_label="out", replacement=replacement)
+    assert apply(labels, rule).get("out") == (expected or None)  # type: ignore[union-attr]
+
+
+def test_dollar_zero_one_names_a_group_called_01() -> None:
+    rule = RelabelRule(source_labels=["v"], regex="(?P<01>q)(a)", target_label="out", replacement="[$01|$1|$2]")
+    assert apply(L(__name__="up", v="qa"), rule)["out"] == "[q|q|a]"  # type: ignore[index]
+
+
+def test_labelmap_visits_changed_labels_after_unchanged_ones() -> None:
+    """Prometheus' labels.Builder.Range (model/labels/labels_common.go) visits the original labels that no
+    earlier rule set, in name order, then the ones that were set, in the order they were set. When two
+    labels map to one name, the one visited last wins: a_x was set by rule 1, so it is visited after b_x."""
+    labels = L(__name__="up", a_x="1", b_x="2")
+    touch_a = RelabelRule(source_labels=["a_x"], target_label="a_x")  # sets a_x to its own value
+    mapping = RelabelRule(regex="[ab]_(x)", replacement="$1", action="labelmap")
+    assert apply(labels, mapping)["x"] == "2"  # type: ignore[index]  # neither set: name order, b_x last
+    assert apply(labels, touch_a, mapping)["x"] == "1"  # type: ignore[index]
+    touch_b_then_a = [
+        RelabelRule(source_labels=["b_x"], target_label="b_x"),
+        RelabelRule(source_labels=["a_x"], target_label="a_x"),
+    ]
+    assert apply(labels, *touch_b_then_a, mapping)["x"] == "1"  # type: ignore[index]  # set order: a_x last
+
+
+def test_labelmap_does_not_visit_labels_it_creates() -> None:
+    """Range works on a snapshot: a label labelmap creates is not mapped again in the same rule."""
+    labels = L(__name__="up", k_a="1")
+    out = apply(labels, RelabelRule(regex="k_(.+)", replacement="k_k_$1", action="labelmap"))
+    assert out == {"__name__": "up", "k_a": "1", "k_k_a": "1"}
+
+
+@pytest.mark.parametrize(
+    ("action", "value", "expected"),
+    [
+        # Go's strings.ToUpper/ToLower map each rune by unicode.ToUpper/ToLower, the simple one-to-one
+        # mappings of UnicodeData.txt; Python's str.upper/lower use the full mappings of SpecialCasing.txt
+        ("uppercase", "straße", "STRAßE"),  # U+00DF has no simple uppercase (Python: "STRASSE")
+        ("uppercase", "ﬁle", "ﬁLE"),  # U+FB01 neither (Python: "FILE")
+        ("uppercase", "ᾳ", "ᾼ"),  # U+1FB3's simple uppercase is U+1FBC (Python: "ΑΙ")
+        ("uppercase", "zürich", "ZÜRICH"),
+        ("lowercase", "İSTANBUL", "istanbul"),  # U+0130's simple lowercase is U+0069 (Python adds U+0307)
+        ("lowercase", "ΟΔΟΣ", "οδοσ"),  # Σ is always σ: no final-sigma rule (Python: "οδος")
+        ("lowercase", "ZÜRICH", "zürich"),
+    ],
+)
+def test_case_actions_use_go_simple_case_mapping(action: str, value: str, expected: str) -> None:
+    rule = RelabelRule(source_labels=["v"], target_label="out", action=action)  # type: ignore[arg-type]
+    assert apply(L(__name__="up", v=value), rule)["out"] == expected  # type: ignore[index]
