@@ -33,6 +33,7 @@ from m3migrate.migration import prepare
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, Stage
+from m3migrate.tiers import tier_table
 from m3migrate.timefmt import iso_ms
 from tasks.transfer import (
     TransferContext,
@@ -93,7 +94,14 @@ def plan_migration(source: M3Source, spec: MigrationSpec, state: MigrationState,
         plan.window_ms // 60_000,
         spec.write_mode,
     )
+    log_tiers(logger, plan)
     return plan
+
+
+def log_tiers(logger: Any, plan: Plan) -> None:
+    """The M3 namespace each part of the range is read from (the plan's tiers), one line each."""
+    for row in tier_table(plan.tiers):
+        logger.info("tier %(from)s .. %(to)s: namespace %(namespace)s (%(storage_policy)s)", row)
 
 
 @flow(name="transfer-windows", log_prints=False)
@@ -264,6 +272,8 @@ def migrate(
             plan = plan_migration(source, spec, state, start_over)
             summary = run_transfer(source, target, spec, state, "migrate")
     summary = {"migration_id": state.migration_id, "plan_id": plan.id, **summary, "series": plan.series_count}
+    if plan.tiers:
+        summary["tiers"] = tier_table(plan.tiers)
     create_markdown_artifact(
         _summary_markdown(summary), key=f"{state.migration_id}-summary", description="Migration summary"
     )
@@ -285,5 +295,10 @@ def migrate(
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
-    return f"# Migration {summary['migration_id']}\n\n| figure | value |\n|---|---|\n{rows}\n"
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "tiers")
+    text = f"# Migration {summary['migration_id']}\n\n| figure | value |\n|---|---|\n{rows}\n"
+    if summary.get("tiers"):
+        lines = [f"| {t['from']} | {t['to']} | {t['namespace']} | {t['storage_policy']} |" for t in summary["tiers"]]
+        text += "\n## Tiers (M3 namespace per range)\n\n| from | to | namespace | storage policy |\n|---|---|---|---|\n"
+        text += "\n".join(lines) + "\n"
+    return text

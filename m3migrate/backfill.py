@@ -28,6 +28,7 @@ from m3migrate.plan import Batch
 from m3migrate.prompb import QueryResult
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
+from m3migrate.tiers import Tier
 from m3migrate.transfer import read_batch_window
 from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.errors import EmptyBlock
@@ -111,12 +112,17 @@ class BackfillResult:
 
 
 def read_window(
-    reader: RemoteReadClient, batches: Sequence[Batch], window: BlockWindow, tally: BackfillResult
+    reader: RemoteReadClient,
+    batches: Sequence[Batch],
+    window: BlockWindow,
+    tally: BackfillResult,
+    tiers: Sequence[Tier] = (),
 ) -> Iterator[SourcePart]:
     """Every batch's read results over the window, one part at a time (lazily: nothing is read until
-    iterated, so a skipped window costs no read). Source limits split reads, never truncate them."""
+    iterated, so a skipped window costs no read). Source limits split reads, never truncate them;
+    ``tiers`` (the plan's) pin each part of the window to its M3 namespace."""
     for batch in batches:
-        for part in read_batch_window(reader, batch, window.read_start, window.read_end, tally):
+        for part in read_batch_window(reader, batch, window.read_start, window.read_end, tally, tiers):
             yield batch, part
 
 
@@ -205,11 +211,12 @@ def backfill_from_source(
     relabeler: Relabeler,
     external_labels: Mapping[str, str],
     work_dir: Path | None = None,
+    tiers: Sequence[Tier] = (),
 ) -> BackfillResult:
     """backfill_window over read_window(reader, batches, window): the one call a flow task needs."""
     result = BackfillResult(window.min_time, window.max_time)
     return backfill_window(
-        read_window(reader, batches, window, result),
+        read_window(reader, batches, window, result, tiers),
         window=window,
         bucket=bucket,
         relabeler=relabeler,

@@ -53,6 +53,15 @@ SourceMetricsType = Annotated[
         "--source-metrics-type", help="Pin M3-Metrics-Type: unaggregated or aggregated.", rich_help_panel="Source"
     ),
 ]
+SourceNamespaces = Annotated[
+    str | None,
+    typer.Option(
+        "--source-namespaces",
+        help="auto (default): read each part of the range from the finest M3 namespace that holds it; "
+        "unpinned: M3 picks per query (docs/m3.md).",
+        rich_help_panel="Source",
+    ),
+]
 SourceStoragePolicy = Annotated[
     str | None,
     typer.Option("--source-storage-policy", help="Pin M3-Storage-Policy, e.g. 1m:40d.", rich_help_panel="Source"),
@@ -308,8 +317,12 @@ def _shared_options(
     source_key_file: SourceKey = None,
     source_insecure_skip_verify: SourceInsecure = False,
     source_header: SourceHeader = None,
+    source_namespaces: SourceNamespaces = None,
     source_metrics_type: SourceMetricsType = None,
     source_storage_policy: SourceStoragePolicy = None,
+    tier_margin_hours: Annotated[
+        float | None, typer.Option(help="M3 tiers: start each namespace's tier this long after its oldest data.")
+    ] = None,
     source_max_concurrency: SourceMaxConcurrency = None,
     source_max_requests_per_second: SourceMaxRps = None,
     source_max_samples_per_second: SourceMaxSps = None,
@@ -334,6 +347,7 @@ def _shared_options(
     source = {
         "read_url": source_read_url,
         "query_url": source_query_url,
+        "namespaces": source_namespaces,
         "metrics_type": source_metrics_type,
         "storage_policy": source_storage_policy,
         **_limits(
@@ -385,6 +399,7 @@ def _shared_options(
         "source_label_value": "" if no_source_label else None,
         "write_mode": write_mode,
         "window_minutes": window_minutes,
+        "tier_margin_hours": tier_margin_hours,
         "batch_max_series": batch_max_series,
         "task_concurrency": task_concurrency,
         "write_concurrency": write_concurrency,

@@ -167,10 +167,15 @@ class SourceSettings(EndpointSettings):
         default=None,
         description="Base URL of the M3 Coordinator admin API (namespaces, placement). Defaults to query_url.",
     )
+    namespaces: Literal["auto", "unpinned"] = Field(
+        default="auto",
+        description="auto: read each part of the range from the finest M3 namespace that still holds it "
+        "(tiers, fixed when the migration is planned, every read pinned). unpinned: M3 picks a namespace per "
+        "query. Ignored when metrics_type pins one namespace, and on a source without M3's namespace API.",
+    )
     metrics_type: Literal["unaggregated", "aggregated"] | None = Field(
         default=None,
-        description="Pin the M3 namespace type (M3-Metrics-Type). Unset: M3 picks a namespace per query, and "
-        "ranges older than the unaggregated retention come back downsampled.",
+        description="Pin one M3 namespace type for the whole migration (M3-Metrics-Type); unset: see namespaces.",
     )
     storage_policy: str | None = Field(
         default=None,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from m3migrate.config import SourceSettings
 from m3migrate.errors import ConfigError
-from m3migrate.plan import DAY_MS, Plan, discover, make_batches
+from m3migrate.m3admin import M3AdminClient, M3Namespace
+from m3migrate.plan import DAY_MS, Labels, Plan, discover, make_batches
 from m3migrate.promql import PromQLClient
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
+from m3migrate.tiers import Tier, plan_tiers, split_by_tier
 from m3migrate.timefmt import iso_ms
 
 log = logging.getLogger("m3migrate.migration")
@@ -95,15 +98,16 @@ def build_plan(
     start_ms = spec.start_ms if start_ms is None else start_ms
     end_ms = spec.end_ms if end_ms is None else end_ms
     selectors = spec.selectors()
-    with PromQLClient(source.promql_base, source, extra_headers=source.m3_headers()) as promql:
-        per_selector = discover(
-            selectors,
-            start_ms,
-            end_ms,
-            api=_PromQLDiscovery(promql),
-            slice_ms=spec.discovery_slice_hours * 3_600_000 if spec.discovery_slice_hours else DAY_MS,
-            on_metric=on_metric,
-        )
+    tiers = source_tiers(source, spec, start_ms, end_ms)
+    slice_ms = spec.discovery_slice_hours * 3_600_000 if spec.discovery_slice_hours else DAY_MS
+    per_tier: list[list[list[Labels]]] = []
+    for tier, a, b in split_by_tier(tiers, start_ms, end_ms):
+        headers = {**source.m3_headers(), **(tier.headers() if tier else {})}  # each tier in its own namespace
+        with PromQLClient(source.promql_base, source, extra_headers=headers) as promql:
+            per_tier.append(
+                discover(selectors, a, b, api=_PromQLDiscovery(promql), slice_ms=slice_ms, on_metric=on_metric)
+            )
+    per_selector = merge_discoveries(per_tier)
     relabeler = spec.relabeler()
     collisions = relabeler.find_collisions(s for group in per_selector for s in group)
     if collisions:
@@ -122,7 +126,44 @@ def build_plan(
         batches=batches,
         selectors=list(spec.match),
         writing=writing_settings(spec),
+        tiers=tiers,
     )
+
+
+def source_tiers(source: SourceSettings, spec: MigrationSpec, start_ms: int, end_ms: int) -> list[Tier]:
+    """The M3 namespace of each part of [start, end] (m3migrate.tiers), fixed now for the whole run; []
+    when one namespace is pinned, namespaces=unpinned, or the source has no M3 namespace API."""
+    if source.namespaces != "auto" or source.metrics_type:
+        return []
+    with M3AdminClient(source.admin_base, source) as admin:
+        namespaces = admin.namespaces()
+    return spec_tiers(namespaces or [], spec, start_ms, end_ms)
+
+
+def spec_tiers(
+    namespaces: Sequence[M3Namespace], spec: MigrationSpec, start_ms: int, end_ms: int, now_ms: int | None = None
+) -> list[Tier]:
+    """plan_tiers on the spec's grid (windows; blocks too in blocks/hybrid mode) and margin."""
+    align_ms = math.lcm(spec.window_ms, spec.block_ms) if spec.uses_blocks else spec.window_ms
+    margin_ms = round(spec.tier_margin_hours * 3_600_000)
+    return plan_tiers(namespaces, start_ms, end_ms, align_ms=align_ms, margin_ms=margin_ms, now_ms=now_ms)
+
+
+def merge_discoveries(per_tier: list[list[list[Labels]]]) -> list[list[Labels]]:
+    """One series list per selector from each tier's discovery; first selector wins, as within one."""
+    if len(per_tier) == 1:
+        return per_tier[0]
+    seen: set[Labels] = set()
+    merged: list[list[Labels]] = []
+    for i in range(len(per_tier[0])):
+        group: list[Labels] = []
+        for found in per_tier:
+            for labels in found[i]:
+                if labels not in seen:
+                    seen.add(labels)
+                    group.append(labels)
+        merged.append(group)
+    return merged
 
 
 def prepare(

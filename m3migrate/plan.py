@@ -20,6 +20,7 @@ from typing import Protocol
 from m3migrate.codec import Matcher, selector_string
 from m3migrate.errors import ConfigError, SourceLimitExceeded
 from m3migrate.selectors import re2_escape
+from m3migrate.tiers import Tier
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -103,6 +104,9 @@ class Plan:
     # What changes what is written (relabeling, source label, write mode); None: a version-1 plan,
     # saved before plans recorded it.
     writing: dict | None = None
+    # The M3 namespace each part of the range is read from (m3migrate.tiers); empty: reads are not pinned
+    # by the plan (a Prometheus source, or one namespace pinned by the source settings).
+    tiers: list[Tier] = field(default_factory=list)
 
     @cached_property
     def windows(self) -> list[Window]:
@@ -116,6 +120,8 @@ class Plan:
             h.update(b.id.encode())
         if self.writing is not None:
             h.update(json.dumps(self.writing, sort_keys=True, ensure_ascii=False).encode())
+        if self.tiers:
+            h.update(json.dumps([t.to_json() for t in self.tiers], sort_keys=True).encode())
         return h.hexdigest()[:16]
 
     @property
@@ -133,6 +139,7 @@ class Plan:
             "selectors": self.selectors,
             "batches": [b.to_json() for b in self.batches],
             "writing": self.writing,
+            "tiers": [t.to_json() for t in self.tiers],
         }
 
     @classmethod
@@ -152,6 +159,7 @@ class Plan:
             batches=[Batch.from_json(b) for b in data["batches"]],
             selectors=data.get("selectors", []),
             writing=data.get("writing") if version >= 2 else None,
+            tiers=[Tier.from_json(t) for t in data.get("tiers") or []],
         )
         if data.get("plan_id") not in (None, plan.id):
             raise ConfigError("the saved plan is corrupt (its id does not match its content)")

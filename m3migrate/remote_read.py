@@ -8,7 +8,7 @@ which the planner answers by splitting the batch. Partial data is never returned
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -64,10 +64,13 @@ class RemoteReadClient(EndpointClient):
             **settings.m3_headers(),
         }
 
-    def read_raw(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> bytes:
+    def read_raw(
+        self, matchers: Sequence[Matcher], start_ms: int, end_ms: int, *, pin: Mapping[str, str] | None = None
+    ) -> bytes:
         """The decompressed ReadResponse bytes for [start_ms, end_ms] (both inclusive), exact on an
         end-exclusive source (M3 reads [start, end)) and an end-inclusive one (Prometheus) alike: the
-        query asks for end_ms + 1 and what lies after end_ms is cut at the wire level."""
+        query asks for end_ms + 1 and what lies after end_ms is cut at the wire level. ``pin``: headers
+        that pin the read to one M3 namespace (a tier's), over the settings' own."""
         if end_ms < start_ms:
             raise ValueError(f"end {end_ms} before start {start_ms}")
         body = encode_read_request(matchers, start_ms, end_ms + 1)
@@ -75,7 +78,7 @@ class RemoteReadClient(EndpointClient):
             with attempt:
                 if attempt.num > 1:
                     self.stats.retries += 1
-                raw = self._read_once(body)
+                raw = self._read_once(body, {**self.headers, **pin} if pin else self.headers)
         raw = cut_after(raw, end_ms)
         if self.settings.max_samples_per_second:
             self.charge_samples(count_samples(raw))
@@ -85,8 +88,8 @@ class RemoteReadClient(EndpointClient):
         """The parsed QueryResult for [start_ms, end_ms] (both inclusive)."""
         return decode_read_response(self.read_raw(matchers, start_ms, end_ms), endpoint=self.endpoint)
 
-    def _read_once(self, body: bytes) -> bytes:
-        request = self._client.build_request("POST", self.url, content=body, headers=self.headers)
+    def _read_once(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        request = self._client.build_request("POST", self.url, content=body, headers=headers)
         response = self.exchange(request, what="remote read")
         self.stats.requests += 1
         limited = response.headers.get("M3-Results-Limited")

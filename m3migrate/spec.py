@@ -61,6 +61,13 @@ class MigrationSpec(BaseModel):
         "upload the history as TSDB blocks into the Thanos bucket (needs a bucket). hybrid: blocks for the "
         "history older than the target's accept window, remote write (in_order) for the recent tail.",
     )
+    tier_margin_hours: float = Field(
+        default=6,
+        ge=0,
+        description="M3 tiers (source namespaces=auto): a namespace's tier starts this long after its oldest "
+        "data, so that data is not deleted by M3's retention before the run reads it. Cover the migration's "
+        "expected duration (validate estimates it).",
+    )
     block_hours: Literal[2, 8, 48] = Field(
         default=2, description="blocks/hybrid: hours per block, epoch-aligned (Thanos' compaction ranges 2, 8, 48)."
     )

@@ -41,6 +41,7 @@ from m3migrate.promql import PromQLClient
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.tiers import Tier, split_by_tier
 from m3migrate.wire import Counters, LabelCache, pack_query_result, pack_read_response, tune_malloc
 
 log = logging.getLogger("m3migrate.transfer")
@@ -95,6 +96,7 @@ class Transfer:
         self._pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="m3migrate-write")
         self._labels = LabelCache(relabeler, endpoint=self.reader.endpoint)  # source -> encoded target labels
         self._scope: PlanScope | None = None  # the whole plan: tells another batch's series from a new one
+        self._tiers: tuple[Tier, ...] = ()  # the plan's M3 namespaces by time range (none: unpinned)
         self._query: PromQLClient | None = None  # the target's query API, opened only to reconcile a refusal
         self._query_lock = threading.Lock()
         tune_malloc()  # once per process: MB-sized buffers per unit stay mapped instead of faulting back in
@@ -119,6 +121,7 @@ class Transfer:
         with self._query_lock:
             if self._scope is None or self._scope.plan_id != plan.id:
                 self._scope = PlanScope(plan, self.relabeler)
+            self._tiers = tuple(plan.tiers)
 
     def run(self, batch: Batch, window: Window, *, resumed: bool = False) -> TransferResult:
         """Copy the batch's series over the window; returns only after the target acknowledged all.
@@ -160,7 +163,7 @@ class Transfer:
 
     def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[bytes]:
         """Decompressed ReadResponses, left undecoded: the write side walks them (m3migrate.wire)."""
-        return _read_parts(self.reader, batch, start_ms, end_ms, result, bytes)
+        return _read_parts(self.reader, batch, start_ms, end_ms, result, bytes, self._tiers)
 
     # -- write side -----------------------------------------------------------------------------
 
@@ -394,12 +397,18 @@ class ReadTally(Protocol):
 
 
 def read_batch_window(
-    reader: RemoteReadClient, batch: Batch, start_ms: int, end_ms: int, tally: ReadTally
+    reader: RemoteReadClient,
+    batch: Batch,
+    start_ms: int,
+    end_ms: int,
+    tally: ReadTally,
+    tiers: Sequence[Tier] = (),
 ) -> Iterator[QueryResult]:
     """Decoded read results covering batch × [start, end]; a source limit splits the read (by series,
-    then by time), never truncates it. Parts come one at a time, so memory holds one part."""
+    then by time), never truncates it. Parts come one at a time, so memory holds one part. With
+    ``tiers`` each part of the range is read from its tier's namespace."""
     return _read_parts(
-        reader, batch, start_ms, end_ms, tally, lambda raw: decode_read_response(raw, endpoint=reader.endpoint)
+        reader, batch, start_ms, end_ms, tally, lambda raw: decode_read_response(raw, endpoint=reader.endpoint), tiers
     )
 
 
@@ -413,10 +422,26 @@ def _read_parts(
     end_ms: int,
     tally: ReadTally,
     decode: Callable[[bytes], _Part],
+    tiers: Sequence[Tier] = (),
+) -> Iterator[_Part]:
+    for tier, a, b in split_by_tier(tiers, start_ms, end_ms):
+        if tier is not None:
+            tier.check_not_expired(a)
+        yield from _read_pinned(reader, batch, a, b, tally, decode, tier.headers() if tier else None)
+
+
+def _read_pinned(
+    reader: RemoteReadClient,
+    batch: Batch,
+    start_ms: int,
+    end_ms: int,
+    tally: ReadTally,
+    decode: Callable[[bytes], _Part],
+    pin: dict[str, str] | None,
 ) -> Iterator[_Part]:
     t0 = time.perf_counter()
     try:
-        raw = reader.read_raw(batch.matchers, start_ms, end_ms)
+        raw = reader.read_raw(batch.matchers, start_ms, end_ms, pin=pin)
     except SourceLimitExceeded:
         tally.read_seconds += time.perf_counter() - t0
         tally.splits += 1
@@ -424,14 +449,14 @@ def _read_parts(
             parts = split_batch(batch)
             log.info("batch %s hit a source limit: split into %d parts by series", batch.id, len(parts))
             for sub in parts:
-                yield from _read_parts(reader, sub, start_ms, end_ms, tally, decode)
+                yield from _read_pinned(reader, sub, start_ms, end_ms, tally, decode, pin)
             return
         if end_ms - start_ms < MIN_SPLIT_MS:
             raise
         mid = start_ms + (end_ms - start_ms) // 2
         log.info("batch %s hit a source limit: split [%d, %d] in time", batch.id, start_ms, end_ms)
-        yield from _read_parts(reader, batch, start_ms, mid, tally, decode)
-        yield from _read_parts(reader, batch, mid + 1, end_ms, tally, decode)
+        yield from _read_pinned(reader, batch, start_ms, mid, tally, decode, pin)
+        yield from _read_pinned(reader, batch, mid + 1, end_ms, tally, decode, pin)
         return
     parsed = decode(raw)
     tally.bytes_read += len(raw)

@@ -444,6 +444,8 @@ def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) 
         return failure(name, exc, side="source", url_flag="--source-query-url", what="M3 namespaces")
     if namespaces is None:
         return CheckResult(name, "pass", "not an M3 Coordinator: no namespaces, data is read as stored")
+    if src.namespaces == "auto" and not src.metrics_type and not src.storage_policy:
+        return _check_tiers(name, inp, namespaces, now_ms)
     ready = [ns for ns in namespaces if ns.ready]
     unagg = [ns for ns in ready if not ns.aggregated]
     agg = [ns for ns in ready if ns.aggregated]
@@ -510,6 +512,51 @@ def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) 
             {"empty_until": iso_ms(empty_to)},
         )
     return CheckResult(name, "pass", f"the whole range is read from {what}")
+
+
+def _check_tiers(name: str, inp: ValidationInput, namespaces: list[M3Namespace], now_ms: int) -> CheckResult:
+    """The tier table a migration with namespaces=auto will plan: range, namespace, resolution and the
+    most samples an aggregated tier can hold per series; a warning when history comes back downsampled."""
+    from m3migrate.migration import spec_tiers
+    from m3migrate.tiers import tier_table
+
+    spec = inp.spec
+    tiers = spec_tiers(namespaces, spec, spec.start_ms, spec.end_ms, now_ms=now_ms)
+    if not tiers:
+        return CheckResult(name, "fail", "no READY namespace", "wait for the namespaces to become READY")
+    rows = tier_table(tiers)
+    for row, tier in zip(rows, tiers, strict=True):
+        span = tier.end_ms - tier.start_ms + 1
+        row["samples_per_series"] = span // tier.resolution_ms if tier.aggregated else "as scraped"
+    table = "; ".join(
+        f"{r['from']} .. {r['to']} from {r['namespace']} ({r['storage_policy']}, "
+        f"{r['samples_per_series']} samples/series)"
+        for r in rows
+    )
+    details: dict[str, Any] = {"tiers": rows}
+    aggregated = [t for t in tiers if t.aggregated]
+    if not aggregated:
+        return CheckResult(name, "pass", f"the whole range is read from one tier: {table}", details=details)
+    coarse = [t.storage_policy for t in aggregated if t.resolution_ms >= 5 * 60_000]
+    counters = (
+        f"; with M3's storeMetricsType on, counters read from {', '.join(coarse)} come back as a reset-free "
+        "running sum (rate() and increase() agree, raw counter values do not)"
+        if coarse
+        else ""
+    )
+    oldest_raw = next((t.start_ms for t in tiers if not t.aggregated), None)
+    return CheckResult(
+        name,
+        "warn",
+        f"tiers: {table}. History in aggregated tiers is downsampled (the last value per resolution window, "
+        f"stamped at the window's end){counters}",
+        "expected for history older than the unaggregated retention"
+        + (f" (raw data from {iso_ms(oldest_raw)} on)" if oldest_raw is not None else "")
+        + "; to read one namespace only pin it with --source-metrics-type/--source-storage-policy; "
+        "raise tier_margin_hours if the migration takes longer than "
+        f"{spec.tier_margin_hours:g} h (a tier's oldest data must not expire before it is read)",
+        details,
+    )
 
 
 def _sample_series(promql: PromQLClient, spec: MigrationSpec, slice_ms: int = HOUR_MS) -> list[dict[str, str]]:

@@ -50,6 +50,7 @@ from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.selectors import re2_escape
 from m3migrate.spec import MigrationSpec
+from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import TransferResult, read_batch_window
 from m3migrate.validate import PROBE_METRIC
@@ -360,8 +361,10 @@ class _Verifier:
         ignore: frozenset[str],
         all_expected: set[Labels],
         source_label: tuple[str, str] | None,
+        tiers: Sequence[Tier] = (),
     ) -> None:
         self.reader = reader
+        self.tiers = tuple(tiers)  # each part of a window is compared with the namespace it was read from
         self.query = query
         self.relabeler = relabeler
         self.ignore = ignore
@@ -451,7 +454,7 @@ class _Verifier:
     def _read_source(self, view: _BatchView, window: Window) -> tuple[dict[Labels, SeriesData], int]:
         # split by series, then by time, under a source limit (M3's series or range limit), as the transfer
         tally = TransferResult(batch_id=view.batch.id, window=window.index)
-        parts = read_batch_window(self.reader, view.batch, window.start_ms, window.end_ms, tally)
+        parts = read_batch_window(self.reader, view.batch, window.start_ms, window.end_ms, tally, self.tiers)
         out: dict[Labels, SeriesData] = {}
         stale = 0
         for ts in (ts for qr in parts for ts in qr.timeseries):
@@ -701,7 +704,7 @@ def verify(
                 out = relabeler(labels)
                 if out is not None:
                     all_expected.add(tuple(sorted(out)))
-        verifier = _Verifier(reader, query, relabeler, ignore, all_expected, source_label)
+        verifier = _Verifier(reader, query, relabeler, ignore, all_expected, source_label, plan.tiers)
         views = [v for v in (verifier.view(b, sample_fraction, seed) for b in plan.batches) if v is not None]
         series_checked = len({k for v in views for k in v.expected.values()})
         tasks: list[tuple[_BatchView | None, Window]] = [(view, window) for window in windows for view in views]

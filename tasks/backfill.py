@@ -102,5 +102,6 @@ def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> dict:
             relabeler=relabeler,
             external_labels=dict(ctx.external_labels),
             work_dir=Path(ctx.work_dir) if ctx.work_dir else None,
+            tiers=plan.tiers,
         )
     return result.as_dict()

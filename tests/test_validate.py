@@ -183,10 +183,26 @@ def test_fake_m3_is_detected_with_its_namespaces():
     assert kind.status == "warn" and "agg_5m_1y" in kind.fix  # not READY
 
 
-def test_m3_range_older_than_unaggregated_retention_warns_about_downsampling():
+def test_m3_tiers_are_shown_with_the_namespace_of_each_range():
+    """namespaces=auto (the default): the history older than the raw retention (2 d) comes from the READY
+    1m:40d namespace, the rest raw; the not-READY 5m:1y one is never planned."""
     with FakeM3Coordinator(namespaces=M3_NAMESPACES) as m3:
-        result = check_source_namespaces(_inp(SourceSettings(read_url=m3.read_url)))
+        result = check_source_namespaces(_inp(SourceSettings(read_url=m3.read_url), spec=_spec(_now_ms() - 5 * DAY_MS)))
         recent = check_source_namespaces(_inp(SourceSettings(read_url=m3.read_url), spec=_spec(_now_ms() - DAY_MS)))
+    assert result.status == "warn" and "downsampled" in result.observed
+    assert [(t["namespace"], t["storage_policy"]) for t in result.details["tiers"]] == [
+        ("agg_1m_40d", "1m:40d"),
+        ("default", "unaggregated"),
+    ]
+    assert "agg_5m_1y" not in result.observed
+    assert recent.status == "pass" and [t["namespace"] for t in recent.details["tiers"]] == ["default"]
+
+
+def test_m3_unpinned_range_older_than_unaggregated_retention_warns_about_downsampling():
+    with FakeM3Coordinator(namespaces=M3_NAMESPACES) as m3:
+        source = SourceSettings(read_url=m3.read_url, namespaces="unpinned")
+        result = check_source_namespaces(_inp(source))
+        recent = check_source_namespaces(_inp(source, spec=_spec(_now_ms() - DAY_MS)))
     assert result.status == "warn" and "downsampled" in result.observed
     assert "--source-storage-policy" in result.fix and "1m:40d" in result.fix and "--start" in result.fix
     assert recent.status == "pass"

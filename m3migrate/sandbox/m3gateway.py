@@ -407,3 +407,30 @@ def _forward(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int
             return answer.status, answer.read(), answer.headers.get("Content-Type", "")
     except urllib.error.HTTPError as err:
         return err.code, err.read(), err.headers.get("Content-Type", "")
+
+
+def downsample(
+    data: dict[tuple[tuple[str, str], ...], list[tuple[int, int]]], resolution_ms: int
+) -> dict[tuple[tuple[str, str], ...], list[tuple[int, int]]]:
+    """What an M3 aggregated namespace holds of raw (timestamp, value bits) series: the last value of each
+    resolution window [ws, ws + resolution), stamped at the window's end ws + resolution (m3
+    src/aggregator/aggregator/list.go standardMetricTimestampNanos; ``Last`` is the default aggregation
+    of M3's downsampler). Prometheus stale markers are not data points and are left out."""
+    import numpy as np
+
+    from m3migrate.codec import STALE_NAN_BITS
+
+    out = {}
+    for labels, samples in data.items():
+        if not samples:
+            continue
+        t = np.fromiter((s[0] for s in samples), dtype=np.int64, count=len(samples))
+        bits = np.fromiter((s[1] for s in samples), dtype=np.uint64, count=len(samples))
+        keep = bits != np.uint64(STALE_NAN_BITS)
+        t, bits = t[keep], bits[keep]
+        if not len(t):
+            continue
+        window_end = (t // resolution_ms + 1) * resolution_ms
+        last = np.flatnonzero(np.append(window_end[1:] != window_end[:-1], True))  # last sample of each window
+        out[labels] = [(int(a), int(b)) for a, b in zip(window_end[last], bits[last], strict=True)]
+    return out
