@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from m3migrate.errors import ConfigError, M3MigrateError
-from m3migrate.spec import format_validation_error, load_config_file
+from m3migrate.spec import default_state_dir, format_validation_error, load_config_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -268,6 +268,8 @@ def _progress_bar() -> tuple[Progress, Any]:
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"migration {summary.get('migration_id', '')}", show_header=False)
     for k, v in summary.items():
+        if k == "tiers":  # one row per M3 namespace the range was read from
+            v = "\n".join(f"{t['from']} .. {t['to']}  {t['namespace']} ({t['storage_policy']})" for t in v)
         table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
     out.print(table)
 
@@ -567,7 +569,12 @@ def validate(
 
     try:
         result = validate_flow(
-            inputs.source, inputs.target, inputs.spec, clock_skew_threshold_s=clock_skew_threshold, bucket=bucket
+            inputs.source,
+            inputs.target,
+            inputs.spec,
+            clock_skew_threshold_s=clock_skew_threshold,
+            bucket=bucket,
+            state_dir=inputs.state_dir or str(default_state_dir()),  # a resumed migration: probed by its journal
         )
     except ValidationFailed as exc:
         result = exc.report

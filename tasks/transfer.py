@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from m3migrate.front import Front, FrontTotals, Segment, WindowDone
 from m3migrate.plan import Plan
 from m3migrate.relabel import Relabeler
 from m3migrate.state import MigrationState, Stage
+from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import Transfer
 
@@ -165,8 +166,9 @@ def results_storage(results_dir: Path) -> Path:
 class _SegmentProgress:
     """Logs and UI progress from inside a segment, throttled (each artifact update is an API call)."""
 
-    def __init__(self, ctx: TransferContext, segment: Segment, samples_before: int) -> None:
+    def __init__(self, ctx: TransferContext, segment: Segment, samples_before: int, tiers: Sequence[Tier] = ()) -> None:
         self.ctx = ctx
+        self.tiers = tiers
         self.segment = segment
         self.samples_before = samples_before
         self.logger = get_run_logger()
@@ -183,9 +185,11 @@ class _SegmentProgress:
         if self.ctx.progress_artifact_id and self.segment.group == 0:
             update_progress_artifact(self.ctx.progress_artifact_id, 100.0 * windows_done / self.ctx.windows_total)
         samples = self.samples_before + totals.samples
+        tier = next((t for t in self.tiers if t.start_ms <= done.end_ms <= t.end_ms), None)
         self.logger.info(
-            "front at %s: window %d/%d, %d samples so far, %.0f samples/s",
+            "front at %s%s: window %d/%d, %d samples so far, %.0f samples/s",
             iso_ms(done.end_ms),
+            f" (tier {tier.namespace}, {tier.storage_policy})" if tier else "",
             windows_done,
             self.ctx.windows_total,
             samples,
@@ -221,7 +225,7 @@ def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int
         ctx.state.journal(ctx.stage, ctx.plan_id, range(windows[0].index, windows[-1].index + 1)),
         depth=ctx.depth,
         concurrency=ctx.units_in_flight,
-        on_window=_SegmentProgress(ctx, segment, samples_before),
+        on_window=_SegmentProgress(ctx, segment, samples_before, plan.tiers),
     )
     totals = front.run().as_dict()
     failpoint("segment.done")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from m3migrate.sandbox.history import HistorySpec, SourceSandbox, start_source
+from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
 from m3migrate.sandbox.servers import Server, start_prometheus, start_victoriametrics
 
 
@@ -47,7 +48,11 @@ def sandbox_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def source_history(sandbox_workdir: Path) -> Iterator[SourceSandbox]:
     """Source Prometheus with 200 series x 7 d x 60 s of history (blocks) plus a 30-minute live tail
-    (head, with a stale marker and an ordinary NaN).  ``.server``, ``.spec``, ``.stats`` (blocks + tail)."""
+    (head, with a stale marker and an ordinary NaN).  ``.server``, ``.spec``, ``.stats`` (blocks + tail).
+
+    ``.m3`` is the M3 Coordinator gateway in front of it (one unaggregated namespace holding the whole
+    history): the migration flows read through it ([start, end) reads, M3's limits and namespace API),
+    while expectations are read from the Prometheus itself."""
     cache = os.environ.get("M3MIGRATE_SANDBOX_CACHE")
     source = start_source(
         HistorySpec(series=200, span_s=7 * 86400, interval_s=60),
@@ -55,7 +60,9 @@ def source_history(sandbox_workdir: Path) -> Iterator[SourceSandbox]:
         cache_dir=Path(cache) if cache else None,
     )
     try:
-        yield source
+        with M3Gateway({"default": GatewayNamespace(source.server.url, retention="30d")}) as m3:
+            source.m3 = m3
+            yield source
     finally:
         source.stop()
 

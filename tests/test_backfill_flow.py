@@ -19,6 +19,7 @@ from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError
 from m3migrate.replication import replication_start_ms
 from m3migrate.sandbox.compare import Labels, Samples, diff, diff_target, read_all, with_label
+from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.servers import start_prometheus
 from m3migrate.spec import HYBRID_MARGIN_MS, MigrationSpec
 from m3migrate.state import MigrationState
@@ -28,9 +29,10 @@ from m3migrate.validate import ValidationInput, check_bucket, check_target_write
 HOUR_MS = 3_600_000
 
 
-def _blocks(source_url: str, target_url: str) -> tuple[M3Source, ThanosTarget]:
+def _blocks(source: SourceSandbox, target_url: str) -> tuple[M3Source, ThanosTarget]:
+    """The source through its M3 Coordinator gateway, the target directly."""
     return (
-        M3Source(read_url=f"{source_url}/api/v1/read", query_url=source_url),
+        M3Source(read_url=source.read_url, query_url=source.query_url),
         ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url),
     )
 
@@ -124,7 +126,7 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
     stats = source_history.stats
     start, end = stats.start_ms + 30 * 60_000, stats.start_ms + 12 * HOUR_MS
     target = prometheus_target()
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     bucket_dir = tmp_path / "bucket"
     bucket = ThanosBucket(url=str(bucket_dir))
     spec = MigrationSpec(
@@ -166,7 +168,7 @@ def test_hybrid_splits_at_a_block_edge_with_no_gap_and_no_overlap(
     start, end = stats.end_ms - 24 * HOUR_MS, stats.end_ms
     target = prometheus_target(ooo_window="1d")
     _live_sample(target.url)
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     bucket_dir = tmp_path / "bucket"
     spec = MigrationSpec(
         start=iso_ms(start),
@@ -242,7 +244,7 @@ def test_validate_flow_reports_the_bucket_check(prefect_api, source_history, pro
 
     stats = source_history.stats
     target = prometheus_target()
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     spec = MigrationSpec(start=iso_ms(stats.start_ms), end=iso_ms(stats.start_ms + 12 * HOUR_MS), write_mode="blocks")
     report = validate(source_block, target_block, spec, bucket=ThanosBucket(url=str(tmp_path / "bucket")))
     bucket_check = next(c for c in report["checks"] if c["name"] == "bucket")

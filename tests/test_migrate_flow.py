@@ -28,9 +28,10 @@ def _spec(source: SourceSandbox, **kw) -> MigrationSpec:
     return MigrationSpec(start=_iso(source.stats.start_ms), end=_iso(source.stats.end_ms), **kw)
 
 
-def _blocks(source_url: str, target_url: str) -> tuple[M3Source, ThanosTarget]:
+def _blocks(source: SourceSandbox, target_url: str) -> tuple[M3Source, ThanosTarget]:
+    """The source through its M3 Coordinator gateway, the target directly."""
     return (
-        M3Source(read_url=f"{source_url}/api/v1/read", query_url=source_url),
+        M3Source(read_url=source.read_url, query_url=source.query_url),
         ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url),
     )
 
@@ -55,7 +56,7 @@ def test_fresh_target_without_ooo_window_gets_an_exact_copy(
     prefect_api, source_history, prometheus_target, expected, tmp_path
 ):
     target = prometheus_target()
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     summary = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
     assert summary["samples"] == source_history.stats.samples
     assert summary["series"] == source_history.stats.series
@@ -82,7 +83,7 @@ def test_ooo_target_holding_recent_data_gets_an_exact_copy(
         writer.write(
             single_request(frame_series(encode_labels([("__name__", "live_metric")]), live.SerializeToString()), 1)
         )
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     spec = _spec(source_history, write_mode="out_of_order", batch_max_series=64, task_concurrency=3)
     summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
     assert summary["batches"] > 1
@@ -103,7 +104,8 @@ def test_source_limit_splits_batches_and_stays_exact(prefect_api, source_history
         end_ms = stats.start_ms + 6 * 3_600_000 - 1
         expected = with_label(read_all(source_history.server.url, stats.start_ms, end_ms), "_source", "m3db")
         target = prometheus_target()
-        source_block, target_block = _blocks(limited.url, target.url)
+        source_block = M3Source(read_url=f"{limited.url}/api/v1/read", query_url=limited.url)
+        target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url)
         spec = MigrationSpec(start=_iso(stats.start_ms), end=_iso(end_ms))
         summary = migrate(source_block, target_block, spec, state_dir=str(tmp_path / "state"))
         assert summary["splits"] > 0
@@ -162,7 +164,7 @@ def test_kill_9_then_rerun_resumes_to_an_exact_copy(
 
 def test_start_over_rewrites_everything(prefect_api, source_history, prometheus_target, expected, tmp_path):
     target = prometheus_target(ooo_window="30d")
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     spec = _spec(source_history, write_mode="out_of_order")
     first = migrate(source_block, target_block, spec, state_dir=str(tmp_path))
     again = migrate(source_block, target_block, spec, start_over=True, state_dir=str(tmp_path))
@@ -176,7 +178,7 @@ def test_dask_cluster_of_worker_processes_by_address(prefect_api, source_history
     from distributed import Client, LocalCluster
 
     target = prometheus_target(ooo_window="30d")
-    source_block, target_block = _blocks(source_history.server.url, target.url)
+    source_block, target_block = _blocks(source_history, target.url)
     end_ms = source_history.stats.start_ms + 12 * 3_600_000 - 1
     with LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, host="127.0.0.1"

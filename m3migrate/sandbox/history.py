@@ -34,6 +34,7 @@ from m3migrate.codec import STALE_NAN_BITS, encode_labels, float_bits, pack_writ
 from m3migrate.config import TargetSettings
 from m3migrate.prompb import prompb_pb2
 from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.sandbox.m3gateway import M3Gateway
 from m3migrate.sandbox.servers import Server, find_binary, start_prometheus
 
 __all__ = [
@@ -739,6 +740,16 @@ class SourceSandbox:
     block_stats: HistoryStats
     tail_stats: HistoryStats | None
     build_seconds: float
+    m3: M3Gateway | None = None  # an M3 Coordinator gateway in front of the server, when one was put there
+
+    @property
+    def read_url(self) -> str:
+        """The source's remote-read URL as a migration uses it: the M3 gateway's, else the Prometheus'."""
+        return self.m3.read_url if self.m3 else f"{self.server.url}/api/v1/read"
+
+    @property
+    def query_url(self) -> str:
+        return self.m3.url if self.m3 else self.server.url
 
     def stop(self, timeout: float = 30) -> None:
         self.server.stop(timeout=timeout)

@@ -303,7 +303,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _remote_read(self, headers: dict[str, str], body: bytes) -> None:
         m3 = self.m3
         request = prompb_pb2.ReadRequest()
-        request.ParseFromString(snappy.decompress(body))
+        try:
+            request.ParseFromString(snappy.decompress(body))
+        except Exception as exc:  # M3 answers a body it cannot read with 400, as any remote-read handler
+            return self._json(400, {"status": "error", "error": f"invalid remote read request: {exc}"})
         exhaustive = headers.get("m3-limit-require-exhaustive", "").strip().lower() == "true"
         max_series = _int_header(headers, "m3-limit-max-series", m3.max_series)
         max_range = headers.get("m3-limit-max-range")
