@@ -140,42 +140,23 @@ class GatewayNamespace:
         return f"{self.resolution}:{self.retention}" if self.resolution else "unaggregated"
 
 
-class RoutingError(ValueError):
-    """Headers that pin no namespace the gateway has (M3 answers 400)."""
+class LocalService:
+    """An HTTP service on 127.0.0.1 (random port), served from a thread while used as a context manager
+    (the gateway here, and the tests' fake coordinator)."""
 
+    thread_name = "local-service"
 
-class M3Gateway:
-    """The gateway on 127.0.0.1 (random port), served from a thread while used as a context manager.
-
-    - ``namespaces``: name -> :class:`GatewayNamespace`; exactly one unaggregated.
-    - ``max_series`` / ``max_range``: the coordinator's own per-query limits (None: unlimited).
-    - ``now_ms``: the clock the default routing measures retention from (None: the wall clock).
-    """
-
-    def __init__(
-        self,
-        namespaces: dict[str, GatewayNamespace],
-        *,
-        max_series: int | None = None,
-        max_range: str | None = None,
-        now_ms: int | None = None,
-    ) -> None:
-        unaggregated = [n for n, ns in namespaces.items() if ns.resolution is None]
-        if len(unaggregated) != 1:
-            raise ValueError(f"an M3 cluster has exactly one unaggregated namespace, got {unaggregated}")
-        self.namespaces = namespaces
-        self.unaggregated = unaggregated[0]
-        self.max_series = max_series
-        self.max_range_ms = int(parse_seconds(max_range) * 1000) if max_range else None
-        self.now_ms = now_ms
-        self.reads: list[tuple[str, int, int]] = []  # (namespace, start, exclusive end) of each remote read
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class, bound to this service."""
+        raise NotImplementedError
+
     @property
     def url(self) -> str:
-        assert self._server is not None, "use M3Gateway as a context manager"
+        assert self._server is not None, f"use {type(self).__name__} as a context manager"
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
@@ -184,15 +165,10 @@ class M3Gateway:
         return self.url + "/api/v1/prom/remote/read"
 
     def __enter__(self) -> Self:
-        gateway = self
-
-        class Handler(_Handler):
-            m3 = gateway
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="m3-gateway", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
         )
         self._thread.start()
         return self
@@ -203,6 +179,80 @@ class M3Gateway:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class ServiceHandler(BaseHTTPRequestHandler):
+    """GET and POST go to ``_dispatch``; answers are sent whole with a Content-Length (keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
+        pass  # keep test and demo output clean
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        raise NotImplementedError
+
+    def _json(self, status: int, doc: dict[str, Any]) -> None:
+        self._send(status, json.dumps(doc).encode(), "application/json")
+
+    def _send(self, status: int, payload: bytes, ctype: str | None, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        if ctype:
+            self.send_header("Content-Type", ctype)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class RoutingError(ValueError):
+    """Headers that pin no namespace the gateway has (M3 answers 400)."""
+
+
+class M3Gateway(LocalService):
+    """The gateway on 127.0.0.1 (random port), served from a thread while used as a context manager.
+
+    - ``namespaces``: name -> :class:`GatewayNamespace`; exactly one unaggregated.
+    - ``max_series`` / ``max_range``: the coordinator's own per-query limits (None: unlimited).
+    - ``now_ms``: the clock the default routing measures retention from (None: the wall clock).
+    """
+
+    thread_name = "m3-gateway"
+
+    def __init__(
+        self,
+        namespaces: dict[str, GatewayNamespace],
+        *,
+        max_series: int | None = None,
+        max_range: str | None = None,
+        now_ms: int | None = None,
+    ) -> None:
+        super().__init__()
+        unaggregated = [n for n, ns in namespaces.items() if ns.resolution is None]
+        if len(unaggregated) != 1:
+            raise ValueError(f"an M3 cluster has exactly one unaggregated namespace, got {unaggregated}")
+        self.namespaces = namespaces
+        self.unaggregated = unaggregated[0]
+        self.max_series = max_series
+        self.max_range_ms = int(parse_seconds(max_range) * 1000) if max_range else None
+        self.now_ms = now_ms
+        self.reads: list[tuple[str, int, int]] = []  # (namespace, start, exclusive end) of each remote read
+        self._lock = threading.Lock()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        gateway = self
+
+        class Handler(_Handler):
+            m3 = gateway
+
+        return Handler
 
     # -- routing (cluster_resolver.go) --------------------------------------------------------------
 
@@ -267,18 +317,8 @@ def _same_policy(ns: GatewayNamespace, policy: str) -> bool:
         return False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ServiceHandler):
     m3: M3Gateway
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
-        pass
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -326,7 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
             q = upstream.queries.add()
             q.start_timestamp_ms, q.end_timestamp_ms = start, end - 1  # Prometheus reads [start, end]
             q.matchers.extend(query.matchers)
-            status, payload, _ = _forward(
+            status, payload, _ = forward(
                 m3.namespaces[name].upstream.rstrip("/") + "/api/v1/read",
                 snappy.compress(upstream.SerializeToString()),
                 {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
@@ -352,23 +392,10 @@ class _Handler(BaseHTTPRequestHandler):
         name = self.m3.route(headers, start if start is not None else 0)
         upstream = self.m3.namespaces[name].upstream.rstrip("/")
         ctype = headers.get("content-type", "application/x-www-form-urlencoded")
-        status, payload, answer_type = _forward(
+        status, payload, answer_type = forward(
             upstream + self.path, body if self.command == "POST" else None, {"Content-Type": ctype}
         )
         self._send(status, payload, answer_type)
-
-    def _json(self, status: int, doc: dict[str, Any]) -> None:
-        self._send(status, json.dumps(doc).encode(), "application/json")
-
-    def _send(self, status: int, payload: bytes, ctype: str | None, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        if ctype:
-            self.send_header("Content-Type", ctype)
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
 
 def _int_header(headers: dict[str, str], name: str, default: int | None) -> int | None:
@@ -402,7 +429,7 @@ def _promql_time_ms(text: str) -> int | None:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _forward(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, str]:
+def forward(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, str]:
     """Pass a request to the real upstream and return (status, body, content type)."""
     request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
     try:
