@@ -260,11 +260,11 @@ def migrate(
     if skip_validation:
         logger.warning("validation skipped (skip_validation=True)")
     else:
-        # Resuming: probe at the saved front, the oldest instant this run still writes.
-        front = None if start_over else state.load_progress().front_end_ms
-        if front is None and not start_over and spec.write_mode == "hybrid":
-            front = state.load_boundary()  # the tail starts there
-        validate(source, target, spec, probe_at_ms=front, bucket=bucket)
+        # Resuming: the probe goes where the unit journal says this run goes on (read from state_dir);
+        # hybrid: the remote-write tail starts at the saved boundary.
+        boundary = None if start_over or spec.write_mode != "hybrid" else state.load_boundary()
+        resume_from = None if start_over else str(state_root)
+        validate(source, target, spec, probe_at_ms=boundary, bucket=bucket, state_dir=resume_from)
     with state.lock():
         if spec.uses_blocks:
             plan, summary = migrate_blocks(source, target, spec, state, bucket, start_over)

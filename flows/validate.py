@@ -1,7 +1,8 @@
 """The "Run validation" step: check source, target and spec before any data moves.
 
 Each check of :mod:`m3migrate.validate` runs as its own task (in parallel; transient failures retried).
-The flow writes nothing but the one probe sample of the target write check (see docs/validation.md),
+The flow writes nothing the migration does not write itself: the target write check sends an empty write
+request and one real sample of the migration, which it writes again later (see docs/validation.md); it
 publishes a markdown table artifact, returns the JSON report, and raises ValidationFailed (flow run
 Failed) when any check fails, so the migrate flow can run it first and stop.
 """
@@ -35,10 +36,13 @@ def validate(
     retry_delay_seconds: float = 2.0,
     probe_at_ms: int | None = None,
     bucket: ThanosBucket | None = None,
+    state_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run every check; the report as a dict. Raises ValidationFailed when a check fails.
 
-    ``probe_at_ms``: where to write the probe sample when resuming (the saved front); default the start.
+    ``probe_at_ms``: hybrid: the saved boundary, where the remote-write tail begins.
+    ``state_dir``: the migration's state root: a resumed run is probed where its unit journal says it goes
+    on (not at its saved front, which lags the units written after it).
     ``bucket``: where write_mode blocks/hybrid uploads blocks (checked for writability).
     """
     logger = get_run_logger()
@@ -49,6 +53,7 @@ def validate(
         clock_skew_threshold_s,
         probe_at_ms,
         bucket.settings() if bucket is not None else None,
+        state_dir,
     )
     futures = {
         name: validation_check.with_options(

@@ -6,17 +6,20 @@ raises for a problem it is meant to find: it returns status ``fail`` (blocks the
 (does not), what it observed, and the exact flag, header or setting that fixes it. Problems that may go
 away on their own (connection refused, 5xx, timeouts) are marked ``transient`` so the task retries them.
 
-The only thing validation ever writes is ONE probe sample (see :func:`probe_labels` and
-docs/validation.md): series ``m3migrate_probe{_source="m3db",migration_id="<id>"}``, value 0, at exactly the
-migration's start time. That is the oldest instant the migration will write, so the probe cannot move a
-fresh head's clock past the history (a "recent" probe would make all history out of bounds). hybrid probes
-at its boundary, where its remote writes begin; blocks probes the start and, only when the target refuses
-history there (it then holds newer data anyway), the end, where replication continues. Both write, read
-back and delete one small object in the bucket.
+Validation writes nothing the migration does not write itself (docs/validation.md): the target write
+probe sends an empty write request, then ONE real sample of the migration (:class:`ProbeSample`): the first
+sample, in the first window the run writes, of one of its series, read and relabeled exactly as the
+transfer reads and relabels it. The migration later writes that very sample again, which the target takes
+as an identical duplicate, so after validate + migrate it holds the migrated data and nothing else. The
+sample lies at the oldest instant the run writes (the start; hybrid: the boundary; a resumed run: where
+its unit journal says it goes on), so it cannot move a fresh head's clock past the history. blocks writes
+no sample by remote write (only the empty request). blocks and hybrid also write, read back and delete one
+small object in the bucket.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -25,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
 from m3migrate.bucket import Bucket, BucketError, BucketSettings
-from m3migrate.codec import Matcher, encode_labels, frame_series, single_request
+from m3migrate.codec import STALE_NAN_BITS, Matcher, WriteBody, float_bits, frame_series, single_request
 from m3migrate.config import SourceSettings, TargetSettings, origin, redact_url
 from m3migrate.errors import (
     AuthError,
@@ -47,18 +51,26 @@ from m3migrate.errors import (
 )
 from m3migrate.http import RetryPolicy, build_client
 from m3migrate.m3admin import M3AdminClient, M3Namespace
-from m3migrate.prompb import TimeSeries
+from m3migrate.migration import source_tiers
+from m3migrate.plan import Batch, Labels, Window, make_windows
+from m3migrate.prompb import Sample, TimeSeries
 from m3migrate.promql import PromQLClient
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.spec import MigrationSpec
+from m3migrate.state import MigrationState, UnitJournal
+from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
+from m3migrate.transfer import TransferResult, read_batch_window
+from m3migrate.wire import LabelCache
 
 __all__ = [
     "CHECKS",
     "M3_DEFAULT_SERIES_LIMIT",
     "PROBE_METRIC",
     "CheckResult",
+    "ProbeSample",
+    "ResumePoint",
     "Status",
     "ValidationFailed",
     "ValidationInput",
@@ -75,12 +87,13 @@ __all__ = [
     "check_target_write",
     "check_volume",
     "checks_for",
-    "probe_labels",
+    "find_probe_sample",
+    "resume_point",
     "run_all",
 ]
 
 Status = Literal["pass", "warn", "fail"]
-PROBE_METRIC = "m3migrate_probe"
+PROBE_METRIC = "m3migrate_probe"  # the probe series earlier versions wrote: compare and verify still ignore it
 M3_DEFAULT_SERIES_LIMIT = 100_000
 HOUR_MS = 3_600_000
 MIN_PROBE_MS = 60_000  # the volume probe shrinks to this under a source limit, like the transfer's time splits
@@ -197,8 +210,9 @@ class ValidationInput:
     target: TargetSettings
     spec: MigrationSpec
     clock_skew_threshold_s: float = 30.0
-    probe_at_ms: int | None = None  # a resumed migration: its saved front, the oldest point it still writes
+    probe_at_ms: int | None = None  # hybrid: its saved boundary (else the one the clock gives now)
     bucket: BucketSettings | None = None  # write_mode blocks/hybrid: where the blocks go
+    state_dir: str | None = None  # the migration's state root: a resumed run is probed where its journal goes on
 
     @property
     def migration_id(self) -> str:
@@ -217,22 +231,6 @@ class ValidationInput:
         if at is None:
             at = spec.hybrid_boundary_ms(int(time.time() * 1000)) if spec.write_mode == "hybrid" else spec.start_ms
         return None if at > spec.end_ms else max(at, spec.start_ms)
-
-    @property
-    def probe_ms(self) -> int:
-        """When the probe sample is written: the oldest instant the migration (still) writes by remote write.
-
-        A migration that writes only blocks is probed at its start all the same (the oldest instant, so the
-        probe never moves a fresh head's clock past history anybody may still write); only when that is
-        refused does :func:`check_target_write` probe the end, where replication continues.
-        """
-        at = self.remote_write_from_ms
-        return self.spec.start_ms if at is None else at
-
-
-def probe_labels(migration_id: str) -> tuple[tuple[str, str], ...]:
-    """The probe series' labels, sorted: ``m3migrate_probe{_source="m3db",migration_id="<id>"}``."""
-    return (("__name__", PROBE_METRIC), ("_source", "m3db"), ("migration_id", migration_id))
 
 
 # -- error -> result --------------------------------------------------------------------------------
@@ -636,148 +634,336 @@ def _tenant(target: TargetSettings) -> dict[str, str]:
     return {target.tenant_header: target.tenant} if target.tenant else {}
 
 
+MAX_PROBE_CANDIDATES = 10  # series tried for a sample in the probe window before the probe gives up (a warn)
+
+
+@dataclass(frozen=True)
+class ProbeSample:
+    """A real sample of the migration, labeled exactly as the migration writes it.
+
+    Writing it now and again later (the migration's own write of it) leaves the target as the migration
+    alone would: Prometheus' TSDB (which Thanos Receive embeds) takes a sample equal in timestamp and value
+    bits to a series' newest one as a no-op (tsdb/head_append.go, memSeries.appendable)."""
+
+    labels: Labels  # the target labels: relabeled, with the source label
+    label_bytes: bytes  # as the transfer encodes them (wire.LabelCache)
+    sample: bytes  # the source's Sample message, re-serialized: value bits kept (NaN, stale markers)
+    timestamp_ms: int
+    window: Window  # the first window the run writes, which holds this sample
+
+    def body(self) -> WriteBody:
+        series = TimeSeries()
+        series.samples.add().ParseFromString(self.sample)
+        return single_request(frame_series(self.label_bytes, series.SerializeToString()), 1)
+
+    def describe(self) -> str:
+        value = Sample.FromString(self.sample).value
+        bits = float_bits(value)
+        text = "stale marker" if bits == STALE_NAN_BITS else "NaN" if math.isnan(value) else repr(value)
+        inner = ",".join(f'{n}="{v}"' for n, v in self.labels if n != "__name__")
+        return f"{dict(self.labels).get('__name__', '')}{{{inner}}} = {text} @ {iso_ms(self.timestamp_ms)}"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the migration's own state says about its remote writes.
+
+    ``window``: the oldest window with a batch × window unit not done in the unit journal, where this run's
+    writes go on. The saved front (progress.json) is recorded per segment and lags the units written after
+    it, so a target that took those is already past the front's accept window (issue 20, item 10)."""
+
+    window: Window
+    started_to_ms: int | None  # end of the newest window with a unit started: the target took writes up to it
+    series: tuple[Labels, ...]  # source series of the units not done in ``window`` (the first few)
+    tiers: tuple[Tier, ...]  # the plan's M3 namespaces: the probe reads what the transfer reads
+    all_done: bool = False  # every unit is done: this run writes nothing more by remote write
+
+
+def resume_point(state_dir: str, migration_id: str, spec: MigrationSpec) -> ResumePoint | None:
+    """The resume point of the saved remote-write plan of this spec; None without one (a first run)."""
+    root = Path(state_dir)
+    if spec.write_mode == "blocks" or not (root / migration_id).is_dir():
+        return None
+    state = MigrationState(root, migration_id)
+    plan = state.load_plan("migrate")
+    start = state.load_boundary() if spec.write_mode == "hybrid" else spec.start_ms
+    if plan is None or (plan.start_ms, plan.end_ms, plan.window_ms) != (start, spec.end_ms, spec.window_ms):
+        return None  # no plan, or one the migration refuses to resume anyway (a changed range)
+    windows, tiers = plan.windows, tuple(plan.tiers)
+    progress = state.load_progress()
+    saved = progress.plan_id == plan.id and progress.generation == state.generation
+    first = progress.windows_done if saved else 0
+    if first >= len(windows):
+        return ResumePoint(windows[-1], windows[-1].end_ms, (), tiers, all_done=True)
+    journal = state.journal("migrate", plan.id, range(windows[first].index, windows[-1].index + 1))
+    started_to = windows[first - 1].end_ms if first else None
+    todo: tuple[Window, list[Batch]] | None = None
+    for window in windows[first:]:
+        keys = [UnitJournal.key(b.id, window.index) for b in plan.batches]
+        if any(journal.started(k) or journal.done(k) is not None for k in keys):
+            started_to = window.end_ms
+        if todo is None and (left := [b for b, k in zip(plan.batches, keys, strict=True) if journal.done(k) is None]):
+            todo = (window, left)
+    if todo is None:
+        return ResumePoint(windows[-1], started_to, (), tiers, all_done=True)
+    series = tuple(itertools.islice((s for b in todo[1] for s in b.series), MAX_PROBE_CANDIDATES))
+    return ResumePoint(todo[0], started_to, series, tiers)
+
+
+def _first_window_with_series(promql: PromQLClient, spec: MigrationSpec, from_ms: int) -> tuple[Window, list]:
+    """The first window (of the migration's grid) from ``from_ms`` in which the source has series, and
+    those series; (None, []) when it has none in [from_ms, end]. Binary search over prefixes of the range:
+    one query when the first window has data, a few when the history starts later."""
+    windows = make_windows(from_ms, spec.end_ms, spec.window_ms)
+
+    def series_to(k: int) -> list[dict[str, str]]:
+        return promql.series(list(spec.match), from_ms, windows[k].end_ms)
+
+    found = series_to(0)
+    if found:
+        return windows[0], found
+    lo, hi, found = 1, len(windows) - 1, []
+    while lo <= hi:  # the smallest k whose prefix [from, windows[k].end] holds series
+        mid = (lo + hi) // 2
+        if at_mid := series_to(mid):
+            hi, found = mid - 1, at_mid
+        else:
+            lo = mid + 1
+    if not found:
+        return None, []  # type: ignore[return-value]
+    return windows[lo], promql.series(list(spec.match), windows[lo].start_ms, windows[lo].end_ms)
+
+
+def find_probe_sample(inp: ValidationInput, resume: ResumePoint | None = None) -> ProbeSample | None:
+    """The first sample, in the first window this run writes, of one of the series it writes there.
+
+    Read like the transfer reads it (remote read, the plan's namespaces) and labeled like the transfer
+    labels it (the spec's Relabeler through wire.LabelCache), so the migration writes this very sample
+    again as the first of its series. None when the source has no sample to probe with."""
+    spec, src = inp.spec, inp.source
+    from_ms = inp.remote_write_from_ms
+    assert from_ms is not None
+    with (
+        RemoteReadClient(src, retry=ONE_TRY) as reader,
+        PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql,
+    ):
+        cache = LabelCache(spec.relabeler(), endpoint=reader.endpoint)
+        if resume is not None:
+            window, tiers, candidates = resume.window, resume.tiers, list(resume.series)
+        else:
+            window, found = _first_window_with_series(promql, spec, from_ms)
+            if window is None:
+                return None
+            tiers = tuple(source_tiers(src, spec, from_ms, spec.end_ms))
+            candidates = [tuple(sorted(s.items())) for s in found]
+        tally = TransferResult(batch_id="probe", window=window.index)
+        for attempt in range(2):  # a resume's own series first, then any the source has in the window
+            if attempt:
+                candidates = [tuple(sorted(s.items())) for s in promql.series(list(spec.match), *_ms(window))]
+            for key in sorted(candidates)[:MAX_PROBE_CANDIDATES]:
+                label_bytes = cache.target(key)
+                if not label_bytes:
+                    continue  # relabeling drops it: the migration does not write it
+                batch = Batch.create([Matcher(n, "=", v) for n, v in key], [key])
+                for part in read_batch_window(reader, batch, window.start_ms, window.end_ms, tally, tiers):
+                    for ts in part.timeseries:
+                        if ts.samples and cache.key(tuple((lb.name, lb.value) for lb in ts.labels)) == key:
+                            first = ts.samples[0]  # remote read answers each series' samples in time order
+                            labels = spec.relabeler()(key) or ()
+                            return ProbeSample(labels, label_bytes, first.SerializeToString(), first.timestamp, window)
+            if resume is None:
+                break
+    return None
+
+
+def _ms(window: Window) -> tuple[int, int]:
+    return window.start_ms, window.end_ms
+
+
+def _empty_write(target: TargetSettings) -> None:
+    """A write request without series: the target's URL, credentials and tenant, and nothing written."""
+    with RemoteWriteClient(target, retry=ONE_TRY) as writer:
+        writer.write(single_request(b"", 0))
+
+
 def check_target_write(inp: ValidationInput) -> CheckResult:
-    """Write ONE probe sample at the migration's start (a resumed one: its saved front): is history accepted?"""
+    """Does the target take what the migration writes by remote write, where it first writes it?
+
+    Writes nothing the migration does not write itself: an empty request (reachable, credentials, tenant),
+    then one real sample of the migration (:class:`ProbeSample`) at the oldest instant this run writes:
+    its start (hybrid: the boundary; a resumed run: where its journal says it goes on)."""
     name = "target write probe"
-    tgt = inp.target
-    labels = probe_labels(inp.migration_id)
-    series = TimeSeries()
-    at_ms = inp.probe_ms
-    series.samples.add(timestamp=at_ms, value=0.0)
-    body = single_request(frame_series(encode_labels(labels), series.SerializeToString()), 1)
-    probe = f'{PROBE_METRIC}{{_source="m3db",migration_id="{inp.migration_id}"}} = 0 @ {iso_ms(at_ms)}'
-    details: dict[str, Any] = {"probe_series": dict(labels), "probe_timestamp_ms": at_ms}
-    age_days = max(1, math.ceil((time.time() * 1000 - at_ms) / DAY_MS))
+    tgt, spec = inp.target, inp.spec
+    tenant = f" into tenant {tgt.tenant!r} ({tgt.tenant_header})" if tgt.tenant else ""
     try:
-        with RemoteWriteClient(tgt, retry=ONE_TRY) as writer:
-            writer.write(body)
+        _empty_write(tgt)
     except WriteRejected as exc:
-        details.update(reasons=sorted(exc.reasons), http_status=exc.status)
-        history_refused = bool(exc.reasons & {RejectReason.OUT_OF_BOUNDS, RejectReason.TOO_OLD})
-        if history_refused and inp.remote_write_from_ms is None:
-            return _probe_end_for_blocks(inp, name, exc, details)
-        if history_refused and inp.spec.write_mode == "hybrid":
-            return CheckResult(
-                name,
-                "fail",
-                f"the target refused the probe {probe} at the hybrid boundary ({exc.body}): the remote-write tail "
-                "would be refused",
-                f"lower accept_window_minutes ({inp.spec.accept_window_minutes}) to what the target accepts (60 "
-                "without an out-of-order window, else its window), or use --write-mode blocks",
-                details,
-            )
-        if RejectReason.OUT_OF_BOUNDS in exc.reasons:
-            return CheckResult(
-                name,
-                "fail",
-                f"the target refused the probe {probe} as OUT OF BOUNDS: it has no out-of-order window and "
-                "already holds samples more than 1h newer than the migration's start, so it accepts no history",
-                f"enable the out-of-order window (Thanos Receive: --tsdb.out-of-order.time-window={age_days}d; "
-                f"Prometheus: storage.tsdb.out_of_order_time_window: {age_days}d) and run with "
-                "--write-mode out_of_order; or write into a fresh tenant (--target-tenant <new name>) that holds "
-                "nothing newer; narrowing --start does not help while the target holds recent data (a resumed "
-                "migration is probed at its saved front by the migrate flow); " + _BLOCKS_FIX,
-                details,
-            )
-        if RejectReason.TOO_OLD in exc.reasons:
-            window = _target_ooo_window_ms(tgt)
-            window_text = f" ({_dur(window)})" if window else ""
-            oldest = ""
-            narrow = "later"
-            if window:
-                narrow = f"no earlier than {iso_ms(int(time.time() * 1000) - window + 10 * 60_000)}"
-                oldest = f"; the oldest start it accepts is about {iso_ms(int(time.time() * 1000) - window)}"
-            return CheckResult(
-                name,
-                "fail",
-                f"the target refused the probe {probe} as TOO OLD: the start is older than its out-of-order "
-                f"window{window_text}{oldest}",
-                f"widen the out-of-order window to at least {age_days}d (Thanos Receive: "
-                f"--tsdb.out-of-order.time-window={age_days}d; Prometheus: storage.tsdb.out_of_order_time_window: "
-                f"{age_days}d), or narrow the range: --start {narrow}; " + _BLOCKS_FIX,
-                {**details, "ooo_window_ms": window},
-            )
-        if exc.reasons <= {RejectReason.OUT_OF_ORDER, RejectReason.DUPLICATE}:
-            return CheckResult(
-                name,
-                "warn",
-                f"the probe series already holds a newer sample (an earlier validation with a later start): "
-                f"the probe {probe} is inconclusive ({exc.body})",
-                "use a new --migration-id to probe with a fresh probe series",
-                details,
-            )
-        if exc.status == 400 and tgt.tenant_header.lower() in (exc.body or "").lower():
-            return CheckResult(
-                name,
-                "fail",
-                f"the target refused the tenant header: {exc.body}",
-                f"fix --target-tenant (sent in header {tgt.tenant_header})",
-                details,
-            )
+        return _refused(name, inp, exc, "an empty write request", {"http_status": exc.status})
+    except _ERRORS as exc:
+        return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write")
+    if inp.remote_write_from_ms is None:
+        return _blocks_result(name, inp, tenant)
+    try:
+        resume = resume_point(inp.state_dir, inp.migration_id, spec) if inp.state_dir else None
+    except (OSError, ValueError, KeyError) as exc:
         return CheckResult(
             name,
             "fail",
-            f"the target refused the probe {probe}: {exc.body}",
-            exc.hint or "see the target's log",
-            details,
+            f"the migration's saved state cannot be read: {type(exc).__name__}: {exc}",
+            "fix the state directory (--state-dir), or rerun with --start-over",
         )
-    except _ERRORS as exc:
-        return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write")
-    tenant = f" into tenant {tgt.tenant!r} ({tgt.tenant_header})" if tgt.tenant else ""
-    if inp.remote_write_from_ms is None:
-        what = (
-            f"at the migration's start (write_mode={inp.spec.write_mode} does not need that: the history goes as "
-            "blocks, not through Receive), so also at the end, where replication continues by remote write"
+    resumed = resume is not None and resume.started_to_ms is not None
+    details: dict[str, Any] = {"resumed_to_ms": resume.started_to_ms if resume else None}
+    if resume is not None and resume.all_done:
+        return CheckResult(
+            name,
+            "pass",
+            f"the target accepted an empty write request{tenant}; the unit journal shows every batch × window "
+            "written, so this run writes nothing more by remote write (and wrote nothing to probe)",
+            details=details,
         )
-    elif inp.spec.write_mode == "hybrid":
-        what = "at the hybrid boundary: it accepts the remote-write tail (the history before it goes as blocks)"
-    else:
-        what = "at the migration's start"
-    return CheckResult(
-        name, "pass", f"the target accepted the probe {probe}{tenant}: it accepts samples {what}", details=details
-    )
-
-
-def _write_probe(target: TargetSettings, migration_id: str, at_ms: int) -> None:
-    series = TimeSeries()
-    series.samples.add(timestamp=at_ms, value=0.0)
-    body = single_request(frame_series(encode_labels(probe_labels(migration_id)), series.SerializeToString()), 1)
-    with RemoteWriteClient(target, retry=ONE_TRY) as writer:
-        writer.write(body)
-
-
-def _probe_end_for_blocks(
-    inp: ValidationInput, name: str, refused: WriteRejected, details: dict[str, Any]
-) -> CheckResult:
-    """blocks: the history was refused at the start, which blocks mode does not need. Probe the end, where
-    replication continues by remote write (the target already holds newer data, so this moves no clock that
-    history could still need)."""
-    end = inp.spec.end_ms
-    probe = f'{PROBE_METRIC}{{_source="m3db",migration_id="{inp.migration_id}"}} = 0 @ {iso_ms(end)}'
-    first = f"the target refuses history by remote write ({refused.body}); that is what write_mode=blocks is for"
-    details = {**details, "probe_timestamp_ms": end, "start_refused": sorted(refused.reasons)}
     try:
-        _write_probe(inp.target, inp.migration_id, end)
-    except WriteRejected as exc:
-        details.update(reasons=sorted(exc.reasons), http_status=exc.status)
+        probe = find_probe_sample(inp, resume)
+    except _ERRORS as exc:
+        return failure(name, exc, side="source", url_flag="--source-read-url", what="reading the probe sample")
+    if probe is None:
         return CheckResult(
             name,
             "warn",
-            f"{first}: the history goes as blocks into the bucket, not through Receive. But the target also "
-            f"refused the probe {probe} at the range's end ({exc.body}), so `m3migrate replicate`, which continues "
-            "by remote write from the end, would be refused the same way",
-            "for replication by remote write, end the range within the target's accept window of now (--end a few "
-            "minutes before you start), or give Receive an out-of-order window (--tsdb.out-of-order.time-window)",
+            f"the target accepted an empty write request{tenant}, but the source has no sample of the selected "
+            f"series from {iso_ms(inp.remote_write_from_ms if resume is None else resume.window.start_ms)} in "
+            "the first window it has series in: nothing to probe the accept window with (nothing was written)",
+            "check --match and the range (--start/--end): the migration stops on a source without samples",
             details,
         )
+    where = (
+        f"where the journal says this run goes on (units were started up to {iso_ms(resume.started_to_ms)})"
+        if resume is not None and resumed
+        else "at the hybrid boundary, where the remote-write tail begins"
+        if spec.write_mode == "hybrid"
+        else "at the migration's start"
+    )
+    details.update(probe_series=dict(probe.labels), probe_timestamp_ms=probe.timestamp_ms)
+    try:
+        with RemoteWriteClient(tgt, retry=ONE_TRY) as writer:
+            writer.write(probe.body())
+    except WriteRejected as exc:
+        details.update(reasons=sorted(exc.reasons), http_status=exc.status)
+        if resumed and exc.reasons <= {RejectReason.OUT_OF_ORDER}:
+            return CheckResult(
+                name,
+                "pass",
+                f"the target already holds newer samples of {probe.describe()} ({exc.body}): the interrupted run "
+                f"wrote them, as its journal says (units started up to {iso_ms(resume.started_to_ms)}); the rerun "
+                "resends those units and reconciles what the target holds",
+                details=details,
+            )
+        return _refused(name, inp, exc, f"the probe {probe.describe()} ({where})", details, resumed=resumed)
     except _ERRORS as exc:
-        return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write at the end")
+        return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write")
     return CheckResult(
         name,
         "pass",
-        f"{first}; it accepted the probe {probe} at the range's end, where replication continues by remote write",
+        f"the target accepted {probe.describe()}{tenant} {where}: a sample of the migration itself, which it "
+        "writes again as the first of its series (an identical sample, which the target keeps once), so "
+        "nothing outside the migrated data is written",
         details=details,
     )
+
+
+def _refused(
+    name: str, inp: ValidationInput, exc: WriteRejected, what: str, details: dict[str, Any], *, resumed: bool = False
+) -> CheckResult:
+    """A refused probe (or empty request): the reason, and the setting that fixes it."""
+    tgt, spec = inp.target, inp.spec
+    details = {**details, "reasons": sorted(exc.reasons), "http_status": exc.status}
+    at_ms = int(details.get("probe_timestamp_ms") or spec.start_ms)
+    age_days = max(1, math.ceil((time.time() * 1000 - at_ms) / DAY_MS))
+    refused = f"the target refused {what}"
+    if exc.reasons & {RejectReason.OUT_OF_BOUNDS, RejectReason.TOO_OLD} and spec.write_mode == "hybrid":
+        return CheckResult(
+            name,
+            "fail",
+            f"{refused}: {exc.body}: the remote-write tail would be refused",
+            f"lower accept_window_minutes ({spec.accept_window_minutes}) to what the target accepts (60 "
+            "without an out-of-order window, else its window), or use --write-mode blocks",
+            details,
+        )
+    if RejectReason.OUT_OF_BOUNDS in exc.reasons:
+        since = "where this run goes on" if resumed else "the migration's start"
+        return CheckResult(
+            name,
+            "fail",
+            f"{refused} as OUT OF BOUNDS: it has no out-of-order window and already holds samples more than 1h "
+            f"newer than {since}, so it accepts no history there",
+            f"enable the out-of-order window (Thanos Receive: --tsdb.out-of-order.time-window={age_days}d; "
+            f"Prometheus: storage.tsdb.out_of_order_time_window: {age_days}d) and run with "
+            "--write-mode out_of_order; or write into a fresh tenant (--target-tenant <new name>) that holds "
+            "nothing newer; narrowing --start does not help while the target holds recent data; " + _BLOCKS_FIX,
+            details,
+        )
+    if RejectReason.TOO_OLD in exc.reasons:
+        window = _target_ooo_window_ms(tgt)
+        window_text = f" ({_dur(window)})" if window else ""
+        oldest = ""
+        narrow = "later"
+        if window:
+            narrow = f"no earlier than {iso_ms(int(time.time() * 1000) - window + 10 * 60_000)}"
+            oldest = f"; the oldest start it accepts is about {iso_ms(int(time.time() * 1000) - window)}"
+        return CheckResult(
+            name,
+            "fail",
+            f"{refused} as TOO OLD: the start is older than its out-of-order window{window_text}{oldest}",
+            f"widen the out-of-order window to at least {age_days}d (Thanos Receive: "
+            f"--tsdb.out-of-order.time-window={age_days}d; Prometheus: storage.tsdb.out_of_order_time_window: "
+            f"{age_days}d), or narrow the range: --start {narrow}; " + _BLOCKS_FIX,
+            {**details, "ooo_window_ms": window},
+        )
+    if exc.reasons & {RejectReason.OUT_OF_ORDER, RejectReason.DUPLICATE}:
+        kind = "a different value at that timestamp" if RejectReason.DUPLICATE in exc.reasons else "newer samples"
+        return CheckResult(
+            name,
+            "fail",
+            f"{refused} ({exc.body}): the target already holds {kind} of that series, which this migration has "
+            "not written (its journal shows nothing started): another writer, an earlier migration of it "
+            "(--start-over) or an earlier validation with a later --start; the migration would be refused the same way",
+            "write into a fresh tenant (--target-tenant <new name>), or give the target an out-of-order window "
+            "and run with --write-mode out_of_order; rerun validation with the --start the migration uses",
+            details,
+        )
+    if exc.status == 400 and tgt.tenant_header.lower() in (exc.body or "").lower():
+        return CheckResult(
+            name,
+            "fail",
+            f"the target refused the tenant header: {exc.body}",
+            f"fix --target-tenant (sent in header {tgt.tenant_header})",
+            details,
+        )
+    return CheckResult(name, "fail", f"{refused}: {exc.body}", exc.hint or "see the target's log", details)
+
+
+def _blocks_result(name: str, inp: ValidationInput, tenant: str) -> CheckResult:
+    """blocks (hybrid without a tail): the migration writes nothing by remote write, so nothing is probed;
+    replication then continues by remote write from the range's end."""
+    spec = inp.spec
+    first = (
+        f"write_mode={spec.write_mode}: the history goes as blocks into the bucket, nothing by remote write; "
+        f"the target accepted an empty write request{tenant} (reachable, credentials and tenant accepted)"
+    )
+    age_ms = int(time.time() * 1000) - spec.end_ms
+    if age_ms > spec.accept_window_minutes * 60_000:
+        return CheckResult(
+            name,
+            "warn",
+            f"{first}. `m3migrate replicate` continues by remote write from the range's end, "
+            f"{age_ms / HOUR_MS:,.1f} h ago: "
+            f"a target that holds live data refuses samples older than its accept window "
+            f"({spec.accept_window_minutes} min)",
+            "for replication by remote write, end the range within the target's accept window of now (--end a few "
+            "minutes before you start), or give Receive an out-of-order window (--tsdb.out-of-order.time-window)",
+            {"end_age_ms": age_ms},
+        )
+    return CheckResult(name, "pass", first)
 
 
 _BLOCKS_FIX = (

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from m3migrate.codec import encode_labels, frame_series, single_request
+from blocks import M3Source, ThanosTarget
+from flows.migrate import migrate
+from m3migrate.codec import STALE_NAN_BITS, encode_labels, frame_series, single_request
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.prompb import TimeSeries
-from m3migrate.promql import PromQLClient
 from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.servers import bcrypt_hash, free_port, make_tls_files, start_prometheus
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms as _iso
 from m3migrate.validate import (
-    PROBE_METRIC,
     CheckResult,
     ValidationInput,
     ValidationReport,
@@ -237,64 +240,121 @@ def test_batches_bigger_than_the_series_limit_fail():
 # -- target ----------------------------------------------------------------------------------------
 
 
-def _probe_points(url: str, migration_id: str, at_ms: int) -> list:
-    with PromQLClient(url, TargetSettings(write_url=url + "/api/v1/write")) as q:
-        data = q.raw_samples(f'{PROBE_METRIC}{{migration_id="{migration_id}"}}', at_ms + 1, 60_000)
-    return [p for points in data.values() for p in points]
+STALE = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]
+MIN_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def probe_source(tmp_path_factory):
+    """A source whose data starts 2.5 h after the probe specs' start (the first windows are empty): the
+    first series (sorted) begins with a stale marker; a second series 3 days older for the TOO OLD case."""
+    server = start_prometheus(tmp_path_factory.mktemp("probe-src"), name="probe-src", remote_write_receiver=True)
+    with server:
+        t0 = (_now_ms() - 6 * 3_600_000) // MIN_MS * MIN_MS
+        series = {  # the oldest first: an empty head takes its first sample's time as its clock
+            (("__name__", "old_metric"),): [(t0 - 3 * DAY_MS + i * MIN_MS, 2.0) for i in range(60)],
+            (("__name__", "prometheus_up"), ("job", "x")): [(t0, STALE)]
+            + [(t0 + i * MIN_MS, 1.0) for i in range(1, 180)],
+            (("__name__", "zz_other"), ("job", "y")): [(t0 + i * MIN_MS, float(i)) for i in range(180)],
+        }
+        framed = []
+        for labels, points in series.items():
+            ts = TimeSeries()
+            for t, v in points:
+                ts.samples.add(timestamp=t, value=v)
+            framed.append(frame_series(encode_labels(labels), ts.SerializeToString()))
+        with RemoteWriteClient(TargetSettings(write_url=f"{server.url}/api/v1/write")) as writer:
+            writer.write(single_request(b"".join(framed), sum(map(len, series.values()))))
+        yield server, t0
+
+
+def _probe_spec(t0: int, **kw) -> MigrationSpec:
+    return MigrationSpec(start=_iso(t0 - 150 * MIN_MS), end=_iso(t0 + 3 * 3_600_000), **kw)
+
+
+def _probe_inp(source, target, spec, **kw) -> ValidationInput:
+    src = SourceSettings(read_url=f"{source.url}/api/v1/read", query_url=source.url)
+    tgt = TargetSettings(write_url=f"{target.url}/api/v1/write", query_url=target.url)
+    return ValidationInput(src, tgt, spec, **kw)
+
+
+def _held(url: str) -> set:
+    answer = httpx.get(f"{url}/api/v1/series", params={"match[]": '{__name__=~".+"}', "start": "0"}).json()
+    return {tuple(sorted(s.items())) for s in answer["data"]}
 
 
 @pytest.mark.servers
-def test_fresh_target_without_ooo_accepts_the_probe_which_keeps_history_writable(prometheus_target):
+@pytest.mark.prefect
+def test_probe_is_a_sample_of_the_migration_and_validate_plus_migrate_leaves_nothing_else(
+    prefect_api, probe_source, prometheus_target, tmp_path
+):
+    source, t0 = probe_source
     target = prometheus_target()
-    spec = _spec()
-    inp = _inp(target=TargetSettings(write_url=f"{target.url}/api/v1/write", query_url=target.url), spec=spec)
-    result = check_target_write(inp)
+    spec = _probe_spec(t0, merge_prometheus_prefix=True, migration_id="probe")
+    result = check_target_write(_probe_inp(source, target, spec))
     assert result.status == "pass", result
-    assert _probe_points(target.url, inp.migration_id, spec.start_ms) == [(spec.start_ms, 0.0)]
-    # The probe sits at the start: the head clock did not move, so the history still goes in, in order.
-    _write(f"{target.url}/api/v1/write", "history_metric", spec.start_ms + 30 * 60_000)
-    assert check_target_write(inp).status == "pass"  # a rerun resends the identical sample
-    assert check_target_query(inp).status == "pass"
+    # The first sample of the first series, relabeled as the migration writes it, stale-marker bits and all.
+    migrated = (("__name__", "up"), ("_source", "m3db"), ("job", "x"))
+    assert result.details["probe_series"] == dict(migrated) and result.details["probe_timestamp_ms"] == t0
+    assert _held(target.url) == {migrated}
+    assert read_all(target.url, spec.start_ms, spec.end_ms) == {migrated: [(t0, STALE_NAN_BITS)]}
+    assert check_target_write(_probe_inp(source, target, spec)).status == "pass"  # validate again: identical
+
+    migrate(
+        M3Source(read_url=f"{source.url}/api/v1/read", query_url=source.url),
+        ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url),
+        spec,
+        state_dir=str(tmp_path / "state"),
+    )
+    renamed = {
+        tuple(sorted((("__name__", "up"), *[kv for kv in k if kv[0] != "__name__"])))
+        if ("__name__", "prometheus_up") in k
+        else k: v
+        for k, v in read_all(source.url, spec.start_ms, spec.end_ms).items()
+    }
+    expected = with_label(renamed, "_source", "m3db")
+    assert diff_target(expected, target.url, spec.start_ms, spec.end_ms) == []
+    assert _held(target.url) == set(expected), "the target holds the migrated series and nothing else"
 
 
 @pytest.mark.servers
-def test_target_without_ooo_holding_recent_data_fails_with_the_remedies(prometheus_target):
+def test_a_source_without_samples_is_a_warning_and_writes_nothing(probe_source, prometheus_target):
+    source, t0 = probe_source
+    target = prometheus_target()
+    empty = MigrationSpec(start=_iso(t0 - 10 * 3_600_000), end=_iso(t0 - 9 * 3_600_000))
+    result = check_target_write(_probe_inp(source, target, empty))
+    assert result.status == "warn" and "nothing to probe" in result.observed, result
+    assert _held(target.url) == set()
+
+
+@pytest.mark.servers
+def test_target_without_ooo_holding_recent_data_fails_with_the_remedies(probe_source, prometheus_target):
+    source, t0 = probe_source
     target = prometheus_target()
     _write(f"{target.url}/api/v1/write", "already_there", _now_ms())
-    result = check_target_write(_inp(target=TargetSettings(write_url=f"{target.url}/api/v1/write")))
+    result = check_target_write(_probe_inp(source, target, _probe_spec(t0)))
     assert result.status == "fail" and "OUT OF BOUNDS" in result.observed
     assert "--tsdb.out-of-order.time-window=" in result.fix and "out_of_order_time_window" in result.fix
     assert "--target-tenant" in result.fix and "--write-mode out_of_order" in result.fix
 
 
 @pytest.mark.servers
-def test_resumed_migration_is_probed_at_its_front_not_at_the_start(prometheus_target):
-    target = prometheus_target()
-    spec = _spec()
-    front = spec.end_ms - 3_600_000
-    _write(f"{target.url}/api/v1/write", "migrated", front, _source="m3db")  # history written up to the front
-    tgt = TargetSettings(write_url=f"{target.url}/api/v1/write")
-    assert check_target_write(_inp(target=tgt, spec=spec)).status == "fail"
-    resumed = check_target_write(_inp(target=tgt, spec=spec, probe_at_ms=front))
-    assert resumed.status == "pass" and resumed.details["probe_timestamp_ms"] == front
-
-
-@pytest.mark.servers
-def test_ooo_window_shorter_than_the_range_fails_too_old(prometheus_target):
+def test_ooo_window_shorter_than_the_range_fails_too_old(probe_source, prometheus_target):
+    source, t0 = probe_source
     target = prometheus_target(ooo_window="1d")
     _write(f"{target.url}/api/v1/write", "already_there", _now_ms())
-    inp = _inp(target=TargetSettings(write_url=f"{target.url}/api/v1/write", query_url=target.url))
-    result = check_target_write(inp)
+    old = MigrationSpec(start=_iso(t0 - 3 * DAY_MS - 10 * MIN_MS), end=_iso(t0 - 3 * DAY_MS + 3_600_000))
+    result = check_target_write(_probe_inp(source, target, old))
     assert result.status == "fail" and "TOO OLD" in result.observed and "(1d)" in result.observed
-    assert "--tsdb.out-of-order.time-window=8d" in result.fix and "--start" in result.fix
-    inside = _inp(target=inp.target, spec=_spec(_now_ms() - 12 * 3_600_000))
-    assert check_target_write(inside).status == "pass"
+    assert "--tsdb.out-of-order.time-window=4d" in result.fix and "--start" in result.fix
+    assert check_target_write(_probe_inp(source, target, _probe_spec(t0))).status == "pass"
 
 
 @pytest.mark.servers
-def test_victoriametrics_target_accepts_the_probe(victoriametrics_target):
+def test_victoriametrics_target_accepts_the_probe(probe_source, victoriametrics_target):
+    source, t0 = probe_source
     vm = victoriametrics_target()
-    inp = _inp(target=TargetSettings(write_url=f"{vm.url}/api/v1/write", query_url=vm.url))
+    inp = _probe_inp(source, vm, _probe_spec(t0))
     assert check_target_write(inp).status == "pass"
     assert check_target_query(inp).status == "pass"
 
