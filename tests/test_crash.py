@@ -9,9 +9,13 @@ after the target acknowledged a unit but before the journal recorded it. n is dr
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 from cli_helpers import cli_env, step_argv
 
@@ -128,3 +132,61 @@ def test_replication_pass_killed_then_rerun_is_exact(prefect_api, prometheus_tar
         assert diff_target(expected, target.url, start, until, restart=target) == []
     finally:
         source.stop()
+
+
+def _kill_after_done_units(cmd: list[str], env: dict[str, str], journal_glob: Path, units: int) -> None:
+    """SIGKILL the run once its journal records ``units`` done units: wherever the front then is (units in
+    flight, requests half-sent), not at a failpoint."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = sum(p.read_text().count('"event":"done"') for p in journal_glob.parent.glob(journal_glob.name))
+            if done >= units:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -9, f"the run ended before {units} units were done: {proc.stderr.read()[-2000:]}"
+
+
+def test_resume_after_kills_at_random_moments_passes_validation_and_ends_exact(
+    prefect_api, source_history, prometheus_target, tmp_path
+):
+    """Killed twice at random moments of the front, then rerun as the README says (validation on): the
+    reruns are probed where their journal goes on, not at the saved front that lags it, and end exact."""
+    target = prometheus_target()
+    start = source_history.stats.start_ms
+    end = start + 24 * HOUR_MS - 1
+    state = tmp_path / "state"
+    cmd = step_argv(
+        "migrate",
+        source_history.server.url,
+        target.url,
+        state,
+        "--migration-id",
+        "kill",
+        "--start",
+        iso_ms(start),
+        "--end",
+        iso_ms(end),
+        "--batch-max-series",
+        "70",
+        "--window-minutes",
+        "60",
+    )
+    rng = random.Random(20261127)
+    first, second = sorted(rng.sample(range(4, 60), 2))  # ~75 units: 3 batches x 24 windows
+    journal = state / "kill" / "journal-migrate-*.jsonl"
+    for units in (first, second):
+        _kill_after_done_units(cmd, _env(prefect_api, None), journal, units)
+    rerun = subprocess.run(cmd, env=_env(prefect_api, None), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "FAIL" not in rerun.stdout
+    expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
+    assert diff_target(expected, target.url, start, end, restart=target) == []
+    held = httpx.get(f"{target.url}/api/v1/series", params={"match[]": '{__name__=~".+"}', "start": "0"}).json()
+    assert {tuple(sorted(s.items())) for s in held["data"]} == set(expected), "nothing outside the migrated data"
