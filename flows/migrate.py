@@ -187,6 +187,9 @@ def transfer_windows(
         "units_skipped": totals.units_skipped,
         "samples_moved_now": totals.samples_moved_now,
         "new_series_after_discovery": len(totals.new_series),
+        "non_utf8_series": len(totals.non_utf8_series),
+        "skipped_series": len(totals.skipped_series),
+        "skipped_series_examples": totals.skipped_series[:SKIPPED_EXAMPLES],
         "seconds": round(elapsed, 3),
         "samples_per_second": round(totals.samples_moved_now / elapsed) if elapsed else 0,
     }
@@ -291,7 +294,27 @@ def migrate(
             "the transfer log names them)",
             summary["new_series_after_discovery"],
         )
+    warn_about_label_bytes(summary, logger)
     return summary
+
+
+SKIPPED_EXAMPLES = 20  # series the summary names when some could not be migrated
+
+
+def warn_about_label_bytes(summary: dict[str, Any], logger: Any) -> None:
+    """Say loudly what became of series whose label bytes are not UTF-8 (exit code stays 0: README)."""
+    if summary.get("non_utf8_series"):
+        logger.warning(
+            "%d series with label bytes that are not UTF-8 were written byte-exact; a receiver that drops such "
+            "series silently (Prometheus 2.44-2.x answers 204) loses them: run verify",
+            summary["non_utf8_series"],
+        )
+    if summary.get("skipped_series"):
+        logger.warning(
+            "WARN: %d series were NOT migrated (label bytes that are not UTF-8): %s",
+            summary["skipped_series"],
+            "; ".join(summary.get("skipped_series_examples") or ()),
+        )
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:

@@ -141,6 +141,7 @@ class WriteChain:
     """
 
     requests: list[WriteBody] = field(default_factory=list)
+    non_utf8: str = ""  # a lone series with label bytes that are not UTF-8 (shown escaped): refusable alone
 
     @property
     def samples(self) -> int:
@@ -156,6 +157,28 @@ def frame_series(label_bytes: bytes, samples_payload: bytes) -> bytes:
 def encode_labels(labels: Iterable[tuple[str, str]]) -> bytes:
     """The encoded `labels` fields of a TimeSeries (concatenates with its encoded samples)."""
     return TimeSeries(labels=[Label(name=n, value=v) for n, v in labels]).SerializeToString()
+
+
+def encode_raw_labels(labels: Iterable[tuple[str, str]]) -> bytes:
+    """encode_labels for labels holding bytes that are not UTF-8 (decoded with ``surrogateescape``):
+    framed by hand, each name and value re-encoded to its original bytes, empty fields omitted as upb
+    does. M3 stores tags as raw bytes (its prompb declares Label name/value ``bytes``), so they pass
+    byte-exact; a proto3 ``string`` setter refuses them."""
+    out = []
+    for name, value in labels:
+        body = b"".join(
+            b"" if not text else tag + uvarint(len(raw)) + raw
+            for tag, text in ((b"\x0a", name), (b"\x12", value))
+            for raw in (text.encode("utf-8", "surrogateescape"),)
+        )
+        out.append(b"\x0a" + uvarint(len(body)) + body)
+    return b"".join(out)
+
+
+def show_labels(labels: Iterable[tuple[str, str]]) -> str:
+    """Labels as {name="value", ...} for logs and the summary, bytes that are not UTF-8 as \\xNN escapes."""
+    text = ", ".join(f'{n}="{v}"' for n, v in labels)
+    return "{" + text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "}"
 
 
 def single_request(framed: bytes, samples: int) -> WriteBody:

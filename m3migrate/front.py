@@ -32,6 +32,7 @@ READ_AHEAD_WINDOWS = 1  # reads may run this many windows past the depth; only w
 SEGMENTS_PER_RUN = 8  # orchestrator tasks per run on one process: resume points and visible progress
 
 
+_NAMED = ("new_series", "non_utf8_series", "skipped_series")  # lists of names, not figures
 UNIT_FIELDS = (
     "series",
     "samples",
@@ -62,12 +63,15 @@ class FrontTotals:
     units_skipped: int = 0  # done by an earlier run (journal)
     samples_moved_now: int = 0
     new_series: list[str] = field(default_factory=list)  # ids of series found after discovery (distinct)
+    non_utf8_series: list[str] = field(default_factory=list)  # written with label bytes not UTF-8 (distinct)
+    skipped_series: list[str] = field(default_factory=list)  # "labels: reason" of series not migrated (distinct)
 
     def add(self, result: dict, *, skipped: bool) -> None:
         """Count one unit's TransferResult (as a dict: journal entries are dicts too)."""
         for name in UNIT_FIELDS:
             setattr(self, name, getattr(self, name) + int(result.get(name, 0)))
         self._add_new(result.get("new_series"))
+        self._add_named(result)
         self.units += 1
         if skipped:
             self.units_skipped += 1
@@ -76,9 +80,16 @@ class FrontTotals:
 
     def merge(self, other: dict) -> None:
         for f in fields(self):
-            if f.name != "new_series":
+            if f.name not in _NAMED:
                 setattr(self, f.name, getattr(self, f.name) + int(other.get(f.name, 0)))
         self._add_new(other.get("new_series"))
+        self._add_named(other)
+
+    def _add_named(self, result: dict) -> None:
+        """Series named in every window's result (label bytes not UTF-8, set aside): each counted once."""
+        for name in ("non_utf8_series", "skipped_series"):
+            if result.get(name):
+                setattr(self, name, sorted({*getattr(self, name), *result[name]}))
 
     def _add_new(self, ids: list[str] | None) -> None:
         """A series new since discovery is in every window's result: count it once."""

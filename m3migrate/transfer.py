@@ -70,6 +70,8 @@ class TransferResult:
     foreign_series: int = 0  # other batches' series that this batch's selectors also matched
     dropped_series: int = 0
     new_series: list[str] = field(default_factory=list)  # ids of series new since discovery, written here
+    non_utf8_series: list[str] = field(default_factory=list)  # written with label bytes that are not UTF-8
+    skipped_series: list[str] = field(default_factory=list)  # "labels: reason" of series not migrated
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -187,17 +189,41 @@ class Transfer:
         result.dropped_series += counters.dropped
         if counters.new:
             result.new_series = sorted({*result.new_series, *counters.new})
+        if counters.non_utf8:
+            result.non_utf8_series = sorted({*result.non_utf8_series, *counters.non_utf8})
+        for skipped in counters.skipped:
+            self._skip(result, skipped)
         return chains
+
+    @staticmethod
+    def _skip(result: TransferResult, skipped: str) -> None:
+        """Set a series aside, named with its reason: the rest of the unit goes on."""
+        log.warning("series not migrated: %s", skipped)
+        result.skipped_series = sorted({*result.skipped_series, skipped})
 
     def _send_chains(self, chains: list[WriteChain], result: TransferResult, resumed: bool) -> None:
         """Chains hold disjoint series, so they go out at once; returns after every one is acknowledged."""
         t0 = time.perf_counter()
         futures = [self._pool.submit(self._send_chain, chain, resumed) for chain in chains]
         errors: list[BaseException] = []
-        for f in futures:
+        for chain, f in zip(chains, futures, strict=True):
             try:
                 reconciled = f.result()
                 result.reconciled_series += reconciled
+            except WriteRejected as exc:
+                if not chain.non_utf8 or exc.reasons & _SAMPLE_REASONS:
+                    errors.append(exc)
+                    continue
+                # A lone series with label bytes that are not UTF-8, refused for them (e.g. Prometheus 3's
+                # "invalid metric name or labels"): nothing else was in its requests.
+                result.series -= 1
+                result.samples -= chain.samples
+                result.non_utf8_series = [s for s in result.non_utf8_series if s != chain.non_utf8]
+                self._skip(
+                    result,
+                    f"{chain.non_utf8}: label bytes are not UTF-8 and the target refused them "
+                    f"(HTTP {exc.status}: {exc.body[:200]})",
+                )
             except BaseException as exc:
                 errors.append(exc)
         result.write_seconds += time.perf_counter() - t0
@@ -328,10 +354,17 @@ def _selects(matchers: Sequence[Matcher], labels: dict[str, str]) -> bool:
 
 def series_id(key: Labels) -> str:
     """A short stable id of a series' source labels (counted once across units and processes)."""
-    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 _UNSET = object()
+_SAMPLE_REASONS = {  # refusals of a lone non-UTF-8 series that are not about its labels: they stop the run
+    RejectReason.OUT_OF_ORDER,
+    RejectReason.OUT_OF_BOUNDS,
+    RejectReason.TOO_OLD,
+    RejectReason.DUPLICATE,
+    RejectReason.TOO_LARGE,
+}
 
 
 class PlanScope:

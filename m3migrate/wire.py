@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,10 +36,12 @@ from m3migrate.codec import (
     _Packer,
     decode_read_response,
     encode_labels,
+    encode_raw_labels,
     frame_series,
+    show_labels,
     uvarint,
 )
-from m3migrate.errors import MalformedResponse
+from m3migrate.errors import ConfigError, MalformedResponse
 from m3migrate.prompb import QueryResult, ReadResponse, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 
@@ -65,6 +68,37 @@ def _samples_view_class() -> type:
 _SamplesView = _samples_view_class()
 
 
+def _labels_view_class() -> type:
+    """TimeSeries labels with name and value as ``bytes``: M3 stores tags as raw bytes (m3's prompb
+    types.proto declares Label name/value ``bytes``) and a proto3 ``string`` parse refuses a value that
+    is not UTF-8, which would fail the whole read for one such series."""
+    fd = descriptor_pb2.FileDescriptorProto(name="m3migrate_labels.proto", package="m3migrate.wire", syntax="proto3")
+    field = descriptor_pb2.FieldDescriptorProto
+    label = fd.message_type.add(name="LabelBytes")
+    label.field.add(name="name", number=1, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    label.field.add(name="value", number=2, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    msg = fd.message_type.add(name="LabelsView")
+    msg.field.add(
+        name="labels",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_REPEATED,
+        type_name=".m3migrate.wire.LabelBytes",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("m3migrate.wire.LabelsView"))
+
+
+_LabelsView = _labels_view_class()
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _text(raw: bytes) -> str:
+    """Label bytes as str; bytes that are not UTF-8 become lone surrogates, so they re-encode exactly."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 @dataclass
 class Counters:
     """What one read part contributed (TransferResult adds them up)."""
@@ -75,6 +109,8 @@ class Counters:
     dropped: int = 0
     fallback: int = 0  # series that took the exact path (non-canonical encoding)
     new: list[str] = field(default_factory=list)  # ids of series the plan does not know, written here
+    non_utf8: list[str] = field(default_factory=list)  # series with label bytes that are not UTF-8, sent alone
+    skipped: list[str] = field(default_factory=list)  # "labels: reason" of series not migrated
 
 
 class NewSeries(bytes):
@@ -84,17 +120,39 @@ class NewSeries(bytes):
     sid: str
 
 
+class NonUTF8(bytes):
+    """Target label bytes holding bytes that are not UTF-8, passed byte-exact: the series goes in a
+    request of its own, so a target that refuses it refuses nothing else. ``shown`` is its source labels
+    with escapes; ``reason`` is set (and the bytes empty) when it cannot be migrated at all; ``sid`` is
+    set when it is also new since discovery (a series API shows such bytes as U+FFFD, so the plan never
+    holds their exact form)."""
+
+    shown: str
+    reason: str = ""
+    sid: str | None = None
+
+
 Adopt = Callable[[Labels], str | None]
 """For a series not in the batch: its id when this batch writes it (it is new to the whole plan and
 this is the batch that owns it), else None (another batch's series)."""
 
 
 def _adopted(labels: LabelCache, key: Labels, adopt: Adopt | None) -> NewSeries | None:
-    sid = adopt(key) if adopt is not None else None
+    try:
+        sid = adopt(key) if adopt is not None else None
+    except UnicodeEncodeError:  # a selector's regex met bytes that are not UTF-8: not this batch's call
+        return None
     if sid is None:
         return None
-    out = NewSeries(labels.target(key))
+    target = labels.target(key)
+    out = NewSeries(target) if target.__class__ is not NonUTF8 else _non_utf8(target, target.shown, target.reason)
     out.sid = sid
+    return out
+
+
+def _non_utf8(label_bytes: bytes, shown: str, reason: str = "") -> NonUTF8:
+    out = NonUTF8(label_bytes)
+    out.shown, out.reason = shown, reason
     return out
 
 
@@ -131,18 +189,43 @@ class LabelCache:
         """Relabeled, encoded target labels of a (sorted) source label set; b"" if relabeling drops it."""
         label_bytes = self.by_key.get(key)
         if label_bytes is None:
-            out = self.relabeler(key)
-            label_bytes = b"" if out is None else encode_labels(out)
+            if _NOT_UTF8.search("".join(n + v for n, v in key)) is not None:
+                label_bytes = self._target_not_utf8(key)
+            else:
+                out = self.relabeler(key)
+                label_bytes = b"" if out is None else encode_labels(out)
             with self._lock:
                 if len(self.by_key) >= self.max_entries:
                     self.by_key.clear()
                 self.by_key[key] = label_bytes
         return label_bytes
 
+    def _target_not_utf8(self, key: Labels) -> bytes:
+        """Relabeling of a series whose label bytes are not all UTF-8 (first sight only): relabeled on its
+        surrogateescape-decoded labels, re-encoded byte-exact; a rule that cannot work on such text
+        (RE2 matches UTF-8 only, a label name must be a legacy name) sets the series aside, named."""
+        shown = show_labels(key)
+        try:
+            out = self.relabeler(key)
+        except (UnicodeEncodeError, ConfigError) as exc:
+            why = "a relabel rule's regex" if isinstance(exc, UnicodeEncodeError) else str(exc)
+            return _non_utf8(b"", shown, f"label bytes are not UTF-8 and {why} cannot be applied to them")
+        if out is None:
+            return b""
+        if _NOT_UTF8.search("".join(n + v for n, v in out)) is None:
+            return encode_labels(out)  # relabeling removed the bytes that are not UTF-8
+        return _non_utf8(encode_raw_labels(out), shown)
+
     def learn_prefix(self, prefix: bytes) -> tuple[Labels, bytes | None]:
-        """Decode a series' label prefix (all field-1 records) once; later windows find it by its bytes."""
-        ts = _decode_series(prefix, self.endpoint)
-        entry = (self.key(tuple((label.name, label.value) for label in ts.labels)), None)
+        """Decode a series' label prefix (all field-1 records) once; later windows find it by its bytes.
+        Decoded as bytes, so a label that is not UTF-8 does not fail the read (see :class:`NonUTF8`)."""
+        try:
+            view = _LabelsView.FromString(prefix)
+        except DecodeError as exc:
+            raise MalformedResponse(
+                f"remote read: body is not a ReadResponse ({exc})", endpoint=self.endpoint
+            ) from None
+        entry = (self.key(tuple((_text(label.name), _text(label.value)) for label in view.labels)), None)
         self._remember(prefix, entry)
         return entry
 
@@ -426,6 +509,7 @@ def pack_read_response(
     decided = labels.decisions(keys)
     view = memoryview(raw)
     series = samples = foreign = dropped = fallback = 0
+    aside: list[WriteChain] = []  # series with label bytes that are not UTF-8: one chain each
     for a, b in spans:
         p = a
         try:
@@ -457,6 +541,9 @@ def pack_read_response(
             continue
         if not n:
             continue
+        if label_bytes.__class__ is NonUTF8:
+            aside.extend(_pack_alone(label_bytes, raw[p:b], n, counters, max_bytes, max_samples, labels.endpoint))
+            continue
         if not label_bytes:
             dropped += 1
             continue
@@ -474,6 +561,30 @@ def pack_read_response(
     counters.foreign += foreign
     counters.dropped += dropped
     counters.fallback += fallback
+    return packer.chains + aside
+
+
+def _pack_alone(
+    label_bytes: NonUTF8, samples: bytes, n: int, counters: Counters, max_bytes: int, max_samples: int, endpoint: str
+) -> list[WriteChain]:
+    """A series whose label bytes are not UTF-8, in requests holding nothing else: Prometheus refuses a
+    whole request for one bad series, so only this one is lost if the target refuses it."""
+    if label_bytes.reason:
+        counters.skipped.append(f"{label_bytes.shown}: {label_bytes.reason}")
+        return []
+    if label_bytes.sid is not None:
+        counters.new.append(label_bytes.sid)
+    counters.series += 1
+    counters.samples += n
+    counters.non_utf8.append(label_bytes.shown)
+    packer = _Packer(max_bytes, max_samples)
+    if n <= max_samples and len(samples) + len(label_bytes) + 16 <= max_bytes:
+        packer.add(_frame(label_bytes, samples), n)
+    else:
+        _add_large(packer, label_bytes, _decode_series(samples, endpoint))
+    packer.flush()
+    for chain in packer.chains:
+        chain.non_utf8 = label_bytes.shown
     return packer.chains
 
 

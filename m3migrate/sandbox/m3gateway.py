@@ -222,6 +222,9 @@ class M3Gateway(LocalService):
     - ``namespaces``: name -> :class:`GatewayNamespace`; exactly one unaggregated.
     - ``max_series`` / ``max_range``: the coordinator's own per-query limits (None: unlimited).
     - ``now_ms``: the clock the default routing measures retention from (None: the wall clock).
+    - ``raw_label_values``: label value -> bytes of the same length (e.g. not UTF-8) that remote read
+      answers instead: M3 keeps tags as raw bytes (src/query/generated/proto/prompb/types.proto: Label
+      name/value are ``bytes``), so it can send what a Prometheus source cannot be asked to serve.
     """
 
     thread_name = "m3-gateway"
@@ -233,8 +236,15 @@ class M3Gateway(LocalService):
         max_series: int | None = None,
         max_range: str | None = None,
         now_ms: int | None = None,
+        raw_label_values: dict[bytes, bytes] | None = None,
     ) -> None:
         super().__init__()
+        raw_label_values = raw_label_values or {}
+        if any(len(k) != len(v) or len(k) >= 0x80 for k, v in raw_label_values.items()):
+            raise ValueError("raw_label_values: each replacement must be as long as its value (< 128 bytes)")
+        self.raw_label_values = {
+            b"\x12" + bytes((len(k),)) + k: b"\x12" + bytes((len(v),)) + v for k, v in raw_label_values.items()
+        }
         unaggregated = [n for n, ns in namespaces.items() if ns.resolution is None]
         if len(unaggregated) != 1:
             raise ValueError(f"an M3 cluster has exactly one unaggregated namespace, got {unaggregated}")
@@ -383,7 +393,10 @@ class _Handler(ServiceHandler):
         extra = {"Content-Encoding": "snappy"}
         if limited:
             extra["M3-Results-Limited"] = LIMITED_VALUE
-        self._send(200, snappy.compress(response.SerializeToString()), "application/x-protobuf", extra)
+        answer_bytes = response.SerializeToString()
+        for value, raw in m3.raw_label_values.items():  # same lengths: the framing is unchanged
+            answer_bytes = answer_bytes.replace(value, raw)
+        self._send(200, snappy.compress(answer_bytes), "application/x-protobuf", extra)
 
     def _promql(self, headers: dict[str, str], body: bytes) -> None:
         query = urllib.parse.urlsplit(self.path).query
