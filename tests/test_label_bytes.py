@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from blocks import M3Source, ThanosTarget
 from m3migrate.codec import Matcher, single_request, uvarint
 from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.plan import Batch, Window
 from m3migrate.prompb import ReadResponse, TimeSeries, WriteRequest
 from m3migrate.relabel import Relabeler, RelabelRule
 from m3migrate.remote_read import RemoteReadClient
@@ -25,6 +26,7 @@ from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.transfer import Transfer
 from m3migrate.wire import Counters, LabelCache, pack_read_response
 
 MIN_MS = 60_000
@@ -200,3 +202,25 @@ def test_a_target_refusing_non_utf8_labels_costs_only_that_series(
     (example,) = summary["skipped_series_examples"]
     assert example.startswith('{__name__="m", v="\\xffad0"}: label bytes are not UTF-8 and the target refused')
     assert "HTTP 400" in example and "invalid metric name or labels" in example
+
+
+@pytest.mark.servers
+def test_a_resumed_window_sets_aside_a_non_utf8_series_it_cannot_reconcile(m3_with_raw_bytes, prometheus_target):
+    """A resumed unit's refused series is reconciled by reading it back through the target's query API;
+    that API cannot name bytes that are not UTF-8, so that series is named and set aside, not a crash."""
+    source, m3, spec = m3_with_raw_bytes
+    target = prometheus_target()
+    keys = tuple((("__name__", "m"), ("v", v)) for v in ("ok1", "ok2", "\udcffad0"))
+    batch = Batch(id="b", matchers=(Matcher("__name__", "=", "m"),), series=keys)
+    window = Window(0, spec.start_ms, spec.end_ms)
+    settings = TargetSettings(write_url=f"{target.url}/api/v1/write", query_url=target.url)
+    relabeler = Relabeler([], add_labels={"_source": "m3db"})
+    with Transfer(SourceSettings(read_url=m3.read_url), settings, relabeler) as transfer:
+        first = transfer.run(batch, window)
+        again = transfer.run(batch, window, resumed=True)
+    assert first.series == 3 and first.samples == 180 and first.non_utf8_series == ['{__name__="m", v="\\xffad0"}']
+    assert again.reconciled_series == 2 and again.series == 2 and again.non_utf8_series == []
+    (skipped,) = again.skipped_series
+    assert skipped.startswith('{__name__="m", v="\\xffad0"}: label bytes are not UTF-8 and the target already holds')
+    held = _read_raw(f"{target.url}/api/v1/read", spec)
+    assert _as_dict(held.replace(RAW, BAD)) == _with_source_label(_read_raw(f"{source.url}/api/v1/read", spec))
