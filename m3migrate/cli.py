@@ -901,6 +901,142 @@ def version() -> None:
     out.print(f"m3migrate {__version__}")
 
 
+queries_app = typer.Typer(
+    no_args_is_help=True, help="After the move: dashboards' and rules' queries (docs/queries.md)."
+)
+app.add_typer(queries_app, name="queries")
+
+
+def _queries_inputs(target_query_url, start, end, cutover, user, password, token, tenant, insecure):
+    """The client and the instants (ms) the queries commands share; bad values are ConfigErrors."""
+    from m3migrate.queries import target_client
+
+    start_ms, end_ms = (int(_parse_instant(t).timestamp() * 1000) for t in (start, end))
+    cut_ms = int(_parse_instant(cutover).timestamp() * 1000) if cutover else end_ms
+    client = target_client(
+        target_query_url,
+        username=user,
+        password=password,
+        bearer_token=token,
+        tenant=tenant,
+        insecure_skip_verify=insecure,
+    )
+    return client, start_ms, end_ms, cut_ms
+
+
+def _queries_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Shared options of the queries commands; errors print one line and exit 1 (bad input: 2)."""
+    from m3migrate.queries import QueryError
+
+    @functools.wraps(fn)
+    def wrapper(**kw: Any) -> None:
+        try:
+            fn(**kw)
+        except QueryError as exc:
+            console.print(f"[red]error:[/red] {exc} (nothing written)")
+            raise typer.Exit(EXIT_CONFIG) from None
+        except ConfigError as exc:
+            console.print(f"[red]configuration error:[/red] {exc}")
+            raise typer.Exit(EXIT_CONFIG) from None
+        except M3MigrateError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(EXIT_FAILED) from None
+
+    params = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    shared = [
+        p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(_queries_shared, eval_str=True).parameters.values()
+    ]
+    wrapper.__signature__ = inspect.Signature([*params, *shared])  # type: ignore[attr-defined]
+    del wrapper.__wrapped__  # typer must read the combined signature
+    return wrapper
+
+
+def _queries_shared(
+    target_query_url: Annotated[str, typer.Option(help="Target PromQL API base (Thanos Query).")],
+    start: Annotated[str, typer.Option(help="The migration's start (RFC 3339).")],
+    end: Annotated[str, typer.Option(help="The migration's end (RFC 3339).")],
+    cutover: Annotated[str | None, typer.Option(help="The cutover instant (default: --end).")] = None,
+    target_user: Annotated[str | None, typer.Option(envvar="M3MIGRATE_TARGET_USER")] = None,
+    target_password: Annotated[str | None, typer.Option(envvar="M3MIGRATE_TARGET_PASSWORD", hidden=True)] = None,
+    target_bearer_token: Annotated[
+        str | None, typer.Option(envvar="M3MIGRATE_TARGET_BEARER_TOKEN", hidden=True)
+    ] = None,
+    target_tenant: Annotated[str | None, typer.Option(help="Sent as THANOS-TENANT.")] = None,
+    target_insecure_skip_verify: bool = False,
+) -> None: ...
+
+
+def _queries_run(files: list[Path], kw: dict[str, Any]):
+    from m3migrate.queries import check_files
+
+    client, start_ms, end_ms, cut_ms = _queries_inputs(
+        kw["target_query_url"], kw["start"], kw["end"], kw["cutover"], kw["target_user"], kw["target_password"],
+        kw["target_bearer_token"], kw["target_tenant"], kw["target_insecure_skip_verify"],
+    )  # fmt: skip
+    now_ms = int(datetime.now().timestamp() * 1000)
+    try:
+        return client, check_files(files, client, start_ms, end_ms, now_ms), (start_ms, cut_ms, now_ms)
+    except BaseException:
+        client.close()
+        raise
+
+
+@queries_app.command("check")
+@_queries_command
+def queries_check(
+    files: Annotated[list[Path], typer.Argument(help="Dashboard JSON / rule YAML files.")], **kw: Any
+) -> None:
+    """Report, per panel/rule, each metric name, where it lives in the target and what the query will see."""
+    from m3migrate.queries import check_markdown
+
+    client, report, _ = _queries_run(files, kw)
+    client.close()
+    out.print(check_markdown(report["rows"]), markup=False)
+    if any(r["verdict"] for r in report["rows"]):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@queries_app.command("rewrite")
+@_queries_command
+def queries_rewrite(
+    files: Annotated[list[Path], typer.Argument(help="Dashboard JSON / rule YAML files.")],
+    out_dir: Annotated[Path | None, typer.Option(help="Write the rewritten files here.")] = None,
+    in_place: Annotated[bool, typer.Option(help="Overwrite the originals.")] = False,
+    **kw: Any,
+) -> None:
+    """Rewrite each affected selector to cover both names; a unified diff unless --out-dir/--in-place."""
+    from m3migrate.queries import rewrite_files, unified_diff, write_changes
+
+    client, report, _ = _queries_run(files, kw)
+    client.close()
+    changes = rewrite_files(files, report["facts"])
+    if out_dir is None and not in_place:
+        out.print(unified_diff(changes) or "no query needs a change", markup=False, highlight=False)
+        return
+    for path in write_changes(changes, out_dir=out_dir, in_place=in_place):
+        out.print(f"wrote {path}")
+
+
+@queries_app.command("verify-queries")
+@_queries_command
+def queries_verify(
+    files: Annotated[list[Path], typer.Argument(help="Dashboard JSON / rule YAML files.")],
+    var: Annotated[list[str] | None, typer.Option(help="A Grafana variable's value, NAME=VALUE.")] = None,
+    **kw: Any,
+) -> None:
+    """Run original and rewritten queries before and after cutover: the rewritten ones must see both."""
+    from m3migrate.queries import instants, load_sites, verify_markdown, verify_queries
+
+    client, report, (start_ms, cut_ms, now_ms) = _queries_run(files, kw)
+    before, after = instants(start_ms, cut_ms, now_ms)
+    sites = [s for p in files for s in load_sites(p)]
+    with client:
+        rows = verify_queries(sites, report["facts"], client, before, after, _headers(var))
+    out.print(verify_markdown(rows), markup=False)
+    if not all(r["ok"] for r in rows):
+        raise typer.Exit(EXIT_FAILED)
+
+
 def main() -> None:
     """Console entry point."""
     try:

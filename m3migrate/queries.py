@@ -634,3 +634,81 @@ def _count(result: Any) -> int:
     if isinstance(result, list) and (not result or isinstance(result[0], dict)):
         return len(result)
     return int(bool(result))
+
+
+# -- reports and the CLI/flow entry points ------------------------------------------------------------
+
+
+def target_client(
+    query_url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    bearer_token: str | None = None,
+    tenant: str | None = None,
+    tenant_header: str = "THANOS-TENANT",
+    insecure_skip_verify: bool = False,
+) -> PromQLClient:
+    """A PromQL client for the target's query API (Thanos Query: partial responses refused)."""
+    from m3migrate.config import AuthSettings, EndpointSettings, TlsSettings
+
+    settings = EndpointSettings(
+        auth=AuthSettings(username=username, password=password, bearer_token=bearer_token),
+        tls=TlsSettings(insecure_skip_verify=insecure_skip_verify),
+        headers={tenant_header: tenant} if tenant else {},
+    )
+    return PromQLClient(query_url, settings, extra_params={"partial_response": "false"})
+
+
+def instants(start_ms: int, cutover_ms: int, now_ms: int) -> tuple[list[int], list[int]]:
+    """A few instants before (mid-history, just before) and after (mid-way to now, now) the cutover."""
+    before = [start_ms + (cutover_ms - start_ms) // 2, cutover_ms - 60_000]
+    after = [cutover_ms + (now_ms - cutover_ms) // 2, now_ms] if now_ms > cutover_ms + 120_000 else [now_ms]
+    return before, after
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def check_markdown(rows: list[dict[str, Any]]) -> str:
+    """The check report as a markdown table (the flow's artifact, the CLI's --markdown)."""
+    lines = ["| file | panel / rule | metric | in target | after cutover |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = (Path(r["file"]).name, r["where"], r["metric"], r["found"], r["verdict"] or "ok")
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verify_markdown(rows: list[dict[str, Any]]) -> str:
+    """verify-queries as a markdown table: series returned per instant, original vs rewritten."""
+    lines = [
+        "| panel / rule | original before / after | rewritten before / after | both sides |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        cells = (
+            r["where"],
+            f"{r['original_before']} / {r['original_after']}",
+            f"{r['rewritten_before']} / {r['rewritten_after']}",
+            "yes" if r["ok"] else "NO",
+        )
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_changes(changes: dict[Path, tuple[str, str]], *, out_dir: Path | None, in_place: bool) -> list[Path]:
+    """Write the rewritten files (into out_dir, or over the originals only when in_place)."""
+    if in_place == (out_dir is not None):
+        raise ValueError("give exactly one of out_dir and in_place")
+    written = []
+    for p, (old, new) in changes.items():
+        if old == new:
+            continue
+        dest = p if in_place else out_dir / p.name  # type: ignore[operator]
+        if not in_place and dest.resolve() == p.resolve():
+            raise QueryError(f"{p}: the output directory holds the original; use --in-place to overwrite it")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(new, encoding="utf-8")
+        written.append(dest)
+    return written

@@ -210,3 +210,48 @@ def test_rewrite_keeps_every_other_byte_and_verify_sees_both_sides(target, tmp_p
     assert thanos_era["original_before"] == [0, 0] and thanos_era["rewritten_before"] == [1, 1]
     # The Errors panel selects code=~"5..", which no series here has: no data on either side, reported.
     assert {r["where"] for r in rows if not r["ok"]} == {"HTTP: library panel 'Errors' / panel 'Errors' query A"}
+
+
+def _cli_range(start: int, cut: int) -> list[str]:
+    from m3migrate.timefmt import iso_ms
+
+    return ["--start", iso_ms(start), "--end", iso_ms(cut)]
+
+
+def test_cli_check_rewrite_and_verify(target, tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    client, start, cut, _ = target
+    base = ["--target-query-url", client._base, *_cli_range(start, cut)]
+    dash = tmp_path / "http-dashboard.json"
+    shutil.copy(DATA / dash.name, dash)
+    original = dash.read_text()
+
+    check = run_cli("queries", "check", str(dash), *base)
+    assert check.returncode == 1, check.stderr  # some panels see half the history
+    assert (
+        "| http-dashboard.json | HTTP: panel 'Requests (M3 era)' query A | prometheus_http_requests_total | both |"
+        in (check.stdout)
+    )
+
+    dry = run_cli("queries", "rewrite", str(dash), *base)
+    assert dry.returncode == 0, dry.stderr
+    assert '+          "expr": "sum by (job) (rate({__name__=~\\"prometheus_http_requests_total|' in dry.stdout
+    assert dash.read_text() == original
+
+    out_dir = tmp_path / "out"
+    wrote = run_cli("queries", "rewrite", str(dash), "--out-dir", str(out_dir), *base)
+    assert wrote.returncode == 0, wrote.stderr
+    assert dash.read_text() == original  # never in place unless --in-place
+    assert json.loads((out_dir / dash.name).read_text())["panels"][0]["targets"][0]["expr"].startswith(
+        'sum by (job) (rate({__name__=~"prometheus_http_requests_total|http_requests_total"'
+    )
+
+    verify = run_cli("queries", "verify-queries", str(out_dir / dash.name), str(dash), "--var", "job=api", *base)
+    assert "| HTTP: panel 'Requests (M3 era)' query A | [1, 1] / [0, 0] | [1, 1] / [1, 1] | yes |" in verify.stdout
+
+    bad = tmp_path / "bad-expr.json"
+    shutil.copy(DATA / bad.name, bad)
+    refused = run_cli("queries", "rewrite", str(dash), str(bad), "--out-dir", str(tmp_path / "out2"), *base)
+    assert refused.returncode == 2 and "Typo panel" in refused.stderr and "nothing written" in refused.stderr
+    assert not (tmp_path / "out2").exists()
