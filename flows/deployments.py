@@ -14,6 +14,7 @@ from prefect.deployments.runner import RunnerDeployment
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.close import close
 from flows.migrate import migrate
+from flows.queries import queries_flow
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
 from flows.wizard import end_to_end
@@ -80,6 +81,12 @@ def wizard_deployments(
             parameters=params,
             description="Step 5b: final catch-up, verify, then wait for a human's cutover decision.",
             **common,
+        ),
+        queries_flow.to_deployment(
+            "queries",
+            parameters={**params, "files": []},
+            **common,
+            description="After the move: which dashboard/rule queries see a metric under two names (docs/queries.md).",
         ),
         end_to_end.to_deployment(
             "end-to-end",

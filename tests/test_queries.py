@@ -255,3 +255,33 @@ def test_cli_check_rewrite_and_verify(target, tmp_path: Path) -> None:
     refused = run_cli("queries", "rewrite", str(dash), str(bad), "--out-dir", str(tmp_path / "out2"), *base)
     assert refused.returncode == 2 and "Typo panel" in refused.stderr and "nothing written" in refused.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_flow_publishes_the_report_as_artifacts(target, prefect_api) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from blocks import ThanosTarget
+    from flows.queries import queries_flow
+    from m3migrate.spec import MigrationSpec
+    from m3migrate.timefmt import iso_ms
+
+    client, start, cut, _ = target
+    spec = MigrationSpec(start=iso_ms(start), end=iso_ms(cut), migration_id="q-flow")
+    block = ThanosTarget(write_url=f"{client._base}/api/v1/write", query_url=client._base)
+    files = [str(DATA / "http-dashboard.json"), str(DATA / "rules.yml")]
+    result = queries_flow(block, spec, files, verify=True, variables={"job": "api"})
+    # flagged: 4 prometheus_http_requests_total, 1 http_requests_total, 2 node_load1 (double count)
+    assert result["flagged"] == 7 and result["verified"] == 5 and result["both_sides"] == 4
+    with get_client(sync_client=True) as api:
+        keys = ["q-flow-queries-check", "q-flow-queries-report", "q-flow-queries-verify"]
+        found = {a.key: a for a in api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    assert found["q-flow-queries-check"].type == "table"
+    table = found["q-flow-queries-check"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert {"where": "group 'http' alert HighLoad", "metric": "node_load1", "found": "both"}.items() <= next(
+        r for r in rows if r["metric"] == "node_load1" and "HighLoad" in r["where"]
+    ).items()
+    assert "| HTTP: panel 'Requests (M3 era)' query A | [1, 1] / [0, 0] | [1, 1] / [1, 1] | yes |" in (
+        found["q-flow-queries-verify"].data
+    )
