@@ -21,7 +21,7 @@ import promql_parser
 import yaml
 
 from m3migrate.errors import ConfigError
-from m3migrate.promql import PromQLClient
+from m3migrate.promql import BadQuery, PromQLClient
 
 __all__ = [
     "NameFacts",
@@ -621,10 +621,14 @@ def verify_queries(
         if new == s.expr:
             continue
         row: dict[str, Any] = {"file": str(s.file), "where": s.where, "original": s.expr, "rewritten": new}
-        for label, expr in (("original", s.expr), ("rewritten", new)):
-            q = expand_vars(expr, values)
-            row[f"{label}_before"] = [_count(client.query(q, t).result) for t in before_ms]
-            row[f"{label}_after"] = [_count(client.query(q, t).result) for t in after_ms]
+        try:
+            for label, expr in (("original", s.expr), ("rewritten", new)):
+                q = expand_vars(expr, values)
+                row[f"{label}_before"] = [_count(client.query(q, t).result) for t in before_ms]
+                row[f"{label}_after"] = [_count(client.query(q, t).result) for t in after_ms]
+        except BadQuery as exc:  # e.g. a variable's stand-in value the query cannot take: say so, go on
+            row.update({k: [] for k in ("original_before", "original_after", "rewritten_before", "rewritten_after")})
+            row["error"] = str(exc)
         row["ok"] = any(row["rewritten_before"]) and any(row["rewritten_after"])
         rows.append(row)
     return rows
@@ -691,7 +695,7 @@ def verify_markdown(rows: list[dict[str, Any]]) -> str:
             r["where"],
             f"{r['original_before']} / {r['original_after']}",
             f"{r['rewritten_before']} / {r['rewritten_after']}",
-            "yes" if r["ok"] else "NO",
+            "yes" if r["ok"] else f"NO: {r['error']}" if r.get("error") else "NO",
         )
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

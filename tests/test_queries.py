@@ -285,3 +285,17 @@ def test_flow_publishes_the_report_as_artifacts(target, prefect_api) -> None:
     assert "| HTTP: panel 'Requests (M3 era)' query A | [1, 1] / [0, 0] | [1, 1] / [1, 1] | yes |" in (
         found["q-flow-queries-verify"].data
     )
+
+
+def test_verify_reports_a_query_the_target_refuses_and_goes_on(target, tmp_path: Path) -> None:
+    client, start, cut, now = target
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: g\n    rules:\n"
+        "      - record: a:top\n        expr: topk($n, prometheus_http_requests_total)\n"
+        "      - record: a:sum\n        expr: sum(prometheus_http_requests_total)\n"
+    )
+    facts = check_files([rules], client, start, cut, now)["facts"]
+    rows = verify_queries(load_sites(rules), facts, client, [cut - 10 * MIN], [now])  # $n has no value: ".*"
+    assert [r["ok"] for r in rows] == [False, True]
+    assert "bad_data" in rows[0]["error"] and "rewritten" in rows[0]
