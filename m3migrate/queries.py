@@ -537,20 +537,44 @@ def _rewritten_text(path: Path, sites: list[QuerySite], facts: dict[str, NameFac
         if new == s.expr:
             continue
         outer = s.outer[: s.offset] + new + s.outer[s.offset + len(s.expr) :]
-        if path.suffix.lower() == ".json":  # the string literal as Grafana (JS/Go JSON) encodes it
+        if path.suffix.lower() == ".json":  # only as the value of a query key, as Grafana/Go encode it
+            lead = r'("(?:expr|query|definition)"\s*:\s*)'
             pairs = [(json.dumps(s.outer, ensure_ascii=a), json.dumps(outer, ensure_ascii=a)) for a in (False, True)]
             pairs.append((_go_escape(pairs[1][0]), _go_escape(pairs[1][1])))  # Go's json escapes <, >, &
-        else:  # YAML: plain scalars hold it verbatim, block scalars (|) line by line, indented
-            pairs = [(s.outer.rstrip("\n"), outer.rstrip("\n"))]
-            if "\n" in pairs[0][0]:
-                pairs = _block_pairs(out, s.outer, outer)
-        for old_text, new_text in pairs:
-            if old_text in out:
-                out = out.replace(old_text, new_text)
+            candidates = [(re.escape(o), n) for o, n in pairs]
+        else:  # only as a rule's expr value: quoted, plain or a block scalar's body, each kept in its style
+            lead = r"((?:^|\n)[ \t-]*expr:[ \t]*(?:[|>][-+0-9]*[ \t]*\n[ \t]*)?)"  # block: its header too
+            end = r"(?=[ \t]*(?:#[^\n]*)?(?:\n|$))"
+            old, new_value = s.outer.rstrip("\n"), outer.rstrip("\n")
+            candidates = [
+                ('"' + re.escape(_yaml_dq(old)) + '"' + end, '"' + _yaml_dq(new_value) + '"'),
+                ("'" + re.escape(old.replace("'", "''")) + "'" + end, "'" + new_value.replace("'", "''") + "'"),
+            ]
+            if "\n" not in old:
+                candidates.append((re.escape(old) + end, _yaml_plain(new_value)))
+            candidates += [(re.escape(o), n) for o, n in _block_pairs(out, s.outer, outer)]
+        for old_pattern, new_text in candidates:
+            pattern = re.compile(lead + old_pattern)
+            if pattern.search(out):
+                out = pattern.sub(lambda m, new=new_text: m.group(1) + new, out)
                 break
         else:
             raise QueryError(f"{path}: {s.where}: cannot find the query's text in the file to replace it; edit by hand")
     return out
+
+
+def _yaml_dq(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _yaml_plain(text: str) -> str:
+    """``text`` as a plain YAML scalar if it reads back the same, else single-quoted (e.g. it starts with {)."""
+    try:
+        if yaml.safe_load(f"k: {text}") == {"k": text}:
+            return text
+    except yaml.YAMLError:
+        pass
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _go_escape(text: str) -> str:
@@ -559,6 +583,8 @@ def _go_escape(text: str) -> str:
 
 def _block_pairs(text: str, old: str, new: str) -> list[tuple[str, str]]:
     """A YAML block scalar's lines as they stand in the file (with its indentation), old and new."""
+    if "\n" not in old.rstrip("\n"):
+        return []
     first = old.split("\n", 1)[0]
     at = text.find(first)
     if at < 0:

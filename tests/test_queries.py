@@ -299,3 +299,31 @@ def test_verify_reports_a_query_the_target_refuses_and_goes_on(target, tmp_path:
     rows = verify_queries(load_sites(rules), facts, client, [cut - 10 * MIN], [now])  # $n has no value: ".*"
     assert [r["ok"] for r in rows] == [False, True]
     assert "bad_data" in rows[0]["error"] and "rewritten" in rows[0]
+
+
+def test_rewrite_touches_only_the_query_values_not_equal_text_elsewhere(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: x\n    rules:\n"
+        "      - alert: x\n        expr: x\n        annotations:\n          summary: x\n"
+        "      - record: 'job:x:sum'\n        expr: \"sum(x)\"  # total\n"
+    )
+    dash = tmp_path / "d.json"
+    dash.write_text('{"title": "x", "panels": [{"title": "x", "targets": [{"expr": "x", "refId": "x"}]}]}\n')
+    facts = {"x": SPLIT, "prometheus_x": SPLIT}
+    changes = rewrite_files([rules, dash], facts)
+    # A plain scalar that would read back as a YAML mapping ({...}) is single-quoted; a double-quoted one
+    # keeps its style with escapes; names, annotations and comments that merely equal the query stay.
+    assert changes[rules][1] == changes[rules][0].replace(
+        "expr: x\n", "expr: '{__name__=~\"prometheus_x|x\"}'\n"
+    ).replace('expr: "sum(x)"', 'expr: "sum({__name__=~\\"prometheus_x|x\\"})"')
+    new_rules = yaml.safe_load(changes[rules][1])["groups"][0]
+    assert [r["expr"] for r in new_rules["rules"]] == [
+        '{__name__=~"prometheus_x|x"}',
+        'sum({__name__=~"prometheus_x|x"})',
+    ]
+    assert new_rules["name"] == "x" and new_rules["rules"][0]["annotations"]["summary"] == "x"
+    assert changes[dash][1] == (
+        '{"title": "x", "panels": [{"title": "x", "targets": [{"expr": "{__name__=~\\"prometheus_x|x\\"}", '
+        '"refId": "x"}]}]}\n'
+    )
