@@ -504,6 +504,10 @@ def verdict(selector: Selector, f: NameFacts) -> str:
     sees_direct = selector.name == f.bare and direct
     if selector.has_source_matcher:
         return ""
+    if (migrated or direct) and not (sees_migrated or sees_direct):
+        return (
+            f"sees nothing: the data is under {f.bare}" if f.merged or not migrated else "misses the migrated history"
+        )
     if migrated and direct and not (sees_migrated and sees_direct):
         return "half history: sees only the " + ("migrated history" if sees_migrated else "direct data")
     if migrated and not sees_migrated:

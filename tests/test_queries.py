@@ -327,3 +327,17 @@ def test_rewrite_touches_only_the_query_values_not_equal_text_elsewhere(tmp_path
         '{"title": "x", "panels": [{"title": "x", "targets": [{"expr": "{__name__=~\\"prometheus_x|x\\"}", '
         '"refId": "x"}]}]}\n'
     )
+
+
+def test_verdicts_after_a_merged_migration() -> None:
+    from m3migrate.queries import verdict
+
+    merged_overlap = NameFacts("prometheus_x", "x", False, True, True, True)
+    [old] = find_selectors("prometheus_x")
+    [bare] = find_selectors("x")
+    [chosen] = find_selectors('x{_source!="m3db"}')
+    assert verdict(old, MERGED) == "sees nothing: the data is under x"
+    assert verdict(bare, MERGED) == ""
+    assert verdict(bare, merged_overlap).startswith("double-counts")
+    assert verdict(chosen, merged_overlap) == ""
+    assert verdict(bare, SPLIT) == "half history: sees only the direct data"
