@@ -803,6 +803,15 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
         return failure(name, exc, side="target", url_flag="--target-write-url", what="probe write")
     if inp.remote_write_from_ms is None:
         return _blocks_result(name, inp, tenant)
+    if _is_victoriametrics(tgt):
+        return CheckResult(
+            name,
+            "pass",
+            f"the target accepted an empty write request{tenant}; it is VictoriaMetrics, which takes samples of "
+            "any age inside its -retentionPeriod (no accept window to probe), and which keeps a sample written "
+            "twice as two (unless -dedup.minScrapeInterval is set), so no sample was written",
+            details={"target": "victoriametrics"},
+        )
     try:
         resume = resume_point(inp.state_dir, inp.migration_id, spec) if inp.state_dir else None
     except (OSError, ValueError, KeyError) as exc:
@@ -1117,6 +1126,17 @@ def check_naming(inp: ValidationInput) -> CheckResult:
 
 
 # -- volume ------------------------------------------------------------------------------------------
+
+
+def _is_victoriametrics(target: TargetSettings) -> bool:
+    """VictoriaMetrics serves its command-line flags at /flags (-retentionPeriod among them)."""
+    base = target.promql_base or origin(target.write_url)
+    try:
+        with build_client(target) as client:
+            response = client.get(base + "/flags")
+            return response.status_code == 200 and "-retentionPeriod" in response.text
+    except httpx.HTTPError:
+        return False
 
 
 def _target_retention_ms(target: TargetSettings) -> tuple[int | None, str]:
