@@ -1,8 +1,9 @@
 """The wizard's deployments, as a data engineer triggers them from the Prefect UI.
 
 `m3migrate serve` serves them from this process (no work pool needed); `prefect deploy --all` reads the
-same set from prefect.yaml for a process work pool. Default parameters reference saved blocks by slug
-(`{"$ref": {"block_document_slug": ...}}`), so secrets stay in the blocks and never in a deployment.
+same set from prefect.yaml for a process work pool. Default parameters reference saved blocks by id
+(`{"$ref": {"block_document_id": ...}}`, what the UI's run form shows as the selected block), so secrets
+stay in the blocks and never in a deployment.
 """
 
 from __future__ import annotations
@@ -18,14 +19,30 @@ from flows.queries import queries_flow
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
 from flows.wizard import end_to_end
+from m3migrate.errors import ConfigError
 from m3migrate.spec import MigrationSpec
 
 REPLICATE_EVERY_SECONDS = 300
 
 
 def block_ref(block_type: type, name: str) -> dict[str, Any]:
-    """A parameter value Prefect resolves to the saved block when a run starts."""
-    return {"$ref": {"block_document_slug": f"{block_type.get_block_type_slug()}/{name}"}}
+    """A parameter value Prefect resolves to the saved block when a run starts.
+
+    By id, the form the Prefect UI writes itself: its run form shows a `block_document_id` reference as
+    the selected block, while a `block_document_slug` one (also resolved at run time) shows as None.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    slug = block_type.get_block_type_slug()
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(name, block_type_slug=slug, include_secrets=False)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"no saved {block_type.__name__} block named {name!r} ({slug}/{name}): save it first"
+            ) from None
+    return {"$ref": {"block_document_id": str(document.id)}}
 
 
 def wizard_deployments(

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the server binaries the sandbox (tests, demo) starts itself: prometheus + promtool (2.42 on
-# Debian bookworm), victoria-metrics, and curl.  Idempotent: apt runs only for missing packages.
+# Debian bookworm), victoria-metrics, curl, and chromium (headless, for tests/test_ui_browser.py).  Idempotent: apt runs only for missing packages.
 # The Debian packages ship systemd units; the sandbox runs its own processes on 127.0.0.1, so the
 # services are disabled and stopped where systemd is running.  The Python venv is not handled here.
 #
 #   scripts/install_deps.sh
 set -euo pipefail
 
-PACKAGES=(prometheus victoria-metrics curl)
+PACKAGES=(prometheus victoria-metrics curl chromium)
 
 log() { echo "[install_deps] $*" >&2; }
 
@@ -47,7 +47,7 @@ else
   log "systemd is not running: no services to disable"
 fi
 
-for bin in prometheus promtool victoria-metrics curl; do
+for bin in prometheus promtool victoria-metrics curl chromium; do
   command -v "$bin" >/dev/null 2>&1 || { log "ERROR: $bin still missing after install"; exit 1; }
 done
 log "ok: $(prometheus --version 2>&1 | head -1)"

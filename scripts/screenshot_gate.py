@@ -14,8 +14,6 @@ The exit code is 0 when the PNG exists and the dialog showed the form.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import shutil
 import socket
@@ -30,6 +28,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from m3migrate.sandbox.browser import FIND, Chromium  # noqa: E402
 
 
 def _free_port() -> int:
@@ -56,111 +56,6 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-class Chromium:
-    """Headless Chromium driven over the DevTools protocol (websockets ships with prefect)."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("chromium") or shutil.which("chromium-browser")
-        if not binary:
-            raise SystemExit("chromium not found: apt-get install chromium")
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--window-size=1400,1000",
-                f"--user-data-dir={workdir / 'chromium'}",
-                f"--remote-debugging-port={self.port}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.ws: Any = None
-        self._id = 0
-
-    async def connect(self) -> None:
-        import httpx
-        import websockets
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                pages = httpx.get(f"http://127.0.0.1:{self.port}/json", timeout=2).json()
-                page = next(p for p in pages if p.get("type") == "page")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
-        self.ws = await websockets.connect(page["webSocketDebuggerUrl"], max_size=1 << 26)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self._id += 1
-        my_id = self._id
-        await self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(await self.ws.recv())
-            if message.get("id") == my_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    async def js(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        return result.get("result", {}).get("value")
-
-    async def wait_js(self, expression: str, timeout: float = 30) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await self.js(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.3)
-        raise TimeoutError(f"timed out waiting for: {expression[:120]}")
-
-    async def click(self, x: float, y: float) -> None:
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            await self.call(
-                "Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1, pointerType="mouse"
-            )
-            await asyncio.sleep(0.05)
-
-    async def screenshot(self, path: Path) -> None:
-        data = await self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(data["data"]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-# Center of the first visible element matching a predicate, or null.
-_FIND = """
-(() => {{
-  const els = [...document.querySelectorAll({selector})].filter(e => {{
-    const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && ({predicate});
-  }});
-  if (!els.length) return null;
-  const r = els[0].getBoundingClientRect();
-  return [r.x + r.width / 2, r.y + r.height / 2];
-}})()
-"""
-
-
 async def _open_resume_dialog(browser: Chromium, url: str, out: Path, page_png: Path | None) -> str:
     await browser.call("Page.enable")
     await browser.call("Runtime.enable")
@@ -173,11 +68,11 @@ async def _open_resume_dialog(browser: Chromium, url: str, out: Path, page_png: 
     # The V1 UI has a Resume button in the run's header. The V2 UI has a Resume item in the run's
     # action menu, a Radix dropdown that opens on pointer events, hence real mouse events.
     resume = "e.innerText.trim() === 'Resume'"
-    target = await browser.js(_FIND.format(selector="'button'", predicate=resume))
+    target = await browser.js(FIND.format(selector="'button'", predicate=resume))
     if target is None:
-        menu = await browser.wait_js(_FIND.format(selector="'button[aria-haspopup=\"menu\"]'", predicate="true"))
+        menu = await browser.wait_js(FIND.format(selector="'button[aria-haspopup=\"menu\"]'", predicate="true"))
         await browser.click(*menu)
-        target = await browser.wait_js(_FIND.format(selector="'[role=\"menuitem\"]'", predicate=resume), timeout=10)
+        target = await browser.wait_js(FIND.format(selector="'[role=\"menuitem\"]'", predicate=resume), timeout=10)
     await browser.click(*target)
     await browser.wait_js(
         "document.body.innerText.toLowerCase().includes('approver')"

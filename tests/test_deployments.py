@@ -29,7 +29,7 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
 
     target = prometheus_target()
     src = source_history.server.url
-    M3Source(read_url=f"{src}/api/v1/read", query_url=src).save("served-source", overwrite=True)
+    source_id = M3Source(read_url=f"{src}/api/v1/read", query_url=src).save("served-source", overwrite=True)
     ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url).save("served-target", overwrite=True)
     start, end = source_history.stats.start_ms, source_history.stats.start_ms + 6 * 3_600_000 - 1
     config = tmp_path / "m.yaml"
@@ -77,9 +77,8 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
             schedules = client.read_deployment_schedules(replicate_dep.id)
             assert len(schedules) == 1
             assert schedules[0].schedule.interval.total_seconds() == 300
-            assert replicate_dep.parameters["source"] == {
-                "$ref": {"block_document_slug": "m3migrate-m3-source/served-source"}
-            }
+            # by id, as the UI's run form writes it and shows it selected (a slug reference shows None)
+            assert replicate_dep.parameters["source"] == {"$ref": {"block_document_id": str(source_id)}}
 
         run = run_deployment("migrate/migrate", timeout=300)
         assert run.state.is_completed(), run.state
@@ -119,13 +118,18 @@ def test_prefect_yaml_entrypoints_are_flows_and_reference_blocks():
 
 @pytest.mark.prefect
 def test_a_bucket_block_reaches_only_the_steps_that_upload_blocks(prefect_api):
+    from blocks import ThanosBucket
     from flows.deployments import wizard_deployments
+    from m3migrate.errors import ConfigError
 
+    M3Source(read_url="http://m3:7201/api/v1/prom/remote/read").save("src", overwrite=True)
+    ThanosTarget(write_url="http://receive:19291/api/v1/receive").save("tgt", overwrite=True)
+    with pytest.raises(ConfigError, match="no saved ThanosBucket block named 'history'"):
+        wizard_deployments("src", "tgt", None, bucket_block="history")
+    bucket_id = ThanosBucket(url="file:///tmp/bucket").save("history", overwrite=True)
     deployments = {d.name: d for d in wizard_deployments("src", "tgt", None, bucket_block="history")}
     for name in ("migrate", "end-to-end"):
-        assert deployments[name].parameters["bucket"] == {
-            "$ref": {"block_document_slug": "m3migrate-thanos-bucket/history"}
-        }
+        assert deployments[name].parameters["bucket"] == {"$ref": {"block_document_id": str(bucket_id)}}
     for name in ("replicate", "verify", "close"):
         assert "bucket" not in deployments[name].parameters
     assert all("bucket" not in d.parameters for d in wizard_deployments("src", "tgt", None))

@@ -100,9 +100,22 @@ class RunningPrefect:
 
 @contextmanager
 def prefect_server(workdir: Path) -> Iterator[RunningPrefect]:
-    """A Prefect server with its UI, in its own PREFECT_HOME (workdir/prefect-home), stopped on exit."""
+    """A Prefect server with its UI, in its own PREFECT_HOME (workdir/prefect-home), stopped on exit.
+
+    The UI asks the server's /ui-settings where the API is; without PREFECT_UI_API_URL that is
+    127.0.0.1:4200 whatever --port says, and every page of the UI stays empty.
+    """
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(workdir / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"{url}/api",
+        "PREFECT_UI_URL": url,
+        "PREFECT_API_URL": f"{url}/api",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    }
     log = open(workdir / "prefect-server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -111,7 +124,6 @@ def prefect_server(workdir: Path) -> Iterator[RunningPrefect]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -227,16 +239,19 @@ def main(argv: list[str] | None = None) -> int:
             say("stopped everything the demo started")
 
 
-def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack: list) -> int:
-    from prefect.deployments import run_deployment
-    from prefect.flow_runs import resume_flow_run
+def serve_wizard(
+    workdir: Path, read_url: str, source_query_url: str, target_url: str, start_ms: int, end_ms: int, stack: list
+) -> None:
+    """Save the blocks demo-source / demo-target and run `m3migrate serve` (stopped through ``stack``).
 
+    The spec defaults to migration "demo" over [start_ms, end_ms]; returns once the deployments exist.
+    """
     from blocks import M3Source, ThanosTarget
 
     M3Source.register_type_and_schema()
     ThanosTarget.register_type_and_schema()
-    M3Source(read_url=m3.read_url, query_url=m3.url).save("demo-source", overwrite=True)
-    ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url).save("demo-target", overwrite=True)
+    M3Source(read_url=read_url, query_url=source_query_url).save("demo-source", overwrite=True)
+    ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url).save("demo-target", overwrite=True)
     say("saved the blocks demo-source and demo-target")
     config = workdir / "migration.yaml"
     config.write_text(
@@ -244,8 +259,8 @@ def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack:
             {
                 "migration": {
                     "migration_id": "demo",
-                    "start": iso_ms(source.stats.start_ms),
-                    "end": iso_ms(source.stats.end_ms),
+                    "start": iso_ms(start_ms),
+                    "end": iso_ms(end_ms),
                     "merge_prometheus_prefix": False,
                 }
             }
@@ -273,7 +288,15 @@ def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack:
     )
     stack.append(serve_log.close)
     stack.append(lambda: _stop_group(serve))
-    _wait_for_deployment("end-to-end/end-to-end")
+    for name in ("migrate/migrate", "replicate/replicate", "verify/verify", "close/close", "end-to-end/end-to-end"):
+        _wait_for_deployment(name)
+
+
+def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack: list) -> int:
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import resume_flow_run
+
+    serve_wizard(workdir, m3.read_url, m3.url, target.url, source.stats.start_ms, source.stats.end_ms, stack)
     say("serving the deployments end-to-end, migrate, replicate, verify, close")
     run = run_deployment("end-to-end/end-to-end", timeout=0)
     say(f"started end-to-end (validate -> migrate -> replicate -> close): {ui}/runs/flow-run/{run.id}")
