@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -51,9 +52,7 @@ def planned(prometheus_target, tmp_path):
     return source, spec, state, t0
 
 
-def test_series_new_since_discovery_are_migrated_once_and_counted(
-    prefect_api, planned, prometheus_target, tmp_path, capfd
-):
+def test_series_new_since_discovery_are_migrated_once_and_counted(prefect_api, planned, prometheus_target, tmp_path):
     from flows.migrate import migrate
 
     source, spec, _state, t0 = planned
@@ -65,14 +64,21 @@ def test_series_new_since_discovery_are_migrated_once_and_counted(
         M3Source(read_url=f"{source.url}/api/v1/read", query_url=source.url),
         ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url),
     )
-    summary = migrate(*blocks, spec, state_dir=str(tmp_path), skip_validation=True)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    engine_log = logging.getLogger("m3migrate.transfer")  # whatever logging config earlier tests left
+    engine_log.addHandler(handler)
+    try:
+        summary = migrate(*blocks, spec, state_dir=str(tmp_path), skip_validation=True)
+    finally:
+        engine_log.removeHandler(handler)
     expected = with_label(read_all(source.url, spec.start_ms, spec.end_ms), "_source", "m3db")
     assert len(expected) == 6
     assert read_all(target.url, spec.start_ms, spec.end_ms) == expected  # every sample, each series once
     assert summary["new_series_after_discovery"] == 2
     assert summary["samples"] == sum(len(s) for s in expected.values())
-    logged = capfd.readouterr().err  # Prefect's console handler (its logging config does not propagate)
-    named = " ".join(line for line in logged.splitlines() if "reached the source after discovery" in line)
+    named = " ".join(m for r in records if "reached the source after discovery" in (m := r.getMessage()))
     assert "'i': '3'" in named and "'i': '2'" in named
 
     # a rerun skips every journaled unit and still counts them
