@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).parents[1]
@@ -85,6 +86,14 @@ def test_demo_interrupted_at_the_gate_tears_everything_down(tmp_path):
             if "waiting for the decision" in line or time.monotonic() > deadline:
                 break
         assert any("waiting for the decision" in line for line in lines), "".join(lines)[-3000:]
+        printed = "".join(lines)
+        ui = re.search(r"Prefect UI\s+(http://\S+)", printed).group(1)
+        # the UI calls the API of the server it came from (not the default :4200), and the pages to open
+        # are printed: deployments, the run, artifacts, the cutover form
+        assert httpx.get(f"{ui}/ui-settings", timeout=10).json()["api_url"] == f"{ui}/api"
+        for page in ("/deployments", "/artifacts"):
+            assert f"{ui}{page}\n" in printed, printed[-2000:]
+        assert len(set(re.findall(rf"{re.escape(ui)}/runs/flow-run/[0-9a-f-]{{36}}", printed))) == 2
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=180)
     finally:

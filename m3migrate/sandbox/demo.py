@@ -304,6 +304,11 @@ def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack:
     if gate is None:
         say(f"the run ended before the cutover gate: {parent.state.name} ({parent.state.message})")
         return 1
+    say("migrated and verified; open in the Prefect UI:")
+    say(f"  the deployments (run any step from its form)   {ui}/deployments")
+    say(f"  this run: its graph, subflows and logs         {ui}/runs/flow-run/{run.id}")
+    say(f"  artifacts: progress, summary, verification     {ui}/artifacts")
+    say(f"  the cutover form (Resume on the paused close)  {ui}/runs/flow-run/{gate.id}")
     say(f"the cutover form waits in the Prefect UI: {ui}/runs/flow-run/{gate.id}")
     say(f"or approve from the command line: m3migrate approve --flow-run {gate.id} --decision stop --approver you")
     if not a.yes:
