@@ -202,6 +202,13 @@ class Transfer:
         log.warning("series not migrated: %s", skipped)
         result.skipped_series = sorted({*result.skipped_series, skipped})
 
+    def _set_aside(self, result: TransferResult, chain: WriteChain, reason: str) -> None:
+        """Take a lone non-UTF-8 series that could not be written out of the unit's counts, naming why."""
+        result.series -= 1
+        result.samples -= chain.samples
+        result.non_utf8_series = [s for s in result.non_utf8_series if s != chain.non_utf8]
+        self._skip(result, f"{chain.non_utf8}: {reason}")
+
     def _send_chains(self, chains: list[WriteChain], result: TransferResult, resumed: bool) -> None:
         """Chains hold disjoint series, so they go out at once; returns after every one is acknowledged."""
         t0 = time.perf_counter()
@@ -217,26 +224,21 @@ class Transfer:
                     continue
                 # A lone series with label bytes that are not UTF-8, refused for them (e.g. Prometheus 3's
                 # "invalid metric name or labels"): nothing else was in its requests.
-                result.series -= 1
-                result.samples -= chain.samples
-                result.non_utf8_series = [s for s in result.non_utf8_series if s != chain.non_utf8]
-                self._skip(
+                self._set_aside(
                     result,
-                    f"{chain.non_utf8}: label bytes are not UTF-8 and the target refused them "
-                    f"(HTTP {exc.status}: {exc.body[:200]})",
+                    chain,
+                    f"label bytes are not UTF-8 and the target refused them (HTTP {exc.status}: {exc.body[:200]})",
                 )
             except DecodeError:
                 if not chain.non_utf8:
                     raise
                 # Refused as out of order on a resumed unit: reconciling reads the series back through the
                 # target's query API, which cannot name bytes that are not UTF-8 (it shows U+FFFD).
-                result.series -= 1
-                result.samples -= chain.samples
-                result.non_utf8_series = [s for s in result.non_utf8_series if s != chain.non_utf8]
-                self._skip(
+                self._set_aside(
                     result,
-                    f"{chain.non_utf8}: label bytes are not UTF-8 and the target already holds samples of it in "
-                    "this resumed window; it cannot be read back to reconcile (compare it by hand)",
+                    chain,
+                    "label bytes are not UTF-8 and the target already holds samples of it in this resumed "
+                    "window; it cannot be read back to reconcile (compare it by hand)",
                 )
             except BaseException as exc:
                 errors.append(exc)
