@@ -8,7 +8,6 @@ asserts what the page shows and writes a screenshot under the module's tmp dir f
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -48,6 +47,8 @@ class UI:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory) -> Iterator[UI]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from m3migrate.sandbox.demo import prefect_server, serve_wizard
     from m3migrate.sandbox.history import HistorySpec, start_source
     from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
@@ -62,7 +63,7 @@ def ui(tmp_path_factory) -> Iterator[UI]:
     try:
         source = start_source(HistorySpec(series=60, span_s=6 * 3600, interval_s=60), workdir)
         stack.append(source.server.stop)
-        m3 = M3Gateway({"default": GatewayNamespace(source.server.url, retention=f"{math.ceil(1) + 2}d")})
+        m3 = M3Gateway({"default": GatewayNamespace(source.server.url, retention="3d")})
         m3.__enter__()
         stack.append(lambda: m3.__exit__(None, None, None))
         target = start_prometheus(workdir, name="target", remote_write_receiver=True)
@@ -70,7 +71,11 @@ def ui(tmp_path_factory) -> Iterator[UI]:
         server_cm = prefect_server(workdir)
         server = server_cm.__enter__()
         stack.append(lambda: server_cm.__exit__(None, None, None))
-        os.environ["PREFECT_API_URL"] = server.api_url
+        os.environ["PREFECT_API_URL"] = server.api_url  # for `m3migrate serve` and the flows it runs
+        # and in this process, over the session's test harness (a settings context, which the env cannot beat)
+        settings_cm = temporary_settings(updates={PREFECT_API_URL: server.api_url})
+        settings_cm.__enter__()
+        stack.append(lambda: settings_cm.__exit__(None, None, None))
         serve_wizard(workdir, m3.read_url, m3.url, target.url, source.stats.start_ms, source.stats.end_ms, stack)
         browser = Chromium(workdir)
         stack.append(browser.stop)
