@@ -43,7 +43,9 @@ from typing import Any, Self
 
 import snappy
 
+from m3migrate.codec import uvarint
 from m3migrate.prompb import prompb_pb2
+from m3migrate.wire import _samples_start, series_spans
 
 NS_PER_S = 1_000_000_000
 LIMITED_VALUE = "max_fetch_series_limit_applied"
@@ -145,6 +147,7 @@ class LocalService:
     (the gateway here, and the tests' fake coordinator)."""
 
     thread_name = "local-service"
+    bind_port = 0  # 0: the OS picks a free port
 
     def __init__(self) -> None:
         self._server: ThreadingHTTPServer | None = None
@@ -165,7 +168,7 @@ class LocalService:
         return self.url + "/api/v1/prom/remote/read"
 
     def __enter__(self) -> Self:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.bind_port), self.handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
@@ -351,6 +354,10 @@ class _Handler(ServiceHandler):
         self._json(404, {"status": "error", "error": "not found"})  # includes /api/v1/status/buildinfo
 
     def _remote_read(self, headers: dict[str, str], body: bytes) -> None:
+        """Only the (small) request is decoded and rewritten (end - 1); each upstream answer passes
+        through as its bytes, walked per series at the wire level (no sample is decoded): series without
+        samples are left out and the series limit is applied by keeping the first spans. When nothing
+        changes, the upstream's compressed body is sent on as it is."""
         m3 = self.m3
         request = prompb_pb2.ReadRequest()
         try:
@@ -361,7 +368,8 @@ class _Handler(ServiceHandler):
         max_series = _int_header(headers, "m3-limit-max-series", m3.max_series)
         max_range = headers.get("m3-limit-max-range")
         max_range_ms = int(parse_seconds(max_range) * 1000) if max_range else m3.max_range_ms
-        response = prompb_pb2.ReadResponse()
+        results: list[bytes] = []  # each query's QueryResult as ReadResponse field 1, decompressed
+        passed: bytes | None = None  # the upstream's compressed body, while it can be sent unchanged
         limited = False
         for query in request.queries:
             start, end = query.start_timestamp_ms, query.end_timestamp_ms  # [start, end)
@@ -383,19 +391,26 @@ class _Handler(ServiceHandler):
             )
             if status != 200:
                 return self._send(status, payload, "text/plain")
-            answer = prompb_pb2.ReadResponse.FromString(snappy.decompress(payload))
-            series = [ts for ts in answer.results[0].timeseries if ts.samples] if answer.results else []
-            if max_series is not None and len(series) > max_series:
+            raw = snappy.decompress(payload)
+            walked = _nonempty_series(raw)
+            if walked is None:  # not the canonical one-result shape: decoded (rare; says what is wrong)
+                raw, spans, unchanged = *_nonempty_series_decoded(raw), False
+            else:
+                spans, unchanged = walked
+            if max_series is not None and len(spans) > max_series:
                 if exhaustive:
-                    return self._json(400, {"status": "error", "error": _series_error(max_series, len(series))})
-                series, limited = series[:max_series], True
-            response.results.add().timeseries.extend(series)
+                    return self._json(400, {"status": "error", "error": _series_error(max_series, len(spans))})
+                spans, limited, unchanged = spans[:max_series], True, False
+            results.append(raw if unchanged else _query_result(raw, spans))
+            passed = payload if unchanged and len(request.queries) == 1 else None
         extra = {"Content-Encoding": "snappy"}
         if limited:
             extra["M3-Results-Limited"] = LIMITED_VALUE
-        answer_bytes = response.SerializeToString()
-        for value, raw in m3.raw_label_values.items():  # same lengths: the framing is unchanged
-            answer_bytes = answer_bytes.replace(value, raw)
+        if passed is not None and not m3.raw_label_values:
+            return self._send(200, passed, "application/x-protobuf", extra)
+        answer_bytes = b"".join(results)
+        for value, raw_value in m3.raw_label_values.items():  # same lengths: the framing is unchanged
+            answer_bytes = answer_bytes.replace(value, raw_value)
         self._send(200, snappy.compress(answer_bytes), "application/x-protobuf", extra)
 
     def _promql(self, headers: dict[str, str], body: bytes) -> None:
@@ -409,6 +424,49 @@ class _Handler(ServiceHandler):
             upstream + self.path, body if self.command == "POST" else None, {"Content-Type": ctype}
         )
         self._send(status, payload, answer_type)
+
+
+def _nonempty_series(raw: bytes) -> tuple[list[tuple[int, int]], bool] | None:
+    """([start, end) of each series of a one-result ReadResponse that holds samples, whether that is
+    every series); None if the body is not in that shape or a series is not labels-then-samples.
+
+    M3 leaves series without samples out of a read (it fetches data per series it found in the index),
+    while Prometheus 2.42's ToQueryResult (storage/remote/codec.go) appends every series its querier
+    yields, and tsdb's blockBaseSeriesSet yields one whose chunk merely overlaps the range (a gap in
+    the range, or samples only outside it), with no sample in it: such series are dropped here."""
+    spans = series_spans(raw)
+    if spans is None:
+        return None
+    kept = []
+    for a, b in spans:
+        p = _samples_start(raw, a, b)
+        if p < 0:
+            return None
+        if p != b:
+            kept.append((a, b))
+    return kept, len(kept) == len(spans)
+
+
+def _nonempty_series_decoded(raw: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """The same for a body in another shape: decoded, its first result's series with samples re-encoded
+    one after the other; (those bytes as a one-result response, the series' spans in them)."""
+    answer = prompb_pb2.ReadResponse.FromString(raw)
+    series = [ts.SerializeToString() for ts in answer.results[0].timeseries if ts.samples] if answer.results else []
+    framed = [b"".join((b"\x0a", uvarint(len(ts)), ts)) for ts in series]
+    body = b"".join(framed)
+    head = b"\x0a" + uvarint(len(body))
+    spans, p = [], len(head)
+    for ts, frame in zip(series, framed, strict=True):
+        start = p + len(frame) - len(ts)
+        spans.append((start, start + len(ts)))
+        p += len(frame)
+    return head + body, spans
+
+
+def _query_result(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """ReadResponse field 1 holding only the series at ``spans`` of ``raw``, framed anew."""
+    body = b"".join(b"".join((b"\x0a", uvarint(b - a), raw[a:b])) for a, b in spans)
+    return b"".join((b"\x0a", uvarint(len(body)), body))
 
 
 def _int_header(headers: dict[str, str], name: str, default: int | None) -> int | None:
@@ -477,3 +535,33 @@ def downsample(
         last = np.flatnonzero(np.append(window_end[1:] != window_end[:-1], True))  # last sample of each window
         out[labels] = [(int(a), int(b)) for a, b in zip(window_end[last], bits[last], strict=True)]
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a gateway in a process of its own until SIGTERM, so its CPU can be measured apart
+    (bench/) and it is a separate server, as an M3 Coordinator is (servers.start_m3_gateway).
+
+    ``--namespaces`` is JSON: {name: {"upstream": URL, "retention": "48h", "resolution": null}}."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(prog="python -m m3migrate.sandbox.m3gateway")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--namespaces", required=True, help="JSON: {name: {upstream, retention, resolution}}")
+    ap.add_argument("--max-series", type=int)
+    ap.add_argument("--max-range")
+    a = ap.parse_args(argv)
+    namespaces = {name: GatewayNamespace(**doc) for name, doc in json.loads(a.namespaces).items()}
+    gateway = M3Gateway(namespaces, max_series=a.max_series, max_range=a.max_range)
+    gateway.bind_port = a.port
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with gateway:
+        print(f"m3 gateway on {gateway.url}", flush=True)
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

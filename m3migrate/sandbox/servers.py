@@ -35,6 +35,7 @@ __all__ = [
     "find_binary",
     "free_port",
     "make_tls_files",
+    "start_m3_gateway",
     "start_prometheus",
     "start_victoriametrics",
     "vm_force_flush",
@@ -368,6 +369,47 @@ def start_prometheus(
         ready_auth=ready_auth,
         ready_verify=ready_verify,
         ready_cert=ready_cert,
+    )
+
+
+def start_m3_gateway(
+    workdir: Path,
+    namespaces: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str = "m3-gateway",
+    port: int | None = None,
+    max_series: int | None = None,
+    max_range: str | None = None,
+) -> Server:
+    """The sandbox's M3 Coordinator gateway (m3migrate.sandbox.m3gateway) as a process of its own, in
+    front of real Prometheus servers: ``{"default": {"upstream": url, "retention": "30d"}}``. A process,
+    not a thread, so its CPU is its own (the benchmark measures it) and it does not share the GIL with
+    the tool reading through it, as an M3 Coordinator would not."""
+    import sys
+
+    sdir = Path(workdir) / name
+    sdir.mkdir(parents=True, exist_ok=True)
+    spec = json.dumps({ns: dict(doc) for ns, doc in namespaces.items()})
+    limits = [
+        *(["--max-series", str(max_series)] if max_series else []),
+        *(["--max-range", max_range] if max_range else []),
+    ]
+
+    def build_argv(p: int) -> list[str]:
+        return [sys.executable, "-m", "m3migrate.sandbox.m3gateway", "--port", str(p), "--namespaces", spec, *limits]
+
+    return _launch(
+        name=name,
+        port=port,
+        build_argv=build_argv,
+        scheme="http",
+        data_dir=sdir,
+        log_path=sdir / "m3gateway.log",
+        ready_path="/health",
+        ready_timeout=60,
+        ready_auth=None,
+        ready_verify=None,
+        ready_cert=None,
     )
 
 
