@@ -48,6 +48,8 @@ class BucketError(M3MigrateError):
 class BlockConflict(BucketError):
     """The bucket already holds a block of the same stream that overlaps the window differently."""
 
+    terminal = True
+
 
 class BucketSettings(BaseModel):
     """Where blocks go: a local directory (path or file://) or s3://, gs://, az:// with credentials.

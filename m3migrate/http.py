@@ -67,7 +67,7 @@ def endpoint_side(settings: EndpointSettings) -> tuple[str, str]:
 
 
 def retry_transient(exc: Exception) -> bool | float:
-    """stamina backoff hook: retry TransientError, honouring Retry-After when the server sent one."""
+    """stamina backoff hook: resend on a transient error (errors.py), honouring the server's Retry-After."""
     if isinstance(exc, TransientError):
         return exc.retry_after if exc.retry_after is not None else True
     return False

@@ -18,15 +18,13 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from m3migrate.backfill import BackfillResult, BlockWindow, backfill_from_source
-from m3migrate.bucket import BlockConflict, Bucket, BucketSettings
+from m3migrate.bucket import Bucket, BucketSettings
 from m3migrate.config import SourceSettings
-from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.state import Stage
-from tasks.transfer import TASK_RETRIES, forget_plans, retry_unless, saved_plan
-
-PERMANENT = (BlockConflict, ConfigError, AuthError, EndpointNotFound, TlsError)
+from tasks.retries import TASK_RETRIES, retry_unless_terminal
+from tasks.transfer import forget_plans, saved_plan
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def window_cache_key(context: TaskRunContext, parameters: dict) -> str:
     name="backfill-window",
     task_run_name="block {window.label}",
     **TASK_RETRIES,
-    retry_condition_fn=retry_unless(PERMANENT),  # BucketError, TransientError, a killed worker: retried
+    retry_condition_fn=retry_unless_terminal,  # BucketError, TransientError, a killed worker: retried
     cache_key_fn=window_cache_key,
     persist_result=True,
 )

@@ -21,10 +21,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import update_progress_artifact
 from prefect.context import TaskRunContext
-from prefect.states import State
 
 from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.errors import AuthError, ConfigError, EndpointNotFound, TlsError, WriteRejected
+from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
 from m3migrate.front import Front, FrontTotals, Segment, WindowDone
 from m3migrate.plan import Plan
@@ -33,8 +32,8 @@ from m3migrate.state import MigrationState, Stage
 from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import Transfer
+from tasks.retries import TASK_RETRIES, retry_unless_terminal
 
-PERMANENT = (WriteRejected, ConfigError, AuthError, EndpointNotFound, TlsError)
 KEEP_TRANSFERS = 4  # per process: the open connection pools of the most recent runs
 PROGRESS_EVERY_SECONDS = 2.0  # UI progress updates from inside a segment (each is one API call)
 
@@ -138,25 +137,6 @@ def segment_cache_key(context: TaskRunContext, parameters: dict) -> str:
     )
 
 
-def retry_unless(permanent: tuple[type[BaseException], ...]) -> Callable[..., bool]:
-    """A Prefect retry condition: retry a failed attempt unless its error is one of ``permanent``."""
-
-    def condition(task, task_run, state: State) -> bool:
-        try:
-            state.result()
-        except permanent:
-            return False
-        except Exception:
-            return True
-        return False
-
-    return condition
-
-
-# Task-level retries on top of each request's own backoff: a rerun of a segment or block window is safe.
-TASK_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_jitter_factor": 0.5}
-
-
 def results_storage(results_dir: Path) -> Path:
     """Prefect resolves a Path to local file storage without a saved block."""
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +184,7 @@ class _SegmentProgress:
     name="transfer-segment",
     task_run_name="{segment.label}",
     **TASK_RETRIES,
-    retry_condition_fn=retry_unless(PERMANENT),
+    retry_condition_fn=retry_unless_terminal,
     cache_key_fn=segment_cache_key,
     persist_result=True,
 )

@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from m3migrate.validate import CheckResult, ValidationInput, run_check
+from tasks.retries import retry_unless_terminal
 
 
 class TransientCheck(Exception):
@@ -27,26 +28,12 @@ class TransientCheck(Exception):
         return (type(self), (self.result,))
 
 
-def retry_transient_only(task, task_run, state) -> bool:
-    """Prefect retry_condition_fn: retry a TransientCheck, nothing else."""
-    data = state.data if isinstance(state.data, BaseException) else None
-    if data is None:
-        try:
-            state.result()
-        except TransientCheck:
-            return True
-        except Exception:
-            return False
-        return False
-    return isinstance(data, TransientCheck)
-
-
 @task(
     name="validation-check",
     cache_policy=NONE,
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=retry_transient_only,
+    retry_condition_fn=retry_unless_terminal,  # a TransientCheck is retried; no check raises a terminal error
 )
 def validation_check(name: str, inp: ValidationInput) -> dict[str, Any]:
     """Run one check; the result as a dict (CheckResult.to_dict())."""

@@ -514,11 +514,13 @@ def test_cli_prints_the_table_writes_the_report_and_exits_by_status(prefect_api,
 def test_only_transient_failures_are_retried():
     from prefect.states import Completed, Failed
 
-    from tasks.validate import TransientCheck, result_of, retry_transient_only
+    from m3migrate.errors import ConfigError
+    from tasks.retries import retry_unless_terminal
+    from tasks.validate import TransientCheck, result_of
 
     transient = CheckResult("x", "fail", "unreachable", "check host", {"transient": True}).to_dict()
-    assert retry_transient_only(None, None, Failed(data=TransientCheck(transient)))
-    assert not retry_transient_only(None, None, Failed(data=ValueError("permanent")))
+    assert retry_unless_terminal(None, None, Failed(data=TransientCheck(transient)))
+    assert not retry_unless_terminal(None, None, Failed(data=ConfigError("permanent")))
     assert result_of("x", Failed(data=TransientCheck(transient))).observed == "unreachable"
     crashed = result_of("y", Failed(data=RuntimeError("boom")))
     assert crashed.status == "fail" and "boom" in crashed.observed
