@@ -215,7 +215,7 @@ def _parse_namespace(name: str, spec: dict[str, Any]) -> list[M3Namespace]:
     else:
         status = str((spec.get("stagingState") or {}).get("status") or "UNKNOWN")
         ready = status == "READY"  # M3 >= 1.0 serves only READY namespaces
-    common = {
+    common: dict[str, Any] = {
         "name": name,
         "retention_ms": _nanos(retention.get("retentionPeriodNanos")) // _MS,
         "block_size_ms": _nanos(retention.get("blockSizeNanos")) // _MS,

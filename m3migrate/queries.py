@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,6 +533,11 @@ def check_files(paths: list[Path], client: PromQLClient, start_ms: int, end_ms: 
     return {"rows": rows, "facts": facts, "sites": sites}
 
 
+def _after_lead(new: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement keeping group 1 (the text before the query) and putting ``new`` after it."""
+    return lambda match: match.group(1) + new
+
+
 def _rewritten_text(path: Path, sites: list[QuerySite], facts: dict[str, NameFacts]) -> str:
     """The file's text with each changed query string replaced where it stands, all else kept."""
     out = path.read_text(encoding="utf-8")
@@ -560,7 +565,7 @@ def _rewritten_text(path: Path, sites: list[QuerySite], facts: dict[str, NameFac
         for old_pattern, new_text in candidates:
             pattern = re.compile(lead + old_pattern)
             if pattern.search(out):
-                out = pattern.sub(lambda m, new=new_text: m.group(1) + new, out)
+                out = pattern.sub(_after_lead(new_text), out)
                 break
         else:
             raise QueryError(f"{path}: {s.where}: cannot find the query's text in the file to replace it; edit by hand")
@@ -684,10 +689,16 @@ def target_client(
     insecure_skip_verify: bool = False,
 ) -> PromQLClient:
     """A PromQL client for the target's query API (Thanos Query: partial responses refused)."""
+    from pydantic import SecretStr
+
     from m3migrate.config import AuthSettings, EndpointSettings, TlsSettings
 
     settings = EndpointSettings(
-        auth=AuthSettings(username=username, password=password, bearer_token=bearer_token),
+        auth=AuthSettings(
+            username=username,
+            password=SecretStr(password) if password else None,
+            bearer_token=SecretStr(bearer_token) if bearer_token else None,
+        ),
         tls=TlsSettings(insecure_skip_verify=insecure_skip_verify),
         headers={tenant_header: tenant} if tenant else {},
     )

@@ -74,7 +74,8 @@ class Tier:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tier:
-        return cls(**{k: int(v) if k != "namespace" else str(v) for k, v in data.items()})
+        fields: dict[str, Any] = {k: int(v) if k != "namespace" else str(v) for k, v in data.items()}
+        return cls(**fields)
 
 
 def plan_tiers(

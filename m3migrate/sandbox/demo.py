@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 import yaml
@@ -293,12 +294,13 @@ def serve_wizard(
 
 
 def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack: list) -> int:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
 
     serve_wizard(workdir, m3.read_url, m3.url, target.url, source.stats.start_ms, source.stats.end_ms, stack)
     say("serving the deployments end-to-end, migrate, replicate, verify, close")
-    run = run_deployment("end-to-end/end-to-end", timeout=0)
+    run = cast("FlowRun", run_deployment("end-to-end/end-to-end", timeout=0))  # sync call: not a coroutine
     say(f"started end-to-end (validate -> migrate -> replicate -> close): {ui}/runs/flow-run/{run.id}")
     gate, parent = _wait_for_gate(run.id)
     if gate is None:
@@ -322,7 +324,7 @@ def _run_wizard(a, workdir: Path, source, m3: M3Gateway, target, ui: str, stack:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        while not (state := client.read_flow_run(run.id).state).is_final():
+        while (state := client.read_flow_run(run.id).state) is None or not state.is_final():
             time.sleep(2)
     if not state.is_completed():
         say(f"the end-to-end run ended {state.name}: {state.message}")
