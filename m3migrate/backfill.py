@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from m3migrate.bucket import BlockConflict, Bucket, ranges_cover
+from m3migrate.codec import show_labels
 from m3migrate.errors import ConfigError, MalformedResponse
 from m3migrate.plan import Batch
 from m3migrate.prompb import QueryResult
@@ -31,6 +32,7 @@ from m3migrate.remote_read import RemoteReadClient
 from m3migrate.tiers import Tier
 from m3migrate.transfer import read_batch_window
 from m3migrate.tsdb.block import BlockWriter
+from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock
 from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
 from m3migrate.tsdb.samples import series_arrays
@@ -106,6 +108,8 @@ class BackfillResult:
     foreign_series: int = 0
     dropped_series: int = 0
     removed_partial: list[str] = field(default_factory=list)
+    non_utf8_series: list[str] = field(default_factory=list)  # written with label bytes not UTF-8 (escaped)
+    skipped_series: list[str] = field(default_factory=list)  # "labels: reason" of series not written
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -169,9 +173,10 @@ def backfill_window(
         )
         with writer:
             t_encode = 0.0
+            owners: dict[Labels, str] = {}
             for batch, part in parts:
                 t0 = time.perf_counter()
-                _add_part(writer, batch, part, window, relabeler, result)
+                _add_part(writer, batch, part, window, relabeler, result, owners)
                 t_encode += time.perf_counter() - t0
                 del part
             try:
@@ -233,7 +238,11 @@ def _add_part(
     window: BlockWindow,
     relabeler: Relabeler,
     result: BackfillResult,
+    owners: dict[Labels, str] | None = None,
 ) -> None:
+    """``owners``: the batch that writes each series with label bytes that are not UTF-8. The plan never
+    holds their exact form (a series API shows such bytes as U+FFFD), so no batch lists them: the first
+    batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope)."""
     keys = batch.keys if batch is not None else None
     for labels, t, bits in series_arrays(part):
         key = tuple(sorted(labels))
@@ -242,15 +251,38 @@ def _add_part(
                 f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
                 endpoint="remote read",
             )
-        if keys is not None and key not in keys:
+        if (
+            keys is not None
+            and key not in keys
+            and not (
+                owners is not None
+                and batch is not None
+                and has_raw_bytes(n + v for n, v in key)
+                and owners.setdefault(key, batch.id) == batch.id
+            )
+        ):
             result.foreign_series += 1  # matched the read but belongs to another batch (or is new)
             continue
         if not len(t):
             continue
-        out = relabeler(key)
+        raw_bytes = has_raw_bytes(n + v for n, v in key)
+        try:
+            out = relabeler(key)
+        except (UnicodeEncodeError, ConfigError) as exc:
+            if not raw_bytes:
+                raise
+            # as remote write does (wire.LabelCache): RE2 matches UTF-8 text, a name must be a legacy name
+            why = "a relabel rule's regex" if isinstance(exc, UnicodeEncodeError) else str(exc)
+            _set_aside(result, f"{show_labels(key)}: label bytes are not UTF-8 and {why} cannot be applied to them")
+            continue
         if out is None:
             result.dropped_series += 1
             continue
+        if raw_bytes and has_raw_bytes(n + v for n, v in out):
+            # the block stores them byte-exact (Go strings are bytes), its labels sorted by bytes
+            out = tuple(sorted(out, key=lambda label: label_bytes(label[0])))
+            if show_labels(key) not in result.non_utf8_series:
+                result.non_utf8_series.append(show_labels(key))
         if len(t) > 1 and not (t[1:] > t[:-1]).all():
             t, bits = _sorted_unique(t, bits, out)
         if t[0] < window.read_start or t[-1] > window.read_end:  # a source that answers beyond the range
@@ -259,6 +291,12 @@ def _add_part(
             if not len(t):
                 continue
         writer.add(out, t, bits)
+
+
+def _set_aside(result: BackfillResult, skipped: str) -> None:
+    if skipped not in result.skipped_series:
+        log.warning("series not migrated: %s", skipped)
+        result.skipped_series.append(skipped)
 
 
 def _sorted_unique(t: np.ndarray, bits: np.ndarray, labels: Labels) -> tuple[np.ndarray, np.ndarray]:

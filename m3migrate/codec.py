@@ -10,12 +10,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import snappy
-from google.protobuf.message import DecodeError
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from m3migrate.errors import MalformedResponse
-from m3migrate.prompb import Label, LabelMatcher, Query, QueryResult, ReadRequest, ReadResponse, TimeSeries
+from m3migrate.prompb import Label, LabelMatcher, Query, QueryResult, ReadRequest, ReadResponse, TimeSeries, prompb_pb2
 
 STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker
 MAX_DECOMPRESSED = 1 << 31  # refuse bodies that claim more than 2 GiB once decompressed
@@ -87,11 +89,65 @@ def encode_read_request(matchers: Sequence[Matcher], start_ms: int, end_ms: int)
     return compress(request.SerializeToString())
 
 
-def decode_read_response(raw: bytes, *, endpoint: str) -> QueryResult:
-    """Parse a decompressed ReadResponse holding one QueryResult."""
-    response = ReadResponse()
+def _bytes_label_classes() -> dict[str, Any]:
+    """prompb's messages with Label name/value declared ``bytes``, as M3's own prompb declares them
+    (src/query/generated/proto/prompb/types.proto): a proto3 ``string`` parse refuses bytes that are
+    not UTF-8, which would fail a whole read for one such series. Same wire form, so these messages
+    serialize to what was read."""
+    fdp = descriptor_pb2.FileDescriptorProto()
+    prompb_pb2.DESCRIPTOR.CopyToProto(fdp)
+    old, new = f".{fdp.package}.", ".m3migrate.prompb_bytes."
+    fdp.name, fdp.package = "m3migrate_prompb_bytes.proto", new[1:-1]
+    for msg in fdp.message_type:
+        for f in msg.field:
+            if f.type_name.startswith(old):
+                f.type_name = new + f.type_name[len(old) :]
+            if msg.name == "Label":
+                f.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    names = ("ReadResponse", "QueryResult", "TimeSeries")
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(new[1:] + n)) for n in names}
+
+
+_BYTES_LABELS = _bytes_label_classes()
+BytesTimeSeries = _BYTES_LABELS["TimeSeries"]
+BytesQueryResult = _BYTES_LABELS["QueryResult"]
+
+
+def parse_read_response(raw: bytes) -> Message:
+    """A decompressed ReadResponse; when a label is not UTF-8, with label fields as ``bytes`` (read
+    its series' labels with :func:`series_labels`). Raises DecodeError for a body that is no
+    ReadResponse at all."""
     try:
-        response.ParseFromString(raw)
+        return ReadResponse.FromString(raw)
+    except DecodeError:
+        return _BYTES_LABELS["ReadResponse"].FromString(raw)  # raises again if it is not the labels
+
+
+def parse_series(raw: bytes) -> Message:
+    """One TimeSeries as :func:`parse_read_response` parses them."""
+    try:
+        return TimeSeries.FromString(raw)
+    except DecodeError:
+        return BytesTimeSeries.FromString(raw)
+
+
+def _label_text(text: str | bytes) -> str:
+    return text if text.__class__ is str else text.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+
+
+def series_labels(ts: Message) -> tuple[tuple[str, str], ...]:
+    """A parsed series' labels as text, as sent; bytes that are not UTF-8 as ``surrogateescape``
+    surrogates, so they re-encode to the same bytes (see :func:`encode_raw_labels`)."""
+    return tuple((_label_text(label.name), _label_text(label.value)) for label in ts.labels)  # type: ignore[attr-defined]
+
+
+def decode_read_response(raw: bytes, *, endpoint: str) -> QueryResult:
+    """Parse a decompressed ReadResponse holding one QueryResult. A response with label bytes that are
+    not UTF-8 parses too (labels as ``bytes``): read labels with :func:`series_labels`."""
+    try:
+        response = parse_read_response(raw)
     except DecodeError as exc:
         raise MalformedResponse(f"remote read: body is not a ReadResponse ({exc})", endpoint=endpoint) from None
     if len(response.results) != 1:

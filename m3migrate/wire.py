@@ -38,11 +38,14 @@ from m3migrate.codec import (
     encode_labels,
     encode_raw_labels,
     frame_series,
+    parse_read_response,
+    parse_series,
+    series_labels,
     show_labels,
     uvarint,
 )
 from m3migrate.errors import ConfigError, MalformedResponse
-from m3migrate.prompb import QueryResult, ReadResponse, Sample, TimeSeries
+from m3migrate.prompb import QueryResult, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 
 Labels = tuple[tuple[str, str], ...]
@@ -416,7 +419,7 @@ def _frame(label_bytes: bytes, samples: bytes | memoryview) -> bytes:
 
 def _decode_series(data: bytes, endpoint: str) -> TimeSeries:
     try:
-        return TimeSeries.FromString(data)
+        return parse_series(data)  # labels as bytes when they are not UTF-8
     except DecodeError as exc:
         raise MalformedResponse(f"remote read: body is not a ReadResponse ({exc})", endpoint=endpoint) from None
 
@@ -440,9 +443,11 @@ def _add_exact(
     labels: LabelCache,
     counters: Counters,
     adopt: Adopt | None = None,
+    aside: list[WriteChain] | None = None,
 ) -> None:
-    """One decoded series the exact way: labels from the message, samples re-serialized by upb."""
-    key = labels.key(tuple((label.name, label.value) for label in ts.labels))
+    """One decoded series the exact way: labels from the message, samples re-serialized by upb. A series
+    whose label bytes are not UTF-8 goes to ``aside``, in chains of its own (see :func:`_pack_alone`)."""
+    key = labels.key(series_labels(ts))
     label_bytes: bytes | None = None
     if key not in keys:
         label_bytes = _adopted(labels, key, adopt)
@@ -454,6 +459,13 @@ def _add_exact(
         return
     if label_bytes is None:
         label_bytes = labels.target(key)
+    if label_bytes.__class__ is NonUTF8:
+        ts.ClearField("labels")
+        alone = _pack_alone(
+            label_bytes, ts.SerializeToString(), n, counters, packer.max_bytes, packer.max_samples, labels.endpoint
+        )
+        (packer.chains if aside is None else aside).extend(alone)
+        return
     if not label_bytes:
         counters.dropped += 1
         return
@@ -481,10 +493,11 @@ def pack_query_result(
 ) -> list[WriteChain]:
     """The exact path for decoded series: what pack_write_requests makes of the batch's series."""
     packer = _Packer(max_bytes, max_samples)
-    for ts in qr.timeseries if isinstance(qr, QueryResult) else qr:
-        _add_exact(packer, ts, keys, labels, counters, adopt)
+    aside: list[WriteChain] = []
+    for ts in qr.timeseries if hasattr(qr, "timeseries") else qr:
+        _add_exact(packer, ts, keys, labels, counters, adopt, aside)
     packer.flush()
-    return packer.chains
+    return packer.chains + aside
 
 
 def pack_read_response(
@@ -525,7 +538,7 @@ def pack_read_response(
         n = count_samples(raw, p, b) if p <= b else -1
         if n < 0:  # not labels-then-samples: the exact path decides (and reports a broken encoding)
             fallback += 1
-            _add_exact(packer, _decode_series(raw[a:b], labels.endpoint), keys, labels, counters, adopt)
+            _add_exact(packer, _decode_series(raw[a:b], labels.endpoint), keys, labels, counters, adopt, aside)
             continue
         prefix = raw[a:p]
         label_bytes = decided.get(prefix)
@@ -677,9 +690,8 @@ def _last_record(raw: bytes, p: int, b: int) -> tuple[int, bytes] | None:
 def _cut_decoded(raw: bytes, end_ms: int) -> bytes:
     """cut_after for a response not in the canonical shape: decoded, cut series by series, re-encoded
     (a body that does not parse is left for decoding to report)."""
-    response = ReadResponse()
     try:
-        response.ParseFromString(raw)
+        response = parse_read_response(raw)  # labels as bytes when they are not UTF-8
     except DecodeError:
         return raw
     for result in response.results:

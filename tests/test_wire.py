@@ -24,6 +24,7 @@ from m3migrate.codec import (
     decode_read_response,
     encode_labels,
     pack_write_requests,
+    series_labels,
 )
 from m3migrate.errors import MalformedResponse
 from m3migrate.prompb import ReadResponse, Sample, TimeSeries, WriteRequest
@@ -77,7 +78,7 @@ def reference(raw: bytes, keys: frozenset[Labels], *, max_bytes: int, max_sample
 
     def series():
         for ts in qr.timeseries:
-            labels = tuple((label.name, label.value) for label in ts.labels)
+            labels = series_labels(ts)  # bytes that are not UTF-8 as surrogates, as the wire path reads them
             key = tuple(sorted(labels))
             if len(key) != len({n for n, _ in key}):
                 raise MalformedResponse(

@@ -22,6 +22,7 @@ import numpy as np
 from ulid import ULID
 
 from m3migrate.tsdb.chunks import MAX_SEGMENT_BYTES, SegmentWriter
+from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes, labels_order
 from m3migrate.tsdb.errors import EmptyBlock, InvalidSeries, OverlappingParts, SampleOutOfRange, TsdbError
 from m3migrate.tsdb.index import write_index
 from m3migrate.tsdb.meta import META_FILENAME, THANOS_SOURCE, meta_json, write_meta
@@ -57,16 +58,18 @@ class _Pending:
 
 
 def check_labels(labels: Labels) -> None:
-    """A label set a block may hold: non-empty, names sorted and unique, no empty name or value."""
+    """A label set a block may hold: non-empty, names sorted (byte-wise, as Go compares strings) and
+    unique, no empty name or value. Bytes that are not UTF-8 are fine: the index stores raw bytes."""
     if not labels:
         raise InvalidSeries("a series without labels cannot be stored in a block")
+    names = [label_bytes(n) for n, _ in labels] if has_raw_bytes(n for n, _ in labels) else [n for n, _ in labels]
     prev = None
-    for name, value in labels:
+    for (name, value), key in zip(labels, names, strict=True):
         if not name or not value:
             raise InvalidSeries(f"series {dict(labels)} has an empty label name or value")
-        if prev is not None and name <= prev:
+        if prev is not None and key <= prev:
             raise InvalidSeries(f"series labels must be sorted by name and unique: {labels}")
-        prev = name
+        prev = key
 
 
 class BlockWriter:
@@ -124,6 +127,7 @@ class BlockWriter:
         self._segments = SegmentWriter(self.tmp_path / "chunks", max_segment_bytes=max_segment_bytes)
         self._series_ids: dict[Labels, int] = {}
         self._labels: list[Labels] = []
+        self._raw_bytes = False  # some label is not UTF-8: sort series by bytes (see has_raw_bytes)
         self._pending = _Pending()
         self._meta_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.num_samples = 0
@@ -159,6 +163,7 @@ class BlockWriter:
                     hint="choose external labels that no migrated series carries",
                 )
             sid = len(self._labels)
+            self._raw_bytes = self._raw_bytes or has_raw_bytes(n + v for n, v in labels)
             self._series_ids[labels] = sid
             self._labels.append(labels)
         if len(t) > 1 and not (t[1:] > t[:-1]).all():
@@ -231,7 +236,10 @@ class BlockWriter:
         return info
 
     def _write_index_and_meta(self) -> BlockInfo:
-        order = sorted(range(len(self._labels)), key=self._labels.__getitem__)
+        labels = self._labels
+        order = sorted(
+            range(len(labels)), key=(lambda i: labels_order(labels[i])) if self._raw_bytes else labels.__getitem__
+        )
         rank = np.empty(len(order), np.int64)
         rank[np.array(order, np.int64)] = np.arange(len(order))
         owner = np.concatenate([m[0] for m in self._meta_parts])

@@ -6,11 +6,34 @@ google-crc32c computes it in C (hardware accelerated where available).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import google_crc32c
 
 from m3migrate.codec import uvarint
 
-__all__ = ["crc32c", "read_uvarint", "read_varint", "uvarint", "varint"]
+__all__ = ["crc32c", "has_raw_bytes", "label_bytes", "labels_order", "read_uvarint", "read_varint", "uvarint", "varint"]
+
+_ESCAPED = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def label_bytes(text: str) -> bytes:
+    """A label string's bytes: UTF-8, and a byte that is not UTF-8 (a ``surrogateescape`` surrogate, as
+    read from M3, whose tags are raw bytes) as itself. The TSDB index stores strings as raw bytes (Go
+    strings are bytes; prometheus tsdb/index/index.go writes and reads them unchecked)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def has_raw_bytes(texts: Iterable[str]) -> bool:
+    """Whether any string holds bytes that are not UTF-8: then code point order is not byte order
+    (Go's string order, which the index's symbols, postings and series follow), so sort by bytes."""
+    return _ESCAPED.search("".join(texts)) is not None
+
+
+def labels_order(labels: Iterable[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
+    """Sort key of a label set in labels.Compare order (name, then value, byte-wise)."""
+    return tuple((label_bytes(n), label_bytes(v)) for n, v in labels)
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> bytes:

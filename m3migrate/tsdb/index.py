@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from m3migrate.tsdb.encoding import crc32c, uvarint, varint
+from m3migrate.tsdb.encoding import crc32c, has_raw_bytes, label_bytes, uvarint, varint
 
 INDEX_MAGIC = bytes.fromhex("BAAAD700")
 INDEX_VERSION = 2
@@ -70,7 +70,8 @@ def write_index(
         for name, value in labels:
             symbols.add(name)
             symbols.add(value)
-    ordered = sorted(symbols)
+    by_bytes = label_bytes if has_raw_bytes(symbols) else None  # str order is byte order for UTF-8
+    ordered = sorted(symbols, key=by_bytes)
     sym_ref = {s: i for i, s in enumerate(ordered)}
 
     with open(path, "wb", buffering=1 << 20) as raw:
@@ -80,7 +81,7 @@ def write_index(
         toc_symbols = f.pos
         parts = [_U32.pack(len(ordered))]
         for s in ordered:
-            b = s.encode("utf-8")
+            b = label_bytes(s)
             parts.append(uvarint(len(b)) + b)
         f.section(b"".join(parts))
 
@@ -118,19 +119,19 @@ def write_index(
         for sid, labels in zip(ids, series, strict=True):
             for name, value in labels:
                 postings[name][value].append(sid)
-        names = sorted(postings)
+        names = sorted(postings, key=by_bytes)
 
         toc_label_indices = f.pos
         label_index_offsets: list[tuple[str, int]] = []
         for name in names:
             f.pad(4)
             label_index_offsets.append((name, f.pos))
-            values = sorted(postings[name])
+            values = sorted(postings[name], key=by_bytes)
             f.section(_U32.pack(1) + _U32.pack(len(values)) + b"".join(_U32.pack(sym_ref[v]) for v in values))
 
         toc_postings = f.pos
         postings_offsets: list[tuple[str, str, int]] = []
-        lists = [("", "", ids)] + [(n, v, postings[n][v]) for n in names for v in sorted(postings[n])]
+        lists = [("", "", ids)] + [(n, v, postings[n][v]) for n in names for v in sorted(postings[n], key=by_bytes)]
         for name, value, sids in lists:
             f.pad(4)
             postings_offsets.append((name, value, f.pos))
@@ -139,14 +140,14 @@ def write_index(
         toc_label_table = f.pos
         parts = [_U32.pack(len(label_index_offsets))]
         for name, off in label_index_offsets:
-            b = name.encode("utf-8")
+            b = label_bytes(name)
             parts.append(b"\x01" + uvarint(len(b)) + b + uvarint(off))
         f.section(b"".join(parts))
 
         toc_postings_table = f.pos
         parts = [_U32.pack(len(postings_offsets))]
         for name, value, off in postings_offsets:
-            nb, vb = name.encode("utf-8"), value.encode("utf-8")
+            nb, vb = label_bytes(name), label_bytes(value)
             parts.append(b"\x02" + uvarint(len(nb)) + nb + uvarint(len(vb)) + vb + uvarint(off))
         f.section(b"".join(parts))
 

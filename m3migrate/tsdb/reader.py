@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m3migrate.tsdb.chunks import SEGMENT_HEADER
-from m3migrate.tsdb.encoding import crc32c, read_uvarint, read_varint
+from m3migrate.tsdb.encoding import crc32c, label_bytes, labels_order, read_uvarint, read_varint
 from m3migrate.tsdb.errors import TsdbError
 from m3migrate.tsdb.index import INDEX_MAGIC, INDEX_VERSION
 from m3migrate.tsdb.meta import META_FILENAME, BlockMeta
@@ -81,9 +81,9 @@ def read_block(block_dir: Path) -> BlockContents:
     p = 4
     for _ in range(count):
         n, p = read_uvarint(body, p)
-        symbols.append(body[p : p + n].decode("utf-8"))
+        symbols.append(body[p : p + n].decode("utf-8", "surrogateescape"))  # raw bytes, as Go reads them
         p += n
-    if symbols != sorted(set(symbols)):
+    if symbols != sorted(set(symbols), key=label_bytes):
         raise TsdbError("index: symbols are not strictly sorted")
 
     body, _ = _section(buf, ptable_off, "postings offset table")
@@ -96,10 +96,10 @@ def read_block(block_dir: Path) -> BlockContents:
             raise TsdbError("index: postings offset entry without 2 keys")
         p += 1
         n, p = read_uvarint(body, p)
-        name = body[p : p + n].decode()
+        name = body[p : p + n].decode("utf-8", "surrogateescape")
         p += n
         n, p = read_uvarint(body, p)
-        value = body[p : p + n].decode()
+        value = body[p : p + n].decode("utf-8", "surrogateescape")
         p += n
         off, p = read_uvarint(body, p)
         pbody, _ = _section(buf, off, f"postings {name}={value}")
@@ -109,7 +109,7 @@ def read_block(block_dir: Path) -> BlockContents:
     if offsets != sorted(offsets):
         raise TsdbError("index: postings lists are not in the offset table's order")
     keys = list(postings)
-    if not keys or keys[0] != ("", "") or keys[1:] != sorted(keys[1:]):
+    if not keys or keys[0] != ("", "") or keys[1:] != sorted(keys[1:], key=lambda k: labels_order([k])):
         raise TsdbError("index: postings offset table must start with the all-postings key and be sorted")
 
     series: dict[Labels, list[ChunkMeta]] = {}
@@ -130,7 +130,7 @@ def read_block(block_dir: Path) -> BlockContents:
             b, q = read_uvarint(sbody, q)
             labels.append((symbols[a], symbols[b]))
         key = tuple(labels)
-        if previous is not None and key <= previous:
+        if previous is not None and labels_order(key) <= labels_order(previous):
             raise TsdbError(f"index: series {dict(key)} is not after {dict(previous)}")
         previous = key
         nc, q = read_uvarint(sbody, q)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from m3migrate.codec import BytesQueryResult
 from m3migrate.prompb import QueryResult, TimeSeries
 
 Labels = tuple[tuple[str, str], ...]
@@ -26,8 +27,8 @@ def _raw_query_result_class() -> Any:
     fdp = descriptor_pb2.FileDescriptorProto(name="m3migrate_tsdb_raw.proto", package="m3migrate.tsdb.raw")
     fdp.syntax = "proto3"
     label = fdp.message_type.add(name="Label")
-    label.field.add(name="name", number=1, type=9, label=1)
-    label.field.add(name="value", number=2, type=9, label=1)
+    label.field.add(name="name", number=1, type=12, label=1)  # bytes: M3's tags need not be UTF-8
+    label.field.add(name="value", number=2, type=12, label=1)
     series = fdp.message_type.add(name="TimeSeries")
     series.field.add(name="labels", number=1, type=11, label=3, type_name=".m3migrate.tsdb.raw.Label")
     series.field.add(name="samples", number=2, type=12, label=3)  # Sample messages as raw bytes
@@ -51,7 +52,7 @@ def series_arrays(result: QueryResult | bytes) -> Iterator[SeriesArrays]:
     lens: list[np.ndarray] = []
     bodies: list[bytes] = []
     for ts in raw.timeseries:
-        labels.append(tuple((lb.name, lb.value) for lb in ts.labels))
+        labels.append(tuple((_text(lb.name), _text(lb.value)) for lb in ts.labels))
         recs = ts.samples
         counts.append(len(recs))
         lens.append(np.fromiter(map(len, recs), np.int64, len(recs)))
@@ -60,8 +61,7 @@ def series_arrays(result: QueryResult | bytes) -> Iterator[SeriesArrays]:
         return
     decoded = _decode_samples(b"".join(bodies), np.concatenate(lens))
     if decoded is None:
-        parsed = QueryResult()
-        parsed.ParseFromString(raw_bytes)
+        parsed = BytesQueryResult.FromString(raw_bytes)  # labels are taken from above
         for lbs, ts in zip(labels, parsed.timeseries, strict=True):
             yield lbs, *_slow_arrays(ts)
         return
@@ -70,6 +70,11 @@ def series_arrays(result: QueryResult | bytes) -> Iterator[SeriesArrays]:
     for lbs, n in zip(labels, counts, strict=True):
         yield lbs, t[pos : pos + n], bits[pos : pos + n]
         pos += n
+
+
+def _text(raw: bytes) -> str:
+    """Label bytes as text; bytes that are not UTF-8 as ``surrogateescape`` surrogates (re-encode exactly)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _slow_arrays(ts: TimeSeries) -> tuple[np.ndarray, np.ndarray]:
