@@ -19,10 +19,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
+from m3migrate.model import DEFAULT_IGNORE_LABELS
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState
-from m3migrate.verify import DEFAULT_IGNORE_LABELS, VerificationFailed, VerificationReport, verify
+from m3migrate.verify import VerificationFailed, VerificationReport, verify
 
 TABLE_ROWS = 200
 

@@ -36,6 +36,7 @@ from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError, RejectReason, SourceLimitExceeded, WriteRejected
 from m3migrate.failpoints import failpoint
 from m3migrate.http import RetryPolicy
+from m3migrate.model import DEFAULT_IGNORE_LABELS
 from m3migrate.plan import Batch, Labels, Plan, Window, split_batch
 from m3migrate.prompb import QueryResult, TimeSeries, WriteRequest
 from m3migrate.promql import PromQLClient
@@ -323,8 +324,6 @@ class Transfer:
 
     def _stored_timestamps(self, labels: Labels, first_ms: int, last_ms: int) -> np.ndarray:
         """Sorted timestamps the target's query API shows for exactly this series in [first, last]."""
-        from m3migrate.verify import DEFAULT_IGNORE_LABELS  # verify is heavy; this path is rare
-
         base = self.target.promql_base
         if base is None:
             raise ConfigError(

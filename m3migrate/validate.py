@@ -52,6 +52,7 @@ from m3migrate.errors import (
 from m3migrate.http import RetryPolicy, build_client
 from m3migrate.m3admin import M3AdminClient, M3Namespace
 from m3migrate.migration import source_tiers
+from m3migrate.model import PROBE_METRIC
 from m3migrate.plan import Batch, Labels, Window, make_windows
 from m3migrate.prompb import Sample, TimeSeries
 from m3migrate.promql import PromQLClient
@@ -93,7 +94,6 @@ __all__ = [
 ]
 
 Status = Literal["pass", "warn", "fail"]
-PROBE_METRIC = "m3migrate_probe"  # the probe series earlier versions wrote: compare and verify still ignore it
 M3_DEFAULT_SERIES_LIMIT = 100_000
 HOUR_MS = 3_600_000
 MIN_PROBE_MS = 60_000  # the volume probe shrinks to this under a source limit, like the transfer's time splits

@@ -44,6 +44,7 @@ import pandas as pd
 from m3migrate.codec import STALE_NAN_BITS, Matcher, selector_string
 from m3migrate.config import SourceSettings, TargetSettings, redact_url
 from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
+from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC
 from m3migrate.plan import Batch, Plan, Window, make_windows, split_batch
 from m3migrate.promql import PromQLClient
 from m3migrate.relabel import Relabeler
@@ -53,13 +54,11 @@ from m3migrate.spec import MigrationSpec
 from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer import TransferResult, read_batch_window
-from m3migrate.validate import PROBE_METRIC
 
 log = logging.getLogger("m3migrate.verify")
 
 Labels = tuple[tuple[str, str], ...]
 
-DEFAULT_IGNORE_LABELS: tuple[str, ...] = ("tenant_id", "replica", "prometheus_replica", "receive", "rule_replica")
 CANONICAL_NAN_BITS = 0x7FF8000000000001  # every NaN but the stale marker compares as this
 MAX_SPLIT_DEPTH = 6
 SCAN_NAMES_PER_QUERY = 50  # unplanned metric names per raw-samples query of the extras scan

@@ -36,13 +36,13 @@ from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
 from m3migrate.codec import WriteBody, compress, encode_labels, frame_series, single_request
 from m3migrate.config import TargetSettings
+from m3migrate.model import PROBE_METRIC
 from m3migrate.prompb import TimeSeries
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import read_all, with_label
 from m3migrate.sandbox.history import COST_INSTANCE, PROBE_INSTANCE, PROBES, SourceSandbox, tail_series
 from m3migrate.sandbox.servers import Server, vm_force_flush
 from m3migrate.spec import MigrationSpec
-from m3migrate.validate import PROBE_METRIC
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 

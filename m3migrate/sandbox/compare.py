@@ -8,9 +8,9 @@ from collections.abc import Iterable
 
 from m3migrate.codec import Matcher, float_bits
 from m3migrate.config import SourceSettings
+from m3migrate.model import PROBE_METRIC
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.sandbox.servers import Server
-from m3migrate.validate import PROBE_METRIC
 
 Labels = tuple[tuple[str, str], ...]
 Samples = list[tuple[int, int]]  # (timestamp ms, IEEE-754 bits of the value)
