@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3migrate.codec import STALE_NAN_BITS, Matcher, selector_string
+from m3migrate.codec import STALE_NAN_BITS, Matcher, selector_string, series_labels, show_labels
 from m3migrate.config import SourceSettings, TargetSettings, redact_url
 from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
 from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC
@@ -60,6 +61,8 @@ log = logging.getLogger("m3migrate.verify")
 Labels = tuple[tuple[str, str], ...]
 
 CANONICAL_NAN_BITS = 0x7FF8000000000001  # every NaN but the stale marker compares as this
+NOT_UTF8 = "not comparable: label bytes not UTF-8"
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as surrogateescape decodes it
 MAX_SPLIT_DEPTH = 6
 SCAN_NAMES_PER_QUERY = 50  # unplanned metric names per raw-samples query of the extras scan
 SCAN_SERIES_PER_LISTING = 10_000  # planned series (by name) per series-API listing of the extras scan
@@ -221,6 +224,7 @@ class VerificationReport:
     windows: pd.DataFrame
     problems: pd.DataFrame
     migration_id: str = ""
+    not_comparable: list[str] = field(default_factory=list)  # source series (escaped) with label bytes not UTF-8
 
     @property
     def ok(self) -> bool:
@@ -230,7 +234,10 @@ class VerificationReport:
         return self.problems[self.problems["kind"] == kind]
 
     def summary(self) -> dict[str, Any]:
-        return {"migration_id": self.migration_id, "ok": self.ok, **self.totals}
+        out = {"migration_id": self.migration_id, "ok": self.ok, **self.totals}
+        if self.not_comparable:
+            out["not_comparable_examples"] = [f"{s}: {NOT_UTF8}" for s in self.not_comparable[:20]]
+        return out
 
     def to_markdown(self, limit: int = 20) -> str:
         status = "**equal**" if self.ok else "**DIFFERENT**"
@@ -261,6 +268,11 @@ class VerificationReport:
                     )
             if len(rows) > limit:
                 lines.append(f"\n… and {len(rows) - limit} more (see the CSV/Parquet report)")
+        if self.not_comparable:
+            lines += ["", f"## Not compared ({len(self.not_comparable)})", ""]
+            lines += [
+                f"- `{_md(s)}`: {NOT_UTF8} (the query API's JSON shows them as U+FFFD)" for s in self.not_comparable
+            ]
         return "\n".join(lines) + "\n"
 
     def write(self, directory: str | Path) -> dict[str, Path]:
@@ -349,6 +361,9 @@ class _TaskResult:
     stale_skipped: int = 0
     seen_on_target: set[Labels] = field(default_factory=set)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    not_comparable: set[str] = field(default_factory=set)  # source series with label bytes not UTF-8 (escaped)
+    hidden: set[Labels] = field(default_factory=set)  # how those show in the target's query API (U+FFFD)
+    unreadable: set[Labels] = field(default_factory=set)  # target series holding U+FFFD: PromQL cannot select them
 
 
 class _Verifier:
@@ -450,15 +465,37 @@ class _Verifier:
             return result
         return self._compare(view, window, *source, target)
 
-    def _read_source(self, view: _BatchView, window: Window) -> tuple[dict[Labels, SeriesData], int]:
+    def _as_json(self, key: Labels) -> Labels | None:
+        """The target key a series with label bytes that are not UTF-8 shows in the query API: Go's
+        encoding/json writes each invalid byte as U+FFFD, so it cannot be told from another such series
+        and is not compared; this key is left out too (no false missing/mismatch/extra)."""
+        try:
+            out = self.relabeler(key)
+        except (UnicodeEncodeError, ConfigError):  # a rule that cannot apply: the migration set it aside
+            return None
+        if out is None:
+            return None
+        return tuple(sorted((_ESCAPED.sub("\ufffd", n), _ESCAPED.sub("\ufffd", v)) for n, v in out))
+
+    def _read_source(
+        self, view: _BatchView, window: Window
+    ) -> tuple[dict[Labels, SeriesData], int, set[str], set[Labels]]:
         # split by series, then by time, under a source limit (M3's series or range limit), as the transfer
         tally = TransferResult(batch_id=view.batch.id, window=window.index)
         parts = read_batch_window(self.reader, view.batch, window.start_ms, window.end_ms, tally, self.tiers)
         out: dict[Labels, SeriesData] = {}
         stale = 0
+        aside: set[str] = set()
+        hidden: set[Labels] = set()
         for ts in (ts for qr in parts for ts in qr.timeseries):
-            key = tuple(sorted((label.name, label.value) for label in ts.labels))
+            key = tuple(sorted(series_labels(ts)))
             expected = view.expected.get(key)
+            if expected is None and ts.samples and _ESCAPED.search("".join(n + v for n, v in key)):
+                aside.add(show_labels(key))  # any batch reading it names it: the report lists each once
+                shown = self._as_json(key)
+                if shown is not None:
+                    hidden.add(shown)
+                continue
             if expected is None or not ts.samples:
                 continue  # another batch's series, a dropped one, or not sampled
             n = len(ts.samples)
@@ -474,7 +511,7 @@ class _Verifier:
                 prev = out[expected]
                 data = SeriesData.build(np.concatenate([prev.ts, data.ts]), np.concatenate([prev.values, data.values]))
             out[expected] = data
-        return out, stale
+        return out, stale, aside, hidden
 
     def _read_target(self, view: _BatchView, window: Window) -> dict[Labels, SeriesData]:
         return self._read_target_selector(view.target_selector, window)
@@ -503,10 +540,13 @@ class _Verifier:
         window: Window,
         source: dict[Labels, SeriesData],
         stale: int,
+        aside: set[str],
+        hidden: set[Labels],
         target: dict[Labels, SeriesData],
     ) -> _TaskResult:
-        result = _TaskResult(window.index, stale_skipped=stale)
-        expected_keys = set(view.expected.values())
+        result = _TaskResult(window.index, stale_skipped=stale, not_comparable=aside, hidden=hidden)
+        expected_keys = set(view.expected.values()) - hidden
+        target = {k: v for k, v in target.items() if k not in hidden} if hidden else target
         result.series = len(source)
         result.source_samples = sum(d.count for d in source.values())
         # with an added label, extras come from the whole-target scan (scan_extras), not from here
@@ -561,7 +601,10 @@ class _Verifier:
         for chunk in _chunks_by_weight([n for n in names if n in self.planned_names], self.planned_names):
             listed = self.query.series([selector_string([_name_matcher(chunk), added])], window.start_ms, window.end_ms)
             for labels in listed:
-                if self.target_key(labels.items()) not in self.all_expected:
+                key = self.target_key(labels.items())
+                if key not in self.all_expected and any("\ufffd" in n + v for n, v in key):
+                    result.unreadable.add(key)  # PromQL's lexer refuses U+FFFD: bytes not UTF-8 on the target
+                elif key not in self.all_expected:
                     stray.setdefault(labels.get("__name__", ""), []).append(labels)
         for name, series in sorted(stray.items()):
             if len(series) > SCAN_EXACT_PER_NAME:
@@ -630,6 +673,9 @@ def _merge_into(result: _TaskResult, part: _TaskResult) -> None:
     result.stale_skipped += part.stale_skipped
     result.seen_on_target |= part.seen_on_target
     result.rows.extend(part.rows)
+    result.not_comparable |= part.not_comparable
+    result.hidden |= part.hidden
+    result.unreadable |= part.unreadable
 
 
 def _bounded_map(fn: Callable[[Any], _TaskResult], items: Iterable[Any], concurrency: int) -> Iterator[_TaskResult]:
@@ -730,9 +776,18 @@ def verify(
                 on_progress(done, len(tasks))
     seen_on_target: set[Labels] = set()
     rows: list[dict[str, Any]] = []
+    not_comparable: set[str] = set()
     for r in per_window.values():
         seen_on_target |= r.seen_on_target
         rows.extend(r.rows)
+        not_comparable |= r.not_comparable
+    hidden = {k for r in per_window.values() for k in r.hidden}
+    # a target series shown with U+FFFD that no source series explains: named too, never dropped silently
+    not_comparable |= {
+        f"{series_text(k)} (on the target only)" for r in per_window.values() for k in r.unreadable - hidden
+    }
+    if not_comparable:
+        log.warning("%d series not compared: %s (e.g. %s)", len(not_comparable), NOT_UTF8, min(not_comparable))
     problems, per_window_counts = _problems_frame(rows, seen_on_target)
     window_frame = _windows_frame(windows, per_window, per_window_counts)
     mismatches = problems[problems["kind"] == "mismatch"]
@@ -749,12 +804,15 @@ def verify(
         "mismatched_series": int(mismatches["series"].nunique()),
         "missing": int((problems["kind"] == "missing").sum()),
         "extra": int((problems["kind"] == "extra").sum()),
+        "not_comparable": len(not_comparable),
         "extras_searched": f"every target series with {scan}"
         if scan
         else "under the migrated selectors only: no added label (source label disabled), no whole-target scan",
         "seconds": round(time.monotonic() - t0, 3),
     }
-    return VerificationReport(totals, window_frame, problems, migration_id=migration_id)
+    return VerificationReport(
+        totals, window_frame, problems, migration_id=migration_id, not_comparable=sorted(not_comparable)
+    )
 
 
 def _problems_frame(

@@ -347,3 +347,30 @@ def test_blocks_hold_non_utf8_label_bytes_exactly_and_prometheus_serves_them(m3_
         held = _read_raw(f"{prom.url}/api/v1/read", spec)
     assert b"\x12\x04" + RAW in held and BAD not in held
     assert _as_dict(held.replace(RAW, BAD)) == _with_source_label(_read_raw(f"{source.url}/api/v1/read", spec))
+
+
+@pytest.mark.servers
+def test_verify_names_a_non_utf8_series_as_not_comparable_and_compares_the_rest(m3_with_raw_bytes, prometheus_target):
+    """The target's query API answers JSON, where Go's encoding/json writes each byte that is not UTF-8 as
+    U+FFFD: such a series cannot be matched by its labels there. verify names it as not comparable,
+    counted, and neither crashes nor reports it as missing, mismatching or extra."""
+    from m3migrate.verify import verify
+
+    _, m3, spec = m3_with_raw_bytes
+    target = prometheus_target()
+    settings = TargetSettings(write_url=f"{target.url}/api/v1/write", query_url=target.url)
+    keys = tuple((("__name__", "m"), ("v", v)) for v in ("ok1", "ok2", "\udcffad0"))
+    batch = Batch(id="b", matchers=(Matcher("__name__", "=", "m"),), series=keys)
+    relabeler = Relabeler([], add_labels={"_source": "m3db"})
+    with Transfer(SourceSettings(read_url=m3.read_url), settings, relabeler) as transfer:
+        assert transfer.run(batch, Window(0, spec.start_ms, spec.end_ms)).samples == 180
+    json_form = urllib.request.urlopen(f"{target.url}/api/v1/series?match[]=m").read()
+    assert b'"v":"\\ufffdad0"' in json_form or '"v":"\ufffdad0"'.encode() in json_form  # what the API shows
+
+    report = verify(SourceSettings(read_url=m3.read_url, query_url=m3.url), settings, spec)
+    shown = '{__name__="m", v="\\xffad0"}'
+    assert report.not_comparable == [shown] and report.totals["not_comparable"] == 1
+    assert report.summary()["not_comparable_examples"] == [f"{shown}: not comparable: label bytes not UTF-8"]
+    assert report.problems.empty and report.ok  # the two UTF-8 series compared equal, nothing false
+    assert report.totals["samples_source"] == report.totals["samples_target"] == 120
+    assert f"`{shown}`: not comparable: label bytes not UTF-8" in report.to_markdown()
