@@ -30,12 +30,14 @@ from m3migrate.backfill import block_windows
 from m3migrate.blockmode import backfill_stage, fix_boundary, mark_migrated, prepare_backfill, prepare_tail
 from m3migrate.errors import ConfigError
 from m3migrate.plan import Plan
+from m3migrate.progress import PHASES, Progress
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
 from tasks.backfill import BackfillContext, backfill_block_window, clear_caches, get_bucket
 from tasks.transfer import notify, results_storage
 
+BLOCKS_PHASE = PHASES["backfill"]
 SUM_FIELDS = ("samples", "bytes", "bytes_read", "read_seconds", "encode_seconds", "upload_seconds", "splits")
 
 
@@ -116,8 +118,9 @@ def backfill_blocks(
         labels,
         get_bucket(settings).description,
     )
+    # blocks mode: the migration's own progress artifact (the key remote write uses); hybrid: the backfill's
     artifact_id = create_progress_artifact(
-        0.0, key=f"{migration_id}-backfill-progress", description=f"Migration {migration_id}: block windows"
+        0.0, key=f"{migration_id}-{stage}-progress", description=f"Migration {migration_id}: {BLOCKS_PHASE}"
     )
     task_fn = backfill_block_window.with_options(result_storage=results_storage(state.results_dir))
     t0 = time.monotonic()
@@ -153,21 +156,25 @@ def backfill_blocks(
                 "bytes": result["bytes"],
             }
         )
-        done = len(rows)
         elapsed = time.monotonic() - t0
-        rate = moved_now / elapsed if elapsed > 0 else 0.0
-        update_progress_artifact(artifact_id, 100.0 * done / len(windows))
+        report = Progress(
+            BLOCKS_PHASE,
+            len(rows),
+            len(windows),
+            totals["samples"],
+            moved_now / elapsed if elapsed > 0 else 0.0,
+            elapsed,
+            blocks_uploaded=counts["uploaded"],  # windows finish in any order: no front here
+        )
+        update_progress_artifact(artifact_id, report.percent, description=report.description(migration_id))
         logger.info(
-            "block window %s .. %s %s: %d/%d windows, %d samples uploaded so far, %.0f samples/s",
+            "block window %s .. %s %s: %s",
             iso_ms(window.min_time),
             iso_ms(window.max_time),
             "cached" if cached else kind,
-            done,
-            len(windows),
-            moved_now,
-            rate,
+            report.log_line(),
         )
-        notify({"windows_done": done, "windows_total": len(windows), "samples": totals["samples"], "rate": rate})
+        notify(report.event())
     clear_caches()
     elapsed = time.monotonic() - t0
     rows.sort(key=lambda r: r["min_time"])

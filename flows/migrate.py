@@ -31,6 +31,7 @@ from m3migrate.front import UNIT_FIELDS, FrontTotals, plan_segments
 from m3migrate.limits import reset_limits
 from m3migrate.migration import prepare
 from m3migrate.plan import Plan
+from m3migrate.progress import PHASES, Progress, lag_seconds
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, Stage
 from m3migrate.tiers import tier_table
@@ -126,8 +127,9 @@ def transfer_windows(
         raise ConfigError(f"migration {migration_id!r} has no saved {stage} plan", hint=f"run the {stage} flow")
     progress = state.load_progress(stage)
     progress.plan_id, progress.generation, progress.windows_total = plan.id, state.generation, len(plan.windows)
+    phase = PHASES.get(stage, stage)
     artifact_id = create_progress_artifact(
-        0.0, key=f"{state.migration_id}-{stage}-progress", description=f"Migration {state.migration_id}: {stage} front"
+        0.0, key=f"{state.migration_id}-{stage}-progress", description=f"Migration {state.migration_id}: {phase}"
     )
     ctx = _transfer_context(source, target, spec, state, plan, stage, artifact_id)
     task_fn = transfer_segment.with_options(result_storage=results_storage(state.results_dir))
@@ -149,9 +151,19 @@ def transfer_windows(
         progress.front_end_ms = last.end_ms
         progress.samples = totals.samples
         state.save_progress(progress, stage)
-        update_progress_artifact(artifact_id, 100.0 * progress.windows_done / nw)
         elapsed = time.monotonic() - t0
         rate = totals.samples_moved_now / elapsed if elapsed > 0 else 0.0
+        report = Progress(
+            phase,
+            progress.windows_done,
+            nw,
+            totals.samples,
+            rate,
+            elapsed,
+            lag_seconds=lag_seconds(last.end_ms) if stage == "replicate" else None,
+            front_end_ms=last.end_ms,
+        )
+        update_progress_artifact(artifact_id, report.percent, description=report.description(state.migration_id))
         window_rows.append(
             {
                 "windows": run[0].label.split(",")[0],
@@ -161,17 +173,8 @@ def transfer_windows(
                 "tasks": len(run),
             }
         )
-        per_window = elapsed / progress.windows_done
-        logger.info(
-            "front at %s: window %d/%d, %d samples so far, %.0f samples/s, ETA %.0f s",
-            iso_ms(last.end_ms),
-            progress.windows_done,
-            nw,
-            totals.samples,
-            rate,
-            per_window * (nw - progress.windows_done),
-        )
-        notify({"windows_done": progress.windows_done, "windows_total": nw, "samples": totals.samples, "rate": rate})
+        logger.info("front at %s: %s", iso_ms(last.end_ms), report.log_line())
+        notify(report.event())
     elapsed = time.monotonic() - t0
     if window_rows:
         create_table_artifact(

@@ -22,7 +22,8 @@ from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
 from m3migrate.latewrites import LateWindow, recheck_late_writes, record_late_check
 from m3migrate.plan import Plan
-from m3migrate.replication import finish_pass, namespace_changes, plan_pass
+from m3migrate.progress import duration, lag_seconds
+from m3migrate.replication import finish_pass, namespace_changes, plan_pass, replication_start_ms
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationLocked, MigrationState
 from m3migrate.timefmt import iso_ms
@@ -118,8 +119,13 @@ def replicate(
             late = recheck_previous_pass(source, target, spec, state, lag_minutes)
             plan, changes = plan_replication_pass(source, spec, state, until_ms)
             if plan is None:
-                lag = time.time() - (state.load_replication().watermark_ms or 0) / 1000
-                logger.info("nothing to replicate: the watermark is already at %s", iso_ms(until_ms))
+                watermark = replication_start_ms(state) - 1  # the watermark, or the migration's end
+                lag = lag_seconds(watermark)
+                logger.info(
+                    "nothing to replicate: the watermark is already at %s, replication lag %s",
+                    iso_ms(watermark),
+                    duration(lag),
+                )
                 return {
                     "migration_id": state.migration_id,
                     "status": "up-to-date",
@@ -153,8 +159,8 @@ def replicate(
             outcome.lag_seconds,
         )
     logger.info(
-        "replication lag %.0f s (watermark %s), %d samples in this pass",
-        outcome.lag_seconds,
+        "replication lag %s (watermark %s), %d samples in this pass",
+        duration(outcome.lag_seconds),
         result["watermark"],
         summary["samples"],
     )

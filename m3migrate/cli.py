@@ -7,7 +7,9 @@ import functools
 import inspect
 import json
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from m3migrate.errors import ConfigError, M3MigrateError
@@ -236,33 +238,56 @@ def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, 
 
 
 def _progress_bar() -> tuple[Progress, Any]:
+    """One bar per phase (time front, block windows, replication pass), fed by the flows' progress events:
+    windows done / total, samples, samples/s, blocks uploaded or a pass's lag, and the flow's ETA."""
+    from m3migrate.progress import duration
     from tasks.transfer import PROGRESS_LISTENERS
 
     progress = Progress(
-        TextColumn("[bold]time front[/bold]"),
+        TextColumn("[bold]{task.description}[/bold]"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} windows"),
         TextColumn("{task.fields[samples]:,} samples"),
         TextColumn("{task.fields[rate]:,.0f}/s"),
+        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
         console=console,
         transient=False,
         disable=not console.is_terminal,
     )
-    task_id = progress.add_task("migrate", total=None, samples=0, rate=0.0)
+    bars: dict[str, Any] = {}
+    lock = threading.Lock()  # segments report from their own threads
 
     def listener(event: dict[str, Any]) -> None:
-        progress.update(
-            task_id,
-            completed=event["windows_done"],
-            total=event["windows_total"],
-            samples=event["samples"],
-            rate=event["rate"],
-        )
+        eta = event.get("eta_seconds")
+        fields = {
+            "samples": event["samples"],
+            "rate": event["rate"],
+            "detail": event.get("detail") or "",
+            "eta": "?" if eta is None else duration(eta),
+        }
+        phase = event.get("phase") or "time front"
+        with lock:
+            if phase not in bars:
+                bars[phase] = progress.add_task(phase, total=event["windows_total"], **fields)
+            progress.update(bars[phase], completed=event["windows_done"], total=event["windows_total"], **fields)
 
     PROGRESS_LISTENERS.append(listener)
     return progress, listener
+
+
+@contextmanager
+def _live_progress() -> Iterator[None]:
+    """The progress bar while a step's flow runs (its listener is removed afterwards)."""
+    from tasks.transfer import PROGRESS_LISTENERS
+
+    progress, listener = _progress_bar()
+    try:
+        with progress:
+            yield
+    finally:
+        PROGRESS_LISTENERS.remove(listener)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -642,15 +667,16 @@ def replicate(
 
     until_dt = _parse_instant(until) if until else None
     pass_until_ms(until_dt, _minutes(lag))  # a future --until is refused (exit 2) before a flow run starts
-    result = replicate_flow(
-        inputs.source,
-        inputs.target,
-        inputs.spec,
-        lag_minutes=_minutes(lag),
-        until=until_dt,
-        state_dir=inputs.state_dir,
-        wait_for_lock_seconds=wait,
-    )
+    with _live_progress():  # the pass's windows and its lag behind now
+        result = replicate_flow(
+            inputs.source,
+            inputs.target,
+            inputs.spec,
+            lag_minutes=_minutes(lag),
+            until=until_dt,
+            state_dir=inputs.state_dir,
+            wait_for_lock_seconds=wait,
+        )
     _print_summary(result)
     if result["status"] == "skipped-locked":
         raise typer.Exit(EXIT_BUSY)

@@ -17,6 +17,7 @@ from m3migrate.errors import ConfigError
 from m3migrate.m3admin import M3AdminClient
 from m3migrate.migration import build_plan, check_writing
 from m3migrate.plan import Plan
+from m3migrate.progress import lag_seconds
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, ReplicationState
 
@@ -72,7 +73,7 @@ def finish_pass(state: MigrationState, plan: Plan, samples: int, now_ms: int | N
     """Advance the watermark to the pass's end and record the replication lag."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     replication = state.load_replication()
-    lag = max(0.0, (now_ms - plan.end_ms) / 1000)
+    lag = lag_seconds(plan.end_ms, now_ms)  # how far behind now the copied front is
     growing = replication.last_lag_seconds is not None and lag > replication.last_lag_seconds + 60
     replication.watermark_ms = plan.end_ms
     replication.passes += 1

@@ -27,6 +27,7 @@ from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
 from m3migrate.front import Front, FrontTotals, Segment, WindowDone
 from m3migrate.plan import Plan
+from m3migrate.progress import PHASES, Progress, lag_seconds
 from m3migrate.relabel import Relabeler
 from m3migrate.state import MigrationState, Stage
 from m3migrate.tiers import Tier
@@ -161,23 +162,24 @@ class _SegmentProgress:
         self.last = now
         elapsed = now - self.t0
         rate = totals.samples_moved_now / elapsed if elapsed > 0 else 0.0
-        windows_done = done.index + 1
-        if self.ctx.progress_artifact_id and self.segment.group == 0:
-            update_progress_artifact(self.ctx.progress_artifact_id, 100.0 * windows_done / self.ctx.windows_total)
-        samples = self.samples_before + totals.samples
-        tier = next((t for t in self.tiers if t.start_ms <= done.end_ms <= t.end_ms), None)
-        self.logger.info(
-            "front at %s%s: window %d/%d, %d samples so far, %.0f samples/s",
-            iso_ms(done.end_ms),
-            f" (tier {tier.namespace}, {tier.storage_policy})" if tier else "",
-            windows_done,
+        report = Progress(
+            PHASES.get(self.ctx.stage, self.ctx.stage),
+            done.index + 1,
             self.ctx.windows_total,
-            samples,
+            self.samples_before + totals.samples,
             rate,
+            elapsed,
+            lag_seconds=lag_seconds(done.end_ms) if self.ctx.stage == "replicate" else None,
+            front_end_ms=done.end_ms,
+            windows_before=self.segment.first_window,  # the ETA at this segment's pace
         )
-        notify(
-            {"windows_done": windows_done, "windows_total": self.ctx.windows_total, "samples": samples, "rate": rate}
-        )
+        if self.ctx.progress_artifact_id and self.segment.group == 0:
+            description = report.description(self.ctx.migration_id)
+            update_progress_artifact(self.ctx.progress_artifact_id, report.percent, description=description)
+        tier = next((t for t in self.tiers if t.start_ms <= done.end_ms <= t.end_ms), None)
+        where = f" (tier {tier.namespace}, {tier.storage_policy})" if tier else ""
+        self.logger.info("front at %s%s: %s", iso_ms(done.end_ms), where, report.log_line())
+        notify(report.event())
 
 
 @task(

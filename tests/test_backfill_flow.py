@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import OFFLINE_MIGRATE, run_cli
+from progress_helpers import assert_advances, read_progress, recording
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from m3migrate.backfill import block_windows
 from m3migrate.bucket import BucketSettings
+from m3migrate.cli import _progress_bar
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError
 from m3migrate.replication import replication_start_ms
@@ -25,6 +27,7 @@ from m3migrate.spec import HYBRID_MARGIN_MS, MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
 from m3migrate.validate import ValidationInput, check_bucket, check_target_write
+from tasks.transfer import PROGRESS_LISTENERS
 
 HOUR_MS = 3_600_000
 
@@ -133,9 +136,25 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
         start=iso_ms(start), end=iso_ms(end), write_mode="blocks", migration_id="blocks-flow", task_concurrency=3
     )
     state_dir = tmp_path / "state"
-    summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)
+    bar, bar_listener = _progress_bar()  # the CLI's bar, fed by the same events
+    try:
+        with recording({"block windows": "blocks-flow-migrate-progress"}) as progress:
+            summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)
+    finally:
+        PROGRESS_LISTENERS.remove(bar_listener)
     windows = block_windows(start, end)
     assert summary["blocks_uploaded"] == len(windows) == len(_block_dirs(bucket_dir))
+    # the migration's progress artifact (the key remote write uses) advanced window by window to 100 %,
+    # naming windows done / total, samples/s, blocks uploaded and the ETA
+    n = len(windows)
+    assert_advances(progress.readings, n)
+    assert [r.event["blocks_uploaded"] for r in progress.readings] == list(range(1, n + 1))
+    assert f"{n} blocks uploaded" in progress.readings[-1].description
+    assert f"{summary['samples']:,} samples" in progress.readings[-1].description
+    assert read_progress("blocks-flow-migrate-progress")[0] == 100.0
+    (row,) = bar.tasks
+    assert row.description == "block windows" and row.completed == row.total == n
+    assert row.fields["detail"] == f"{n} blocks uploaded" and row.fields["samples"] == summary["samples"]
     expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
     assert summary["samples"] == sum(len(s) for s in expected.values())
     with _serve_blocks(bucket_dir, tmp_path, "blocks") as prom:
@@ -158,7 +177,7 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_hybrid_splits_at_a_block_edge_with_no_gap_and_no_overlap(
-    prefect_api, source_history, prometheus_target, tmp_path
+    prefect_api, source_history, prometheus_target, tmp_path, monkeypatch
 ):
     """A target that already receives live data and has a 1-day out-of-order window: history older than
     its accept window (12 h here) goes as blocks, the recent tail by remote write."""
@@ -179,11 +198,26 @@ def test_hybrid_splits_at_a_block_edge_with_no_gap_and_no_overlap(
         task_concurrency=3,
     )
     state_dir = tmp_path / "state"
-    summary = migrate(
-        source_block, target_block, spec, state_dir=str(state_dir), bucket=ThanosBucket(url=str(bucket_dir))
-    )
+    keys = {"time front": "hybrid-flow-migrate-progress", "block windows": "hybrid-flow-backfill-progress"}
+    # the tail fits the accept window, so its front is one segment: report from inside it at every window
+    monkeypatch.setattr("tasks.transfer.PROGRESS_EVERY_SECONDS", 0.0)
+    with recording(keys) as progress:
+        summary = migrate(
+            source_block, target_block, spec, state_dir=str(state_dir), bucket=ThanosBucket(url=str(bucket_dir))
+        )
     boundary = MigrationState(state_dir, "hybrid-flow").load_boundary()
     assert boundary is not None and start < boundary <= end and boundary % (2 * HOUR_MS) == 0
+    # each part's progress artifact advanced to 100 % with the figures remote write shows: the tail first
+    tail_plan = MigrationState(state_dir, "hybrid-flow").load_plan("migrate")
+    assert tail_plan is not None and tail_plan.start_ms == boundary
+    phases = [r.event["phase"] for r in progress.readings]
+    assert phases == sorted(phases, key=lambda p: p != "time front"), "the tail is written before the blocks"
+    assert_advances(progress.phase("time front"), len(tail_plan.windows))
+    blocks = progress.phase("block windows")
+    n = len(block_windows(start, boundary - 1))
+    assert_advances(blocks, n)
+    assert f"{summary['blocks_uploaded']} blocks uploaded" in blocks[-1].description and summary["blocks_uploaded"] == n
+    assert read_progress("hybrid-flow-migrate-progress")[0] == read_progress("hybrid-flow-backfill-progress")[0] == 100
     assert summary["boundary"] == iso_ms(boundary)
     expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
     want_blocks, want_tail = _split(expected, boundary)
