@@ -85,8 +85,11 @@ def chunks(start_ms: int, end_ms: int, chunk_ms: int) -> list[tuple[int, int]]:
     return out
 
 
-def count_all(base_url: str, start_ms: int, end_ms: int, chunk_ms: int, concurrency: int = 2) -> dict[str, int]:
-    """Series and samples a Prometheus holds in [start, end] (the validation probe left out)."""
+def count_all(
+    base_url: str, start_ms: int, end_ms: int, chunk_ms: int, concurrency: int = 2, read_url: str | None = None
+) -> dict[str, int]:
+    """Series and samples a Prometheus holds in [start, end] (the validation probe left out), read at
+    ``read_url`` when given (the source through the M3 gateway), else at its /api/v1/read."""
     series: set[tuple] = set()
     samples = 0
 
@@ -102,7 +105,7 @@ def count_all(base_url: str, start_ms: int, end_ms: int, chunk_ms: int, concurre
             n += len(ts.samples)
         return keys, n
 
-    settings = SourceSettings(read_url=f"{base_url}/api/v1/read")
+    settings = SourceSettings(read_url=read_url or f"{base_url}/api/v1/read")
     with RemoteReadClient(settings, max_connections=4) as client, ThreadPoolExecutor(concurrency) as pool:
         for keys, n in pool.map(one, chunks(start_ms, end_ms, chunk_ms)):
             series |= keys

@@ -4,8 +4,11 @@
     .venv/bin/python bench/run.py --preset default    # 1000 series x 7 d x 15 s (~40 M samples)
     .venv/bin/python bench/run.py --preset large      # 10x default's series (RSS comparison)
 
+The source is what users read: the sandbox's M3 Coordinator gateway (its own process, [start, end)
+reads, answers passed through at the wire level) in front of the Prometheus 2.42 holding the data.
 Steps, each against fresh Prometheus 2.42 servers on 127.0.0.1:
-  1. raw read    remote read of the whole range (<= 1 d windows, 2 in flight), bodies decompressed and discarded
+  1. raw read    remote read of the whole range (<= 1 d windows, 2 in flight) through the gateway, bodies
+                 decompressed and discarded (and once from the Prometheus directly, for reference)
   2. raw ingest  the same data, pre-encoded as WriteRequests per 60 min window, sent with 2 and 4 in flight
                  (barrier per window so every series stays in order); the best is kept
   3. m3migrate   `python -m m3migrate.cli migrate` as a subprocess, default, tuned and Dask settings,
@@ -55,10 +58,11 @@ from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.demo import RunningPrefect, prefect_server
-from m3migrate.sandbox.servers import Server, start_prometheus
+from m3migrate.sandbox.servers import Server, start_m3_gateway, start_prometheus
 from m3migrate.timefmt import iso_ms
 
 ROOT = Path(__file__).resolve().parent.parent
+GATEWAY_READ_PATH = "/api/v1/prom/remote/read"  # M3 Coordinator's remote-read path
 INGEST_WINDOW_MS = 60 * 60_000  # in-order safe: one window at a time stays within the target's 1 h accept window
 
 M3MIGRATE_CONFIGS: dict[str, dict[str, Any]] = {
@@ -141,22 +145,35 @@ def rss_of(pid: int) -> int:
 
 
 def raw_read(
-    url: str, start_ms: int, end_ms: int, chunk_ms: int, samples: int, server_pid: int, concurrency: int = 2
+    read_url: str,
+    start_ms: int,
+    end_ms: int,
+    chunk_ms: int,
+    samples: int,
+    server_pid: int,
+    gateway_pid: int | None = None,
+    concurrency: int = 2,
 ) -> dict:
+    """Read everything; the source's CPU is the Prometheus' plus the gateway's (when read through it)."""
     ranges = chunks(start_ms, end_ms, chunk_ms)
     nbytes = 0
-    with RemoteReadClient(SourceSettings(read_url=f"{url}/api/v1/read"), max_connections=4) as client:
+    with RemoteReadClient(SourceSettings(read_url=read_url), max_connections=4) as client:
 
         def one(rng: tuple[int, int]) -> int:
             return len(client.read_raw(ALL, *rng))  # decompressed, then discarded
 
+        g0 = cpu_of(gateway_pid) if gateway_pid else 0.0
         c0, s0, t0 = cpu_self(), cpu_of(server_pid), time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             for n in pool.map(one, ranges):
                 nbytes += n
         wall = time.perf_counter() - t0
         cpu, server_cpu = cpu_self() - c0, cpu_of(server_pid) - s0
+        gateway_cpu = cpu_of(gateway_pid) - g0 if gateway_pid else 0.0
     return {
+        "via": "gateway" if gateway_pid else "prometheus",
+        "prometheus_cpu_ns_per_sample": round(server_cpu / samples * 1e9, 1),
+        "gateway_cpu_ns_per_sample": round(gateway_cpu / samples * 1e9, 1),
         "seconds": round(wall, 3),
         "samples_per_s": round(samples / wall),
         "reads": len(ranges),
@@ -164,14 +181,14 @@ def raw_read(
         "concurrency": concurrency,
         "decompressed_bytes": nbytes,
         "client_cpu_s": round(cpu, 2),
-        "source_cpu_ns_per_sample": round(server_cpu / samples * 1e9, 1),
+        "source_cpu_ns_per_sample": round((server_cpu + gateway_cpu) / samples * 1e9, 1),
     }
 
 
 # -- 2. raw ingest ------------------------------------------------------------------------------------
 
 
-def pre_encode(url: str, start_ms: int, end_ms: int, req_samples: int, spool: Path) -> tuple[list[list], dict]:
+def pre_encode(read_url: str, start_ms: int, end_ms: int, req_samples: int, spool: Path) -> tuple[list[list], dict]:
     """Read the data per 30 min window and pack it into WriteRequests spooled to a file.
 
     Returns per window the list of (offset, length, series, samples) of its requests."""
@@ -181,12 +198,12 @@ def pre_encode(url: str, start_ms: int, end_ms: int, req_samples: int, spool: Pa
     total = requests = 0
     t0 = time.perf_counter()
     with (
-        RemoteReadClient(SourceSettings(read_url=f"{url}/api/v1/read"), max_connections=4) as client,
+        RemoteReadClient(SourceSettings(read_url=read_url), max_connections=4) as client,
         open(spool, "wb") as f,
         ThreadPoolExecutor(2) as pool,
     ):
         for raw in pool.map(lambda w: client.read_raw(ALL, *w), windows):
-            qr = decode_read_response(raw, endpoint=url)
+            qr = decode_read_response(raw, endpoint=read_url)
             pairs = []
             for ts in qr.timeseries:
                 key = tuple((label.name, label.value) for label in ts.labels)
@@ -340,6 +357,7 @@ def prefect_env(tmp: Path, api_url: str | None = None) -> dict[str, str]:
         PREFECT_LOGGING_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
         PYTHONIOENCODING="utf-8",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # 20 s by default: too short on a busy machine
     )
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -358,7 +376,7 @@ def warm_prefect_home(tmp: Path) -> float:
 def run_m3migrate(
     name: str,
     cfg: dict,
-    source_url: str,
+    source: tuple[str, str],
     target_url: str,
     start_ms: int,
     end_ms: int,
@@ -367,12 +385,13 @@ def run_m3migrate(
     endpoints: dict[str, int],
     server: RunningPrefect | None = None,
 ) -> dict:
-    """One CLI run; ``endpoints`` names the source and target server pids, whose CPU is measured too."""
+    """One CLI run; ``source`` is (read URL, query URL); ``endpoints`` names the source's, gateway's and
+    target's pids, whose CPU is measured too."""
     env = prefect_env(tmp, server.api_url if server else None)
     run_id = f"{name}-{'server' if server else 'ephemeral'}"
     argv = [
         str(ROOT / ".venv/bin/python"), "-m", "m3migrate.cli", "migrate",
-        "--source-read-url", f"{source_url}/api/v1/read", "--source-query-url", source_url,
+        "--source-read-url", source[0], "--source-query-url", source[1],
         "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
         "--start", iso_ms(start_ms), "--end", iso_ms(end_ms),
         "--migration-id", f"bench-{run_id}", "--skip-validation", "--state-dir", str(tmp / f"state-{run_id}"),
@@ -498,11 +517,15 @@ def main(argv: list[str] | None = None) -> int:
     st = source.stats
     log(f"source ready in {time.monotonic() - t0:.1f} s (build/copy {source.build_seconds:.1f} s): "
         f"{st.series} series, {st.samples:,} samples, {iso_ms(st.start_ms)} .. {iso_ms(st.end_ms)}")  # fmt: skip
-    servers = [source.server]
+    gateway = start_m3_gateway(tmp, {"default": {"upstream": source.server.url, "retention": "100y"}})
+    log(f"M3 gateway (its own process) at {gateway.url} in front of the source")
+    servers = [gateway, source.server]
     ok_all = True
     try:
         chunk_ms = read_chunk_ms(st.series, int(p["interval"]))
-        expected = count_all(source.server.url, st.start_ms, st.end_ms, chunk_ms)
+        expected = count_all(
+            source.server.url, st.start_ms, st.end_ms, chunk_ms, read_url=gateway.url + GATEWAY_READ_PATH
+        )
         if expected != {"series": st.series, "samples": st.samples}:
             log(f"*** MISMATCH *** source read back {expected}, spec says {st.series} / {st.samples}")
             ok_all = False
@@ -512,17 +535,31 @@ def main(argv: list[str] | None = None) -> int:
         results["quiet"]["load1_before_measuring"] = round(os.getloadavg()[0], 2)
 
         # 1. raw read (run twice, keep the best: the first also warms the source's page cache)
+        direct = f"{source.server.url}/api/v1/read"
+        results["raw_read_prometheus"] = raw_read(direct, st.start_ms, st.end_ms, chunk_ms, samples, source.server.pid)
         rr = [
-            raw_read(source.server.url, st.start_ms, st.end_ms, chunk_ms, samples, source.server.pid) for _ in range(2)
+            raw_read(
+                gateway.url + GATEWAY_READ_PATH,
+                st.start_ms,
+                st.end_ms,
+                chunk_ms,
+                samples,
+                source.server.pid,
+                gateway.pid,
+            )
+            for _ in range(2)
         ]
         results["raw_read"] = max(rr, key=lambda r: r["samples_per_s"])
-        log(f"raw read: {results['raw_read']['samples_per_s']:,} samples/s ({[r['seconds'] for r in rr]} s)")
+        direct_rate = results["raw_read_prometheus"]["samples_per_s"]
+        log(f"raw read through the gateway: {results['raw_read']['samples_per_s']:,} samples/s "
+            f"({[r['seconds'] for r in rr]} s; Prometheus directly: {direct_rate:,})")  # fmt: skip
 
         # 2. raw ingest
         if not a.skip_raw_ingest:
             window_samples = st.series * INGEST_WINDOW_MS // (int(p["interval"]) * 1000)
             req_samples = int(max(5_000, min(100_000, math.ceil(window_samples / 4))))
-            index, enc = pre_encode(source.server.url, st.start_ms, st.end_ms, req_samples, tmp / "ingest.spool")
+            read_url = gateway.url + GATEWAY_READ_PATH
+            index, enc = pre_encode(read_url, st.start_ms, st.end_ms, req_samples, tmp / "ingest.spool")
             enc["max_samples_per_request"] = req_samples
             log(f"pre-encoded {enc['requests']} requests ({enc['samples']:,} samples, {enc['spool_bytes']:,} B) "
                 f"in {enc['encode_seconds']} s")  # fmt: skip
@@ -555,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                     if mode == "ephemeral" and M3MIGRATE_CONFIGS[name].get("server_only"):
                         log(f"m3migrate {name}: skipped with an ephemeral API (needs a Prefect server)")
                         continue
-                    r = measure_config(name, p, source.server, st, tmp, samples, server, chunk_ms, expected)
+                    r = measure_config(name, p, source.server, gateway, st, tmp, samples, server, chunk_ms, expected)
                     r["ratio_to_baseline"] = round(r["samples_per_s"] / baseline, 3)
                     ok_all &= r["verified"]
                     log(
@@ -585,6 +622,7 @@ def measure_config(
     name: str,
     p: dict,
     source: Server,
+    gateway: Server,
     st,
     tmp: Path,
     samples: int,
@@ -598,8 +636,9 @@ def measure_config(
     target = start_prometheus(tmp, name=f"target-{name}", remote_write_receiver=True, ooo_window=ooo)
     try:
         log(f"m3migrate {name} {' '.join(cfg['args'])} ({'server' if server else 'ephemeral'} API) ...")
-        endpoints = {"source": source.pid, "target": target.pid}
-        r = run_m3migrate(name, cfg, source.url, target.url, st.start_ms, st.end_ms, tmp, samples, endpoints, server)
+        endpoints = {"source": source.pid, "gateway": gateway.pid, "target": target.pid}
+        urls = (gateway.url + GATEWAY_READ_PATH, gateway.url)
+        r = run_m3migrate(name, cfg, urls, target.url, st.start_ms, st.end_ms, tmp, samples, endpoints, server)
         r["verified"] = r["exit_code"] == 0 and verify(
             target, st.start_ms, st.end_ms, chunk_ms, expected, f"m3migrate {name}"
         )
@@ -613,10 +652,15 @@ def print_table(r: dict) -> None:
     """Markdown rows: rate, ratio to min(read, ingest), CPU per sample of the tool and of each server."""
     base = r["baseline_samples_per_s"]
     d = r["data"]
-    hdr = ("measurement", "samples/s", "of baseline", "transfer samples/s", "tool ns/sample", "source ns/sample",
-           "target ns/sample", "Prefect API CPU s", "CPU ceiling/s (reached)", "peak RSS MB")  # fmt: skip
-    rr = r["raw_read"]
-    rows = [{0: "raw read (remote read, 2 in flight)", 1: rr["samples_per_s"], 5: rr["source_cpu_ns_per_sample"]}]
+    hdr = ("measurement", "samples/s", "of baseline", "transfer samples/s", "tool ns/sample",
+           "source ns/sample (Prometheus + gateway)", "target ns/sample", "Prefect API CPU s",
+           "CPU ceiling/s (reached)", "peak RSS MB")  # fmt: skip
+    rows = []
+    for key, name in (("raw_read", "through the M3 gateway"), ("raw_read_prometheus", "Prometheus directly")):
+        if key in r:
+            rr = r[key]
+            source_cpu = f"{rr['prometheus_cpu_ns_per_sample']} + {rr['gateway_cpu_ns_per_sample']}"
+            rows.append({0: f"raw read ({name}, 2 in flight)", 1: rr["samples_per_s"], 5: source_cpu})
     if "raw_ingest" in r:
         ri = r["raw_ingest"]
         name = f"raw ingest (best: {ri['in_flight']} in flight)"
@@ -630,7 +674,7 @@ def print_table(r: dict) -> None:
                 2: f"{m['ratio_to_baseline']:.0%}",
                 3: round(d["samples"] / m["flow_seconds"]) if m.get("flow_seconds") else "",
                 4: m["tool_cpu_ns_per_sample"],
-                5: m["source_cpu_ns_per_sample"],
+                5: f"{m['source_cpu_ns_per_sample']} + {m.get('gateway_cpu_ns_per_sample', 0)}",
                 6: m["target_cpu_ns_per_sample"],
                 7: f"{m['cpu_s_prefect_server']:.1f}",
                 8: f"{ceiling:,} ({m['samples_per_s'] / ceiling:.0%})",
