@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from m3migrate.codec import Matcher, decode_read_response, decompress, encode_read_request
+from m3migrate.codec import Matcher, decode_read_response, decompress, encode_read_request, parse_read_response
 from m3migrate.config import SourceSettings, redact_url
 from m3migrate.errors import MalformedResponse, SourceLimitExceeded
 from m3migrate.http import (
@@ -24,7 +24,7 @@ from m3migrate.http import (
     retry_transient,
     unexpected,
 )
-from m3migrate.prompb import QueryResult, ReadResponse
+from m3migrate.prompb import QueryResult
 from m3migrate.wire import cut_after
 
 LIMIT_MARKERS = ("query exceeded limit", "exceeded sample limit", "exceeded limit", "too many series")
@@ -132,9 +132,8 @@ class RemoteReadClient(EndpointClient):
 
 def count_samples(raw: bytes) -> int:
     """Samples in a decompressed ReadResponse (0 if it does not parse: decoding reports that)."""
-    response = ReadResponse()
     try:
-        response.ParseFromString(raw)
+        response = parse_read_response(raw)  # label bytes that are not UTF-8 still count
     except Exception:
         return 0
     return sum(len(ts.samples) for result in response.results for ts in result.timeseries)

@@ -68,6 +68,15 @@ def test_wire_path_passes_non_utf8_labels_byte_exact_in_a_request_of_their_own()
     assert sent.replace(RAW, BAD) == _series([(b"__name__", b"m"), (b"_source", b"m3db"), (b"v", BAD)], 1000, 3)
 
 
+def test_the_samples_per_second_budget_counts_series_with_non_utf8_labels():
+    """A source's max_samples_per_second is charged with every sample read, such series' included."""
+    from m3migrate.remote_read import count_samples
+
+    ok = _series([(b"__name__", b"m"), (b"v", b"ok")], 1000, 3)
+    bad = _series([(b"__name__", b"m"), (b"v", RAW)], 1000, 4)
+    assert count_samples(b"\x0a" + uvarint(len(ok) + len(bad)) + ok + bad) == 7
+
+
 def test_a_rule_that_cannot_read_non_utf8_bytes_sets_only_that_series_aside():
     ok = _series([(b"__name__", b"m"), (b"v", b"ok")], 1000, 2)
     bad = _series([(b"__name__", b"m"), (b"v", RAW)], 1000, 2)
