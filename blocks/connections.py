@@ -19,6 +19,7 @@ class M3Source(Block, SourceSettings):
 
     _block_type_name: ClassVar[str] = "m3migrate M3 Source"
     _block_type_slug: ClassVar[str] = "m3migrate-m3-source"
+    _documentation_url: ClassVar[str] = "https://m3db.io/docs/integrations/prometheus/"
     _description: ClassVar[str] = "M3 Coordinator (remote read + PromQL API) that m3migrate reads history from."
 
     def settings(self) -> SourceSettings:
@@ -30,6 +31,7 @@ class ThanosTarget(Block, TargetSettings):
 
     _block_type_name: ClassVar[str] = "m3migrate Thanos Target"
     _block_type_slug: ClassVar[str] = "m3migrate-thanos-target"
+    _documentation_url: ClassVar[str] = "https://thanos.io/tip/components/receive.md/"
     _description: ClassVar[str] = "Thanos Receive (remote write) and Thanos Query that m3migrate writes into."
 
     def settings(self) -> TargetSettings:
@@ -42,6 +44,7 @@ class ThanosBucket(Block, BucketSettings):
 
     _block_type_name: ClassVar[str] = "m3migrate Thanos Bucket"
     _block_type_slug: ClassVar[str] = "m3migrate-thanos-bucket"
+    _documentation_url: ClassVar[str] = "https://thanos.io/tip/thanos/storage.md/"
     _description: ClassVar[str] = "Thanos object store (bucket) that m3migrate uploads history blocks into."
 
     def settings(self) -> BucketSettings:

@@ -116,8 +116,8 @@ class EndpointSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    auth: AuthSettings = Field(default_factory=AuthSettings)
-    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="Basic auth or a bearer token.")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="CA bundle, client certificate, verification.")
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra HTTP headers sent with every request (no secrets: use auth)."
     )
