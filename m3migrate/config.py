@@ -7,7 +7,7 @@ Secrets are ``SecretStr``: they never show in reprs, logs or the Prefect UI.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -260,6 +260,36 @@ class TargetSettings(EndpointSettings):
     @property
     def promql_base(self) -> str | None:
         return api_base(self.query_url) if self.query_url else None
+
+
+# What a migration's saved settings leave out: secrets, and header values (a header may carry a credential:
+# only the names are kept, and a step resumed from the saved settings must be given them again).
+_NOT_SAVED: dict[str, Any] = {"auth": {"password", "bearer_token"}, "headers": True}
+
+
+def saved_settings(settings: EndpointSettings) -> dict[str, Any]:
+    """An endpoint's settings as a migration's state keeps them: no password, token or header value."""
+    data = settings.model_dump(mode="json", exclude=_NOT_SAVED)
+    data["header_names"] = sorted(settings.headers)
+    return data
+
+
+def settings_from_saved(saved: dict[str, Any], given: dict[str, Any], side: str) -> dict[str, Any]:
+    """Saved settings overridden by those given this run (secrets come only from these); ConfigError when a
+    header the migration was run with is not given again (its value was not saved)."""
+    base = {k: v for k, v in saved.items() if k != "header_names"}
+    merged = dict(base)
+    for key, value in given.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if nested else value
+    missing = sorted(set(saved.get("header_names") or ()) - set(merged.get("headers") or {}))
+    if missing:
+        raise ConfigError(
+            f"the migration's {side} was used with the headers {', '.join(missing)}, whose values are not saved "
+            "(a header may carry a credential)",
+            hint=f"give them again: --{side}-header NAME=VALUE (or the config file's {side}.headers)",
+        )
+    return merged
 
 
 def origin(url: str) -> str:

@@ -9,7 +9,7 @@ import re
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,10 @@ HOUR_MS = 3_600_000
 # accepted after planning and writing it took a while (and across a small clock skew).
 HYBRID_MARGIN_MS = 15 * 60_000
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")  # \Z: $ would accept a trailing newline
+_MIGRATION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+# Spec fields a step may set differently from the migration's saved spec: how fast it runs, not what it
+# reads or writes. Any other field given that differs from the saved spec is refused (check_same_spec).
+RUN_TUNING = frozenset({"task_concurrency", "write_concurrency", "task_runner", "dask_address"})
 
 
 def default_state_dir() -> Path:
@@ -218,6 +222,40 @@ class MigrationSpec(BaseModel):
             return self.migration_id
         key = "|".join([source_url, target_url, str(self.start_ms), str(self.end_ms), *self.match])
         return "m-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def check_migration_id(migration_id: str) -> str:
+    """A migration id names a directory: only what MigrationSpec accepts (no path separators, no dots)."""
+    if not isinstance(migration_id, str) or not _MIGRATION_ID.match(migration_id):
+        raise ConfigError(
+            f"migration id {str(migration_id)[:70]!r} is not valid",
+            hint="lowercase letters, digits and dashes, starting with a letter or digit, at most 63 characters",
+        )
+    return migration_id
+
+
+def check_same_spec(saved: MigrationSpec, given: dict[str, Any], what: str) -> MigrationSpec:
+    """The saved spec with the given fields applied, if none of them changes it.
+
+    A step resumed from a saved spec must read and write what the migration planned; every given field whose
+    value differs (compared after validation, so 2025-01-01T00:00:00Z equals 2025-01-01T00:00Z) is named
+    with both values. The id selected the saved spec, so it is not compared; RUN_TUNING fields may differ.
+    Raises pydantic's ValidationError for a given value that is invalid in itself.
+    """
+    candidate = MigrationSpec.model_validate({**saved.model_dump(mode="json"), **given})
+    old, new = saved.model_dump(mode="json"), candidate.model_dump(mode="json")
+    differences = [
+        f"{name}: saved {old[name]!r}, given {new[name]!r}"
+        for name in given
+        if name in old and name not in RUN_TUNING and name != "migration_id" and old[name] != new[name]
+    ]
+    if differences:
+        raise ConfigError(
+            f"the options differ from {what}: " + "; ".join(differences),
+            hint="leave them out (the saved spec applies), or choose another --migration-id for another "
+            "migration (migrate --start-over replans this one with new settings)",
+        )
+    return candidate
 
 
 def load_config_file(path: Path) -> dict:

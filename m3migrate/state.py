@@ -6,6 +6,14 @@ knows which units the target may already hold in part. Beside it: the plan that 
 same work, the time front (watermark) that replication continues from, and a lock so two runs of one
 migration never write at once. The orchestrator's own records (Prefect's result cache under
 ``results/``) only speed up reruns; the journal is the source of truth.
+
+The migration's spec and the endpoints' settings without their secrets (``spec.json``) are saved by its
+first ``migrate``, so the later steps need only the migration id (:func:`resolve_spec`).
+
+Every file carries a version, checked on load: a file written by another m3migrate is refused naming the
+file and its version instead of being misread. JSON files hold a ``version`` key; a journal starts with a
+header line (``{"journal": "m3migrate-units", "version": 1}``). Files written before versioning (no
+version) have the layout of version 1 and are read as such.
 """
 
 from __future__ import annotations
@@ -22,12 +30,42 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from m3migrate.errors import M3MigrateError
-from m3migrate.plan import Plan
+from pydantic import ValidationError
+
+from m3migrate.config import SourceSettings, TargetSettings, saved_settings
+from m3migrate.errors import ConfigError, M3MigrateError
+from m3migrate.plan import PLAN_VERSION, Plan
+from m3migrate.spec import MigrationSpec, check_migration_id, check_same_spec, format_validation_error
+
+STATE_VERSION = 1  # progress, replication, boundary, meta and spec files; the journal's header
+JOURNAL_HEADER = {"journal": "m3migrate-units", "version": STATE_VERSION}
+SPEC_FILE = "spec.json"  # the migration's spec and non-secret endpoint settings, saved by its first migrate
 
 
 class MigrationLocked(M3MigrateError):
     """Another run of the same migration holds its lock."""
+
+
+class StateError(M3MigrateError):
+    """A state file this m3migrate cannot read: an unknown version or a broken file. Never guessed at."""
+
+    terminal = True
+
+
+def check_version(path: Path, data: object, known: tuple[int, ...] = (STATE_VERSION,)) -> dict:
+    """``data`` without its ``version`` key, if that version is known (absent: written before versioning,
+    the layout of version 1); else a StateError naming the file and the version."""
+    if not isinstance(data, dict):
+        raise StateError(f"state file {path} does not hold a JSON object", hint="restore it, or --start-over")
+    data = dict(data)
+    version = data.pop("version", None)
+    if version is not None and (isinstance(version, bool) or version not in known):
+        raise StateError(
+            f"state file {path} has version {version!r}, which this m3migrate does not know "
+            f"(it reads version{'s' if len(known) > 1 else ''} {', '.join(map(str, known))})",
+            hint="run the m3migrate version that wrote it, or pass --start-over to forget the saved state",
+        )
+    return data
 
 
 @dataclass
@@ -45,8 +83,9 @@ class Progress:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
+    """With the state version first; a temporary file renamed over the old one, so a kill leaves either."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    tmp.write_text(json.dumps({"version": STATE_VERSION, **data}, indent=1, ensure_ascii=False))
     os.replace(tmp, path)
 
 
@@ -69,7 +108,9 @@ class UnitJournal:
 
     Lines are small single ``write`` calls on an O_APPEND file, so worker processes sharing the state
     directory can append concurrently; a torn last line (kill -9 mid-write, a short write on a full
-    disk) is ignored on reading, and the next record is written on a new line after it.
+    disk) is ignored on reading, and the next record is written on a new line after it. The first record
+    of a new file is preceded by the version header (two processes creating the file at once may both
+    write one: a header is accepted anywhere); a journal without one predates versioning (version 1).
     """
 
     def __init__(self, path: Path, windows: range | None = None) -> None:
@@ -98,6 +139,9 @@ class UnitJournal:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash (the next record starts on a line of its own)
+            if isinstance(entry, dict) and "journal" in entry:
+                check_version(self.path, entry)  # the header: an unknown version is never misread
+                continue
             if not isinstance(entry, dict) or not isinstance(entry.get("unit"), str):
                 continue
             if self.windows is not None and self.window_of(entry["unit"]) not in self.windows:
@@ -138,7 +182,9 @@ class UnitJournal:
                 raise JournalError(f"cannot open the unit journal {self.path}: {exc.strerror}") from None
             try:
                 size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
+                if not size:
+                    line = (json.dumps(JOURNAL_HEADER, separators=(",", ":")) + "\n").encode() + line
+                elif os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # end the torn line first (at worst an empty line, skipped on reading)
                 _write_all(fd, line, self.path)
                 if sync:
@@ -183,6 +229,73 @@ class ReplicationState:
     late_check: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class SavedSpec:
+    """What ``spec.json`` holds: the spec and the endpoints' settings as saved (secrets never are)."""
+
+    path: Path
+    migration_id: str
+    spec: MigrationSpec
+    source: dict
+    target: dict
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"state file {path} cannot be read: {exc}", hint="restore it, or --start-over") from None
+
+
+def load_saved_spec(root: Path, migration_id: str) -> SavedSpec | None:
+    """The migration's saved spec, or None when it has none (never ran migrate, or ran it before specs
+    were saved). Reads only: creates no directory."""
+    path = Path(root) / check_migration_id(migration_id) / SPEC_FILE
+    if not path.exists():
+        return None
+    data = check_version(path, _load_json(path))
+    try:
+        spec = MigrationSpec.model_validate(data["spec"])
+    except (KeyError, ValidationError) as exc:
+        detail = format_validation_error(exc, "saved spec") if isinstance(exc, ValidationError) else str(exc)
+        raise StateError(f"state file {path} holds no valid spec: {detail}") from None
+    return SavedSpec(path, migration_id, spec, data.get("source") or {}, data.get("target") or {})
+
+
+def resolve_spec(
+    root: Path, migration_id: str | None, spec: MigrationSpec | None, source_url: str, target_url: str
+) -> MigrationSpec:
+    """The spec a step (replicate, verify, close) runs with, its ``migration_id`` set.
+
+    Given only the id: the migration's saved spec. Given a spec too (or only a spec): the saved one with the
+    fields the caller set checked against it (a ConfigError names each difference; per-run tuning may
+    differ); without a saved spec (a migration older than saved specs), the given spec as it is.
+    """
+    if spec is None and not migration_id:
+        raise ConfigError(
+            "give the migration id (the --migration-id of its migrate run), or its whole spec",
+            hint="set the migration_id parameter (CLI: --migration-id ID)",
+        )
+    if migration_id and spec is not None and spec.migration_id not in (None, migration_id):
+        raise ConfigError(f"migration_id {migration_id!r} differs from the spec's {spec.migration_id!r}")
+    mid = check_migration_id(migration_id or spec.resolved_id(source_url, target_url))  # type: ignore[union-attr]
+    saved = load_saved_spec(root, mid)
+    if saved is None:
+        if spec is None:
+            raise ConfigError(
+                f"migration {mid!r} has no saved spec ({Path(root) / mid / SPEC_FILE} does not exist)",
+                hint="run migrate first (its first run saves the spec), check --state-dir / M3MIGRATE_STATE_DIR "
+                "and the id, or give the whole spec (--start, --end, --match ... as for migrate)",
+            )
+        resolved = spec
+    elif spec is None:
+        resolved = saved.spec
+    else:
+        given = spec.model_dump(mode="json", include=set(spec.model_fields_set))
+        resolved = check_same_spec(saved.spec, given, f"migration {mid!r}'s saved spec ({saved.path})")
+    return resolved.model_copy(update={"migration_id": mid})
+
+
 class MigrationState:
     """Files under <state_dir>/<migration_id>/."""
 
@@ -220,7 +333,11 @@ class MigrationState:
 
     def load_plan(self, stage: Stage = "migrate") -> Plan | None:
         path = self.plan_path(stage)
-        return Plan.load(path) if path.exists() else None
+        if not path.exists():
+            return None
+        data = _load_json(path)
+        check_version(path, data, known=tuple(range(1, PLAN_VERSION + 1)))
+        return Plan.from_json(data)
 
     def save_plan(self, plan: Plan, stage: Stage = "migrate") -> None:
         plan.save(self.plan_path(stage))
@@ -256,10 +373,35 @@ class MigrationState:
         _write_json_atomic(self.dir / "replication.json", asdict(replication))
 
     def _read(self, name: str) -> dict:
+        """A JSON state file's content without its version ({} when absent); an unknown version raises."""
         path = self.dir / name
         if not path.exists():
             return {}
-        return json.loads(path.read_text())
+        return check_version(path, _load_json(path))
+
+    def save_spec(
+        self, spec: MigrationSpec, source: SourceSettings, target: TargetSettings, *, replace: bool = False
+    ) -> bool:
+        """Save the spec and the endpoints' settings without secrets, so later steps need only the id.
+
+        Written at the migration's first run and kept: once a plan exists, the saved spec is the one it was
+        planned with (``replace``: start over, a new plan follows). Returns whether it was written.
+        """
+        path = self.dir / SPEC_FILE
+        planned = any(self.plan_path(stage).exists() for stage in _PLAN_FILES)
+        if path.exists() and planned and not replace:
+            return False
+        _write_json_atomic(
+            path,
+            {
+                "migration_id": self.migration_id,
+                "spec": spec.model_dump(mode="json"),
+                "source": saved_settings(source),
+                "target": saved_settings(target),
+                "saved_at": time.time(),
+            },
+        )
+        return True
 
     @contextmanager
     def lock(self, wait_seconds: float = 0.0) -> Iterator[None]:
