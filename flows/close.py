@@ -37,7 +37,7 @@ from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
 from m3migrate.errors import ConfigError
 from m3migrate.spec import MigrationSpec, default_state_dir
-from m3migrate.state import MigrationState
+from m3migrate.state import MigrationState, resolve_spec
 from m3migrate.verify import VerificationFailed
 
 REPLICATE_DEPLOYMENT = "replicate/replicate"
@@ -271,7 +271,7 @@ def _record(migration_id: str, title: str, facts: dict[str, Any], extra: list[st
 def close(
     source: M3Source,
     target: ThanosTarget,
-    spec: MigrationSpec,
+    spec: MigrationSpec | None = None,
     replicate_deployment: str = REPLICATE_DEPLOYMENT,
     approval_timeout_hours: float = DEFAULT_APPROVAL_HOURS,
     sample_fraction: float = 1.0,
@@ -279,12 +279,19 @@ def close(
     lag_minutes: int = DEFAULT_LAG_MINUTES,
     catch_up_lock_wait_seconds: float = 600.0,
     poll_interval_seconds: int = 10,
+    migration_id: str | None = None,
 ) -> dict[str, Any]:
-    """Final catch-up, verification, then wait for a human's decision: stop replication or keep it on."""
+    """Final catch-up, verification, then wait for a human's decision: stop replication or keep it on.
+
+    ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it).
+    """
     logger = get_run_logger()
     if not 0 < approval_timeout_hours <= MAX_APPROVAL_HOURS:
         raise ConfigError(f"approval_timeout_hours must be in (0, {MAX_APPROVAL_HOURS:.0f}]")
-    migration_id = spec.resolved_id(source.read_url, target.write_url)
+    spec = resolve_spec(
+        Path(state_dir) if state_dir else default_state_dir(), migration_id, spec, source.read_url, target.write_url
+    )
+    migration_id = spec.migration_id
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
@@ -306,13 +313,11 @@ def close(
         .load_replication()
         .watermark_ms
     )
-    checked_spec = spec
-    if watermark is not None and watermark > spec.end_ms:
-        checked_spec = spec.model_copy(
-            update={"end": datetime.fromtimestamp(watermark / 1000, UTC), "migration_id": migration_id}
-        )
+    until = datetime.fromtimestamp(watermark / 1000, UTC) if watermark is not None else None
     try:
-        verification = verify_flow(source, target, checked_spec, sample_fraction=sample_fraction, state_dir=state_dir)
+        verification = verify_flow(
+            source, target, spec, sample_fraction=sample_fraction, state_dir=state_dir, until=until
+        )
         verified = True
     except VerificationFailed as exc:
         verification = {**exc.summary, "ok": False} if exc.summary else {"ok": False, "error": str(exc)}

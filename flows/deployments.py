@@ -3,7 +3,8 @@
 `m3migrate serve` serves them from this process (no work pool needed); `prefect deploy --all` reads the
 same set from prefect.yaml for a process work pool. Default parameters reference saved blocks by id
 (`{"$ref": {"block_document_id": ...}}`, what the UI's run form shows as the selected block), so secrets
-stay in the blocks and never in a deployment.
+stay in the blocks and never in a deployment. Only migrate (and end-to-end) take the spec; replicate, verify
+and close take the migration id, and load the spec migrate saved in the state directory.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def block_ref(block_type: type, name: str) -> dict[str, Any]:
     return {"$ref": {"block_document_id": str(document.id)}}
 
 
+def migration_id_of(spec: MigrationSpec, source_block: str, target_block: str) -> str:
+    """The id migrate saves the spec under: the spec's, or derived from the saved blocks' URLs."""
+    if spec.migration_id:
+        return spec.migration_id
+    return spec.resolved_id(M3Source.load(source_block).read_url, ThanosTarget.load(target_block).write_url)
+
+
 def wizard_deployments(
     source_block: str,
     target_block: str,
@@ -58,14 +66,18 @@ def wizard_deployments(
     """end-to-end, and each step: migrate, replicate (interval schedule, paused until migrated), verify, close.
 
     ``bucket_block`` (a saved ThanosBucket) is passed to the steps that upload blocks (write modes blocks
-    and hybrid): migrate and end-to-end.
+    and hybrid): migrate and end-to-end. The later steps get the migration id, not the spec: they load what
+    migrate saved (without a spec here, their run form asks for the id).
     """
-    params: dict[str, Any] = {
+    blocks: dict[str, Any] = {
         "source": block_ref(M3Source, source_block),
         "target": block_ref(ThanosTarget, target_block),
     }
+    params = dict(blocks)
+    steps = dict(blocks)
     if spec is not None:
         params["spec"] = spec.model_dump(mode="json", exclude_none=True)
+        steps["migration_id"] = migration_id_of(spec, source_block, target_block)
     uploads = {**params, "bucket": block_ref(ThanosBucket, bucket_block)} if bucket_block else params
     # Prefect's check of deployment defaults rejects block references ($ref) under a strict schema;
     # the flows validate their parameters themselves when a run starts (blocks and spec are pydantic).
@@ -80,7 +92,7 @@ def wizard_deployments(
         ),
         replicate.to_deployment(
             "replicate",
-            parameters={**params, "lag_minutes": lag_minutes},
+            parameters={**steps, "lag_minutes": lag_minutes},
             **common,
             interval=replicate_every_seconds,
             paused=not replicate_active,
@@ -89,13 +101,13 @@ def wizard_deployments(
         ),
         verify_flow.to_deployment(
             "verify",
-            parameters=params,
+            parameters=steps,
             **common,
             description="Step 5a: compare source and target per series and window.",
         ),
         close.to_deployment(
             "close",
-            parameters=params,
+            parameters=steps,
             description="Step 5b: final catch-up, verify, then wait for a human's cutover decision.",
             **common,
         ),

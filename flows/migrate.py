@@ -272,6 +272,8 @@ def migrate(
         resume_from = None if start_over else str(state_root)
         validate(source, target, spec, probe_at_ms=boundary, bucket=bucket, state_dir=resume_from)
     with state.lock():
+        # the later steps (replicate, verify, close) then need only the migration id; no secret is saved
+        state.save_spec(spec, source.settings(), target.settings(), replace=start_over)
         if spec.uses_blocks:
             plan, summary = migrate_blocks(source, target, spec, state, bucket, start_over)
         else:

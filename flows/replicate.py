@@ -25,7 +25,7 @@ from m3migrate.plan import Plan
 from m3migrate.progress import duration, lag_seconds
 from m3migrate.replication import finish_pass, namespace_changes, plan_pass, replication_start_ms
 from m3migrate.spec import MigrationSpec, default_state_dir
-from m3migrate.state import MigrationLocked, MigrationState
+from m3migrate.state import MigrationLocked, MigrationState, resolve_spec
 from m3migrate.timefmt import iso_ms
 
 DEFAULT_LAG_MINUTES = 15  # more than M3's default bufferPast (10m): late writes are not missed
@@ -102,17 +102,21 @@ def recheck_previous_pass(
 def replicate(
     source: M3Source,
     target: ThanosTarget,
-    spec: MigrationSpec,
+    spec: MigrationSpec | None = None,
     lag_minutes: int = DEFAULT_LAG_MINUTES,
     until: datetime | None = None,
     state_dir: str | None = None,
     wait_for_lock_seconds: float = 10.0,
+    migration_id: str | None = None,
 ) -> dict[str, Any]:
-    """Copy what reached the source since the last pass, up to `until` (default: now - lag)."""
+    """Copy what reached the source since the last pass, up to `until` (default: now - lag).
+
+    ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it).
+    """
     logger = get_run_logger()
-    state = MigrationState(
-        Path(state_dir) if state_dir else default_state_dir(), spec.resolved_id(source.read_url, target.write_url)
-    )
+    root = Path(state_dir) if state_dir else default_state_dir()
+    spec = resolve_spec(root, migration_id, spec, source.read_url, target.write_url)
+    state = MigrationState(root, spec.resolved_id(source.read_url, target.write_url))
     until_ms = pass_until_ms(until, lag_minutes)
     try:
         with state.lock(wait_seconds=wait_for_lock_seconds):

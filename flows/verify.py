@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from blocks import M3Source, ThanosTarget
 from m3migrate.model import DEFAULT_IGNORE_LABELS
 from m3migrate.plan import Plan
 from m3migrate.spec import MigrationSpec, default_state_dir
-from m3migrate.state import MigrationState
+from m3migrate.state import MigrationState, resolve_spec
 from m3migrate.verify import VerificationFailed, VerificationReport, verify
 
 TABLE_ROWS = 200
@@ -103,17 +104,28 @@ def _table_rows(report: VerificationReport, limit: int = TABLE_ROWS) -> list[dic
 def verify_flow(
     source: M3Source,
     target: ThanosTarget,
-    spec: MigrationSpec,
+    spec: MigrationSpec | None = None,
     sample_fraction: float = 1.0,
     state_dir: str | None = None,
     report_dir: str | None = None,
     seed: int = 0,
     window_minutes: int | None = None,
     ignore_labels: list[str] | None = None,
+    migration_id: str | None = None,
+    until: datetime | None = None,
 ) -> dict[str, Any]:
-    """Compare the migrated range of source and target; Failed when anything differs."""
+    """Compare the migrated range of source and target; Failed when anything differs.
+
+    ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it);
+    ``until``: verify up to this instant instead of the spec's end (what replication added since).
+    """
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
+    spec = resolve_spec(state_root, migration_id, spec, source.read_url, target.write_url)
+    if until is not None:
+        until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+        if until.timestamp() * 1000 > spec.end_ms:
+            spec = spec.model_copy(update={"end": until})
     report = run_verification(
         source,
         target,

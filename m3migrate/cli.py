@@ -213,28 +213,77 @@ def _endpoint(user, password, token, ca, cert, key, insecure, headers) -> dict[s
     )
 
 
-def build_inputs(config: Path | None, source: dict[str, Any], target: dict[str, Any], spec: dict[str, Any]):
-    """Blocks and spec from the config file overridden by flags; exits 2 with a readable error."""
+def build_inputs(
+    config: Path | None,
+    source: dict[str, Any],
+    target: dict[str, Any],
+    spec: dict[str, Any],
+    *,
+    state_dir: Path | None = None,
+    replan: bool = False,
+):
+    """Blocks and spec from the config file overridden by flags; exits 2 with a readable error.
+
+    A migration with a saved spec (its first migrate saved it) needs only its id: the saved spec and
+    endpoint settings are the base, given endpoint options override them for this run (secrets are never
+    saved: they come from the options, environment or file each run), and a given spec option that differs
+    from the saved spec is refused naming it (``replan``, migrate --start-over: the given options win).
+    """
     from blocks import M3Source, ThanosTarget
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.config import settings_from_saved
+    from m3migrate.spec import MigrationSpec, check_same_spec
+    from m3migrate.state import SPEC_FILE, load_saved_spec
 
     file = load_config_file(config) if config else {}
     unknown = set(file) - {"source", "target", "migration", "bucket"}
     if unknown:
         raise ConfigError(f"config file has unknown sections {sorted(unknown)}: use source, target, migration, bucket")
-    parts: list[tuple[str, Any, dict[str, Any]]] = [
-        ("source", M3Source, _merge(file.get("source", {}), _drop_none(source))),
-        ("target", ThanosTarget, _merge(file.get("target", {}), _drop_none(target))),
-        ("migration", MigrationSpec, _merge(file.get("migration", {}), _drop_none(spec))),
-    ]
-    built = []
-    for name, model, data in parts:
+    src = _merge(file.get("source", {}), _drop_none(source))
+    tgt = _merge(file.get("target", {}), _drop_none(target))
+    given = _merge(file.get("migration", {}), _drop_none(spec))
+
+    def validated(name: str, model: Any, data: dict[str, Any]) -> Any:
         try:
-            built.append(model.model_validate(data))
+            return model.model_validate(data)
         except ValidationError as exc:
             console.print(f"[red]{format_validation_error(exc, name + ' settings')}[/red]")
             raise typer.Exit(EXIT_CONFIG) from None
-    return built
+
+    root = state_dir or default_state_dir()
+    migration_id = given.get("migration_id")
+    built: list[Any] = []
+    if migration_id is None:  # the id derives from the URLs, range and selectors: all must be given
+        built = [validated("source", M3Source, src), validated("target", ThanosTarget, tgt)]
+        built.append(validated("migration", MigrationSpec, given))
+        migration_id = built[2].resolved_id(built[0].read_url, built[1].write_url)
+    saved = load_saved_spec(root, migration_id)
+    if saved is None:
+        if built:
+            return built
+        if "start" not in given or "end" not in given:
+            raise ConfigError(
+                f"migration {migration_id!r} has no saved spec ({Path(root) / migration_id / SPEC_FILE} does "
+                "not exist), and no --start/--end are given",
+                hint="run migrate first (its first run saves the spec), check --state-dir / M3MIGRATE_STATE_DIR "
+                "and the id, or give the options as for migrate",
+            )
+        return [
+            validated("source", M3Source, src),
+            validated("target", ThanosTarget, tgt),
+            validated("migration", MigrationSpec, given),
+        ]
+    source_data = settings_from_saved(saved.source, src, "source")
+    target_data = settings_from_saved(saved.target, tgt, "target")
+    given = {**given, "migration_id": migration_id}
+    try:
+        if replan:
+            migration = MigrationSpec.model_validate({**saved.spec.model_dump(mode="json"), **given})
+        else:
+            migration = check_same_spec(saved.spec, given, f"migration {migration_id!r}'s saved spec ({saved.path})")
+    except ValidationError as exc:
+        console.print(f"[red]{format_validation_error(exc, 'migration settings')}[/red]")
+        raise typer.Exit(EXIT_CONFIG) from None
+    return [validated("source", M3Source, source_data), validated("target", ThanosTarget, target_data), migration]
 
 
 def _progress_bar() -> tuple[Progress, Any]:
@@ -318,7 +367,10 @@ def _shared_options(
     start: Annotated[str | None, typer.Option(help="First instant, RFC 3339 (e.g. 2025-01-01T00:00:00Z).")] = None,
     end: Annotated[str | None, typer.Option(help="Last instant, inclusive, RFC 3339.")] = None,
     match: Annotated[list[str] | None, typer.Option("--match", help="Series selector; repeatable.")] = None,
-    migration_id: Annotated[str | None, typer.Option(help="Name of the migration's saved progress.")] = None,
+    migration_id: Annotated[
+        str | None,
+        typer.Option(help="Name of the migration's saved progress; after its first migrate, all the other steps need."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML/TOML file with source/target/migration.")
     ] = None,
@@ -369,8 +421,11 @@ def _shared_options(
     target_max_samples_per_second: TargetMaxSps = None,
     target_no_adaptive_concurrency: TargetNoAdaptive = False,
     target_timeout_seconds: TargetTimeout = None,
+    *,
+    replan: bool = False,
 ) -> Inputs:
-    """The options every step shares (same names as `migrate`), turned into blocks and a spec."""
+    """The options every step shares (same names as `migrate`), turned into blocks and a spec; with a
+    saved spec, `--migration-id` alone is enough (build_inputs)."""
     source = {
         "read_url": source_read_url,
         "query_url": source_query_url,
@@ -433,11 +488,12 @@ def _shared_options(
         "task_runner": task_runner,
         "dask_address": dask_address,
     }
-    src, tgt, migration_spec = build_inputs(config, source, target, spec)
+    src, tgt, migration_spec = build_inputs(config, source, target, spec, state_dir=state_dir, replan=replan)
     return Inputs(src, tgt, migration_spec, str(state_dir) if state_dir else None, config)
 
 
-_SHARED = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
+# the command-line options (replan is set by step_command from migrate's --start-over)
+_SHARED = [p for p in inspect.signature(_shared_options, eval_str=True).parameters.values() if p.name != "replan"]
 
 
 def step_command(fn: Callable[..., None]) -> Callable[..., None]:
@@ -451,7 +507,7 @@ def step_command(fn: Callable[..., None]) -> Callable[..., None]:
     def command(**kwargs: Any) -> None:
         shared = {p.name: kwargs.pop(p.name) for p in _SHARED}
         try:
-            fn(inputs=_shared_options(**shared), **kwargs)
+            fn(inputs=_shared_options(**shared, replan=bool(kwargs.get("start_over"))), **kwargs)
         except ConfigError as exc:
             console.print(f"[red]configuration error:[/red] {exc}")
             raise typer.Exit(EXIT_CONFIG) from None

@@ -110,8 +110,13 @@ def test_prefect_yaml_entrypoints_are_flows_and_reference_blocks():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert isinstance(getattr(module, attr), Flow), deployment["entrypoint"]
-        assert set(deployment["parameters"]) == {"source", "target"}
-        assert all("$ref" in v for v in deployment["parameters"].values())
+        params = deployment["parameters"]
+        if deployment["name"] in ("replicate", "verify", "close"):  # the id: they load migrate's saved spec
+            assert set(params) == {"source", "target", "migration_id"}
+            params = {k: v for k, v in params.items() if k != "migration_id"}
+        else:
+            assert set(params) == {"source", "target"}
+        assert all("$ref" in v for v in params.values())
     replicate = next(d for d in config["deployments"] if d["name"] == "replicate")
     assert replicate["schedules"][0]["interval"] == 300 and replicate["schedules"][0]["active"] is False
 
@@ -133,3 +138,26 @@ def test_a_bucket_block_reaches_only_the_steps_that_upload_blocks(prefect_api):
     for name in ("replicate", "verify", "close"):
         assert "bucket" not in deployments[name].parameters
     assert all("bucket" not in d.parameters for d in wizard_deployments("src", "tgt", None))
+
+
+@pytest.mark.prefect
+def test_the_later_steps_deployments_take_the_migration_id_not_the_spec(prefect_api):
+    """A replicate run needs the migration id and the blocks, nothing more: the spec is migrate's alone."""
+    from flows.deployments import wizard_deployments
+    from m3migrate.spec import MigrationSpec
+
+    M3Source(read_url="http://m3:7201/api/v1/prom/remote/read").save("src", overwrite=True)
+    ThanosTarget(write_url="http://receive:19291/api/v1/receive").save("tgt", overwrite=True)
+    spec = MigrationSpec(start="2026-01-01T00:00:00Z", end="2026-01-02T00:00:00Z", write_mode="out_of_order")
+    for given, expected_id in (
+        (spec.model_copy(update={"migration_id": "named"}), "named"),
+        (spec, spec.resolved_id("http://m3:7201/api/v1/prom/remote/read", "http://receive:19291/api/v1/receive")),
+    ):
+        deployments = {d.name: d for d in wizard_deployments("src", "tgt", given)}
+        for name in ("replicate", "verify", "close"):
+            params = deployments[name].parameters
+            assert "spec" not in params and params["migration_id"] == expected_id, name
+            assert set(params) - {"lag_minutes"} == {"source", "target", "migration_id"}
+        assert deployments["migrate"].parameters["spec"]["write_mode"] == "out_of_order"
+    unset = {d.name: d for d in wizard_deployments("src", "tgt", None)}
+    assert "migration_id" not in unset["replicate"].parameters  # asked for in the run form
