@@ -51,8 +51,11 @@ def source_history(sandbox_workdir: Path) -> Iterator[SourceSandbox]:
     (head, with a stale marker and an ordinary NaN).  ``.server``, ``.spec``, ``.stats`` (blocks + tail).
 
     ``.m3`` is the M3 Coordinator gateway in front of it (one unaggregated namespace holding the whole
-    history): the migration flows read through it ([start, end) reads, M3's limits and namespace API),
-    while expectations are read from the Prometheus itself."""
+    history; ``.read_url``/``.query_url`` are its URLs): migrations, replication, blocks and verification
+    read through it ([start, end) reads, M3's limits and namespace API), while expectations are read
+    from the Prometheus itself ([start, end]). Samples lie on the minute, so a range starting 1 ms after
+    one ends on one (the sample an M3 read of [start, end) loses) and every aligned window's first
+    millisecond holds one; tests/test_m3_edges.py covers every other edge."""
     cache = os.environ.get("M3MIGRATE_SANDBOX_CACHE")
     source = start_source(
         HistorySpec(series=200, span_s=7 * 86400, interval_s=60),

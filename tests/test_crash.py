@@ -4,6 +4,11 @@ The CLI runs as a subprocess with ``M3MIGRATE_FAILPOINT=<point>:<n>`` (see m3mig
 it SIGKILLs itself the n-th time it passes the point, e.g. between two write requests of a unit, or
 after the target acknowledged a unit but before the journal recorded it. n is drawn from a seeded RNG
 (printed in the test id), so a failure reproduces.
+
+The source is read through the sandbox's M3 Coordinator gateway ([start, end) reads); migrations of the
+session's history start 1 ms after a sample and so end on one (its windows' first milliseconds hold
+samples), the replication source's samples lie 1 ms before each minute (on every window's last
+millisecond and time split). Expectations are read from the Prometheus behind the gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, append_minutely, start_source
+from m3migrate.sandbox.m3gateway import READ_PATH, GatewayNamespace, M3Gateway
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 
@@ -50,6 +56,13 @@ def _crash_cases() -> list:
     ]
 
 
+def _argv(step: str, m3_url: str, target_url: str, state_dir: Path, *extra: str) -> list[str]:
+    """step_argv with the source at the M3 gateway's remote-read path."""
+    argv = step_argv(step, m3_url, target_url, state_dir, *extra)
+    argv[argv.index("--source-read-url") + 1] = m3_url + READ_PATH
+    return argv
+
+
 def _env(prefect_api: str, failpoint: str | None) -> dict[str, str]:
     env = cli_env(PREFECT_API_URL=prefect_api)
     env.pop("M3MIGRATE_FAILPOINT", None)
@@ -70,12 +83,12 @@ def test_migrate_killed_at_a_point_then_rerun_is_exact(
     prefect_api, source_history, prometheus_target, tmp_path, point, nth, ooo_window
 ):
     target = prometheus_target(ooo_window=ooo_window)
-    start = source_history.stats.start_ms
+    start = source_history.stats.start_ms + 1
     end = start + 48 * HOUR_MS - 1
     mode = ["--write-mode", "out_of_order", "--window-minutes", "120"] if ooo_window else ["--window-minutes", "60"]
-    cmd = step_argv(
+    cmd = _argv(
         "migrate",
-        source_history.server.url,
+        source_history.m3.url,
         target.url,
         tmp_path / "state",
         "--migration-id",
@@ -96,40 +109,44 @@ def test_migrate_killed_at_a_point_then_rerun_is_exact(
 
 @pytest.mark.parametrize("point", ["unit.write:3", "unit.done:5", "replicate.finish:1"])
 def test_replication_pass_killed_then_rerun_is_exact(prefect_api, prometheus_target, tmp_path, point):
-    source = start_source(HistorySpec(series=60, span_s=4 * 3600, interval_s=60), tmp_path, tail_minutes=None)
+    # samples 1 ms before each minute: on the last millisecond of every window and of every time split
+    spec = HistorySpec(series=60, span_s=4 * 3600, interval_s=60)
+    spec = HistorySpec(series=60, span_s=4 * 3600, interval_s=60, end_ms=spec.last_ms - 1)
+    source = start_source(spec, tmp_path, tail_minutes=None)
     try:
         target = prometheus_target()
         src = source.server.url
-        start, end = source.stats.start_ms, source.stats.end_ms
-        spec = MigrationSpec(migration_id="crash", start=iso_ms(start), end=iso_ms(end), window_minutes=10)
-        migrate(
-            M3Source(read_url=f"{src}/api/v1/read", query_url=src),
-            ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url),
-            spec,
-            state_dir=str(tmp_path / "state"),
-            skip_validation=True,
-        )
-        until = end + 40 * MINUTE_MS
-        append_minutely(src, sorted(read_all(src, end - MINUTE_MS, end)), end, until)
-        cmd = step_argv(
-            "replicate",
-            src,
-            target.url,
-            tmp_path / "state",
-            "--migration-id",
-            "crash",
-            "--start",
-            iso_ms(start),
-            "--end",
-            iso_ms(end),
-            "--window-minutes",
-            "10",
-            "--until",
-            datetime.fromtimestamp(until / 1000, UTC).isoformat(),
-        )
-        _killed_then_rerun(cmd, prefect_api, point)
-        expected = with_label(read_all(src, start, until), "_source", "m3db")
-        assert diff_target(expected, target.url, start, until, restart=target) == []
+        with M3Gateway({"default": GatewayNamespace(src, retention="30d")}) as m3:
+            start, end = source.stats.start_ms, source.stats.end_ms
+            spec = MigrationSpec(migration_id="crash", start=iso_ms(start), end=iso_ms(end), window_minutes=10)
+            migrate(
+                M3Source(read_url=m3.read_url, query_url=m3.url),
+                ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url),
+                spec,
+                state_dir=str(tmp_path / "state"),
+                skip_validation=True,
+            )
+            until = end + 50 * MINUTE_MS  # 5 windows of 10 min: unit.done:5 is reached
+            append_minutely(src, sorted(read_all(src, end - MINUTE_MS, end)), end, until)
+            cmd = _argv(
+                "replicate",
+                m3.url,
+                target.url,
+                tmp_path / "state",
+                "--migration-id",
+                "crash",
+                "--start",
+                iso_ms(start),
+                "--end",
+                iso_ms(end),
+                "--window-minutes",
+                "10",
+                "--until",
+                datetime.fromtimestamp(until / 1000, UTC).isoformat(),
+            )
+            _killed_then_rerun(cmd, prefect_api, point)
+            expected = with_label(read_all(src, start, until), "_source", "m3db")
+            assert diff_target(expected, target.url, start, until, restart=target) == []
     finally:
         source.stop()
 
@@ -159,12 +176,12 @@ def test_resume_after_kills_at_random_moments_passes_validation_and_ends_exact(
     """Killed twice at random moments of the front, then rerun as the README says (validation on): the
     reruns are probed where their journal goes on, not at the saved front that lags it, and end exact."""
     target = prometheus_target()
-    start = source_history.stats.start_ms
+    start = source_history.stats.start_ms + 1
     end = start + 24 * HOUR_MS - 1
     state = tmp_path / "state"
-    cmd = step_argv(
+    cmd = _argv(
         "migrate",
-        source_history.server.url,
+        source_history.m3.url,
         target.url,
         state,
         "--migration-id",

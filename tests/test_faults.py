@@ -1,8 +1,10 @@
 """Reliability against real servers behind the fault proxy: faults, dead endpoints, restarts, caps.
 
-Every server here is a real Prometheus 2.42; m3migrate.sandbox.faultproxy sits between m3migrate and
-it and injects what production shows (5xx, 429 + Retry-After, resets, truncated bodies, stalls past
-the client timeout, slow answers).
+Every server here is a real Prometheus 2.42, the source read through the sandbox's M3 Coordinator
+gateway (M3's paths and [start, end) reads); m3migrate.sandbox.faultproxy sits between m3migrate and
+them and injects what production shows (5xx, 429 + Retry-After, resets, truncated bodies, stalls past
+the client timeout, slow answers). Ranges start 1 ms after a sample and so end on one (the sample an
+M3 read of [start, end) would lose), and every window's first millisecond holds one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.faultproxy import FaultProxy
 from m3migrate.sandbox.history import SourceSandbox
+from m3migrate.sandbox.m3gateway import READ_PATH
 from m3migrate.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 
@@ -61,14 +64,17 @@ def _proxy(proxies: list[FaultProxy], upstream: str, **kw) -> FaultProxy:
 
 
 def _blocks(source_url: str, target_url: str, **settings) -> tuple[M3Source, ThanosTarget]:
+    """``source_url``: the M3 gateway (or a proxy in front of it)."""
     return (
-        M3Source(read_url=f"{source_url}/api/v1/read", query_url=source_url, **settings),
+        M3Source(read_url=f"{source_url}{READ_PATH}", query_url=source_url, **settings),
         ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url, **settings),
     )
 
 
 def _range(source: SourceSandbox, hours: int) -> tuple[int, int]:
-    start = source.block_stats.start_ms
+    """[start, end] from 1 ms after the first sample: the end is then a sample (of the 60 s grid), and so
+    is every (aligned) window's first millisecond."""
+    start = source.block_stats.start_ms + 1
     return start, start + hours * HOUR_MS - 1
 
 
@@ -83,7 +89,7 @@ def test_ten_percent_faults_on_both_sides_still_give_an_exact_copy(
     caplog.set_level(logging.INFO, logger="m3migrate")
     start_ms, end_ms = _range(source_history, 8)
     target = prometheus_target()
-    src = _proxy(proxies, source_history.server.url, rate=0.1, seed=81, stall_seconds=3.0)
+    src = _proxy(proxies, source_history.m3.url, rate=0.1, seed=81, stall_seconds=3.0)
     tgt = _proxy(proxies, target.url, rate=0.1, seed=82, stall_seconds=3.0)
     source_block, target_block = _blocks(src.url, tgt.url, **FAST)
     spec = MigrationSpec(start=iso_ms(start_ms), end=iso_ms(end_ms), batch_max_series=70)
@@ -105,7 +111,7 @@ def test_dead_endpoints_fail_in_bounded_time_naming_them_and_a_clean_rerun_resum
     spec = MigrationSpec(start=iso_ms(start_ms), end=iso_ms(end_ms), migration_id="dead", batch_max_series=70)
 
     # 1. Everything fails on both sides: discovery on the source is the first to stop.
-    src = _proxy(proxies, source_history.server.url, rate=1.0, kinds=["5xx", "429"], retry_after=0)
+    src = _proxy(proxies, source_history.m3.url, rate=1.0, kinds=["5xx", "429"], retry_after=0)
     tgt = _proxy(proxies, target.url, rate=1.0, kinds=["5xx", "429"], retry_after=0)
     source_block, target_block = _blocks(src.url, tgt.url, **short)
     t0 = time.monotonic()
@@ -138,7 +144,7 @@ def test_target_restart_mid_migration_is_survived_by_retrying(prefect_api, sourc
     start_ms, end_ms = _range(source_history, 12)
     target = prometheus_target()
     patient = {"timeout_seconds": 10.0, "retry_attempts": 40, "retry_timeout_seconds": 120.0}
-    source_block, target_block = _blocks(source_history.server.url, target.url, **patient)
+    source_block, target_block = _blocks(source_history.m3.url, target.url, **patient)
     spec = MigrationSpec(
         start=iso_ms(start_ms), end=iso_ms(end_ms), migration_id="restart", batch_max_series=70, window_minutes=30
     )
@@ -204,8 +210,8 @@ def test_stalls_past_the_timeout_lower_the_read_concurrency(source_history, prox
     from m3migrate.remote_read import RemoteReadClient
 
     caplog.set_level(logging.INFO, logger="m3migrate.limits")
-    proxy = _proxy(proxies, source_history.server.url, rate=1.0, kinds=["stall"], stall_seconds=3.0)
-    settings = SourceSettings(read_url=f"{proxy.url}/api/v1/read", max_concurrency=4, **FAST)
+    proxy = _proxy(proxies, source_history.m3.url, rate=1.0, kinds=["stall"], stall_seconds=3.0)
+    settings = SourceSettings(read_url=f"{proxy.url}{READ_PATH}", max_concurrency=4, **FAST)
     start_ms, _ = _range(source_history, 1)
 
     def heal() -> None:

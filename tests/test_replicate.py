@@ -1,4 +1,9 @@
-"""Replication against real servers: new samples and new series follow, kills resume, runs never overlap."""
+"""Replication against real servers: new samples and new series follow, kills resume, runs never overlap.
+
+The source is read through the sandbox's M3 Coordinator gateway ([start, end) reads) in front of a
+Prometheus; new writes go to that Prometheus and expectations are read from it. Its samples lie 1 ms
+before each minute, so they sit on the last millisecond of every window, time split and pass, and on the
+migration's start and end."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from flows.replicate import replicate
 from m3migrate.errors import ConfigError
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, append_minutely, start_source
+from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms as _iso
@@ -29,9 +35,15 @@ MINUTE = 60_000
 
 @pytest.fixture
 def small_source(tmp_path):
-    source = start_source(HistorySpec(series=60, span_s=6 * 3600, interval_s=60), tmp_path, tail_minutes=None)
+    """60 series x 6 h; ``.read_url``/``.query_url`` are the M3 gateway's in front of it."""
+    # samples 1 ms before each minute: on the last millisecond of every window and of every time split
+    spec = HistorySpec(series=60, span_s=6 * 3600, interval_s=60)
+    spec = HistorySpec(series=60, span_s=6 * 3600, interval_s=60, end_ms=spec.last_ms - 1)
+    source = start_source(spec, tmp_path, tail_minutes=None)
     try:
-        yield source
+        with M3Gateway({"default": GatewayNamespace(source.server.url, retention="30d")}) as m3:
+            source.m3 = m3
+            yield source
     finally:
         source.stop()
 
@@ -41,7 +53,7 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
     src_url = small_source.server.url
     start, end = small_source.stats.start_ms, small_source.stats.end_ms
     spec = MigrationSpec(migration_id="rep", start=_iso(start), end=_iso(end), window_minutes=10)
-    source_block = M3Source(read_url=f"{src_url}/api/v1/read", query_url=src_url)
+    source_block = M3Source(read_url=small_source.read_url, query_url=small_source.query_url)
     target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url)
     state_dir = tmp_path / "state"
 
@@ -79,9 +91,9 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
         "m3migrate.cli",
         "replicate",
         "--source-read-url",
-        f"{src_url}/api/v1/read",
+        small_source.read_url,
         "--source-query-url",
-        src_url,
+        small_source.query_url,
         "--target-write-url",
         f"{target.url}/api/v1/write",
         "--migration-id",
@@ -127,10 +139,9 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
 
 def test_concurrent_runs_never_overlap(prefect_api, small_source, prometheus_target, tmp_path):
     target = prometheus_target()
-    src_url = small_source.server.url
     start, end = small_source.stats.start_ms, small_source.stats.end_ms
     spec = MigrationSpec(migration_id="lockme", start=_iso(start), end=_iso(end))
-    source_block = M3Source(read_url=f"{src_url}/api/v1/read", query_url=src_url)
+    source_block = M3Source(read_url=small_source.read_url, query_url=small_source.query_url)
     target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write")
     migrate(source_block, target_block, spec, state_dir=str(tmp_path))
     with MigrationState(tmp_path, "lockme").lock():  # another run holds the migration
@@ -201,10 +212,9 @@ def test_an_until_in_the_future_is_refused_by_the_flow_and_the_cli(
     from tests.cli_helpers import run_cli
 
     target = prometheus_target()
-    src_url = small_source.server.url
     start, end = small_source.stats.start_ms, small_source.stats.end_ms
     spec = MigrationSpec(migration_id="future", start=_iso(start), end=_iso(end))
-    source_block = M3Source(read_url=f"{src_url}/api/v1/read", query_url=src_url)
+    source_block = M3Source(read_url=small_source.read_url, query_url=small_source.query_url)
     target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write")
     migrate(source_block, target_block, spec, state_dir=str(tmp_path))
     future = datetime.fromtimestamp(time.time() + 3600, UTC)
@@ -212,7 +222,7 @@ def test_an_until_in_the_future_is_refused_by_the_flow_and_the_cli(
         replicate(source_block, target_block, spec, until=future, state_dir=str(tmp_path))
     result = run_cli(
         "replicate",
-        *("--source-read-url", f"{src_url}/api/v1/read", "--source-query-url", src_url),
+        *("--source-read-url", small_source.read_url, "--source-query-url", small_source.query_url),
         *("--target-write-url", f"{target.url}/api/v1/write", "--migration-id", "future"),
         *("--start", _iso(start), "--end", _iso(end), "--state-dir", str(tmp_path)),
         *("--until", future.isoformat()),
@@ -235,7 +245,7 @@ def test_a_write_reaching_the_source_after_the_lag_is_found_on_the_next_pass(
     src_url = small_source.server.url
     start, end = small_source.stats.start_ms, small_source.stats.end_ms
     spec = MigrationSpec(migration_id="late", start=_iso(start), end=_iso(end), window_minutes=10)
-    source_block = M3Source(read_url=f"{src_url}/api/v1/read", query_url=src_url)
+    source_block = M3Source(read_url=small_source.read_url, query_url=small_source.query_url)
     target_block = ThanosTarget(write_url=f"{target.url}/api/v1/write", query_url=target.url)
     state_dir = str(tmp_path / "state")
     migrate(source_block, target_block, spec, state_dir=state_dir)
@@ -269,7 +279,7 @@ def test_a_write_reaching_the_source_after_the_lag_is_found_on_the_next_pass(
         logging.getLogger("prefect").removeHandler(caplog.handler)
     assert second["samples"] == 3 * 10 and second["late_samples"] == 1
     assert "1 samples arrived in M3 after lag 15 min" in caplog.text and "raise --lag" in caplog.text
-    window = f"{_iso(end + 10 * MINUTE)} .. {_iso(end + 20 * MINUTE - 1)}"
+    window = f"{_iso(end + 1 + 10 * MINUTE)} .. {_iso(end + 20 * MINUTE)}"  # end is 1 ms before a boundary
     assert window in caplog.text
     expected = with_label(read_all(src_url, start, until2), "_source", "m3db")
     if ooo_window:

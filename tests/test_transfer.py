@@ -1,4 +1,8 @@
-"""One batch × window against real servers: exact copy, and refusals that must never pass silently."""
+"""One batch × window against real servers: exact copy, and refusals that must never pass silently.
+
+The source is read through the sandbox's M3 Coordinator gateway ([start, end) reads), from 1 ms after a
+sample: the plan's last window then has a sample on its first millisecond and on its last (the end),
+which an M3 read loses first; expectations are read from the Prometheus behind it ([start, end])."""
 
 from __future__ import annotations
 
@@ -26,9 +30,9 @@ FAST = RetryPolicy(attempts=3, timeout_seconds=20, wait_initial=0.01, wait_max=0
 
 @pytest.fixture
 def one_window(source_history):
-    start = source_history.stats.start_ms
+    start = source_history.stats.start_ms + 1  # the end, start + 1 h - 1, is then a sample
     spec = MigrationSpec(start=iso_ms(start), end=iso_ms(start + HOUR_MS - 1), window_minutes=30)
-    source = SourceSettings(read_url=f"{source_history.server.url}/api/v1/read", query_url=source_history.server.url)
+    source = SourceSettings(read_url=source_history.read_url, query_url=source_history.query_url)
     plan = build_plan(source, spec, "transfer-test")
     return source, spec, plan
 
@@ -37,9 +41,11 @@ def test_a_window_is_copied_exactly(one_window, prometheus_target, source_histor
     source, spec, plan = one_window
     target = prometheus_target()
     with Transfer(source, TargetSettings(write_url=f"{target.url}/api/v1/write"), spec.relabeler()) as transfer:
-        window = plan.windows[0]
+        window = plan.windows[-1]  # a 30 min window ending at the migration's end
         result = transfer.run(plan.batches[0], window)
     expected = with_label(read_all(source_history.server.url, window.start_ms, window.end_ms), "_source", "m3db")
+    edges = {samples[0][0] for samples in expected.values()} | {samples[-1][0] for samples in expected.values()}
+    assert {window.start_ms, window.end_ms} <= edges, "samples on the window's first and last millisecond"
     assert read_all(target.url, window.start_ms, window.end_ms) == expected
     assert result.samples == sum(len(s) for s in expected.values()) and result.reconciled_series == 0
 

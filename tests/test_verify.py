@@ -1,5 +1,9 @@
 """Verification against real servers: a clean migration verifies equal; an altered target (one sample
-changed, one series missing, one extra) is reported exactly, by the engine, the flow and the CLI."""
+changed, one series missing, one extra) is reported exactly, by the engine, the flow and the CLI.
+
+Sources are read through the sandbox's M3 Coordinator gateway ([start, end) reads), with samples on the
+last millisecond of windows and at the end (and, for the strays, on every window's first millisecond);
+expectations come from the Prometheus behind it or from the data as written."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import pytest
 
 from m3migrate.codec import STALE_NAN_BITS
 from m3migrate.plan import make_windows
+from m3migrate.sandbox.m3gateway import READ_PATH
 from m3migrate.timefmt import iso_ms as _iso
 from m3migrate.verify import (
     CANONICAL_NAN_BITS,
@@ -82,7 +87,7 @@ def test_series_text_escapes_like_promql():
 
 @dataclass
 class Migrated:
-    source_url: str
+    source_url: str  # the M3 gateway in front of the source
     target_url: str  # clean copy
     altered_url: str  # one sample altered, one series dropped, one extra series
     start_ms: int
@@ -100,7 +105,7 @@ class Migrated:
         from blocks import M3Source, ThanosTarget
 
         return (
-            M3Source(read_url=f"{self.source_url}/api/v1/read", query_url=self.source_url),
+            M3Source(read_url=f"{self.source_url}{READ_PATH}", query_url=self.source_url),
             ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url),
         )
 
@@ -155,7 +160,7 @@ def migrated(prefect_api, source_history, tmp_path_factory) -> Iterator[Migrated
     try:
         altered = start_prometheus(work, name="altered", remote_write_receiver=True, ooo_window="30d")
         m = Migrated(
-            source_history.server.url,
+            source_history.m3.url,
             clean.url,
             altered.url,
             start_ms,
@@ -313,7 +318,7 @@ def test_flow_clean_and_failed_with_artifacts(migrated, tmp_path):
 def _cli(m: Migrated, target_url: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "m3migrate.cli", "verify",
-        "--source-read-url", f"{m.source_url}/api/v1/read", "--source-query-url", m.source_url,
+        "--source-read-url", f"{m.source_url}{READ_PATH}", "--source-query-url", m.source_url,
         "--target-write-url", f"{target_url}/api/v1/write",
         "--start", _iso(m.start_ms), "--end", _iso(m.end_ms), *extra,
     ]  # fmt: skip
@@ -374,18 +379,19 @@ def _write(url: str, series: dict[tuple[tuple[str, str], ...], list[tuple[int, f
 
 @dataclass
 class Strays:
-    source_url: str
+    source_url: str  # the M3 gateway in front of the source
     copy_url: str  # the migration done right, plus stray series carrying _source="m3db"
     replica_url: str  # the migration with one sample changed in the replica="r2" series only
     start_ms: int
     end_ms: int
     changed: tuple[int, float, float]  # (timestamp, source value, target value) in the r2 series
+    samples_per_series: int = 0
 
     def settings(self, target_url: str):
         from m3migrate.config import SourceSettings, TargetSettings
 
         return (
-            SourceSettings(read_url=f"{self.source_url}/api/v1/read", query_url=self.source_url),
+            SourceSettings(read_url=f"{self.source_url}{READ_PATH}", query_url=self.source_url),
             TargetSettings(write_url=f"{target_url}/api/v1/write", query_url=target_url),
         )
 
@@ -404,7 +410,9 @@ class Strays:
 def strays(tmp_path_factory) -> Iterator[Strays]:
     """A source with two series differing only in ``replica`` (and one without it), 45 min at 60 s;
     a target holding their exact copy plus stray ``_source="m3db"`` series, and one where only the
-    ``replica="r2"`` series differs."""
+    ``replica="r2"`` series differs. Each series also has a sample on the first and last millisecond of
+    every 15 min window; the source is read through the M3 gateway."""
+    from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
     from m3migrate.sandbox.servers import start_prometheus
 
     work = tmp_path_factory.mktemp("strays")
@@ -415,8 +423,13 @@ def strays(tmp_path_factory) -> Iterator[Strays]:
         for name in ("src", "copy", "replica"):
             servers.append(start_prometheus(work, name=name, remote_write_receiver=True))
         src, copy, replica = servers
-        m = Strays(src.url, copy.url, replica.url, start, start + 45 * MINUTE_MS - 1, (0, 0.0, 0.0))
-        samples = [(m.at(i), float(i)) for i in range(45)]
+        m3 = M3Gateway({"default": GatewayNamespace(src.url, retention="30d")})
+        servers.append(m3)
+        m3.__enter__()
+        m = Strays(m3.url, copy.url, replica.url, start, start + 45 * MINUTE_MS - 1, (0, 0.0, 0.0))
+        edges = sorted({start + k * quarter + d for k in range(4) for d in (-1, 0)} - {start - 1})
+        samples = sorted([(m.at(i), float(i)) for i in range(45)] + [(t, 100.0 + j) for j, t in enumerate(edges)])
+        m.samples_per_series = sum(t <= m.end_ms for t, _ in samples)  # one more lies 1 ms after the end
         app = {"__name__": APP, "job": "app"}
         source = {
             tuple(sorted({**app, "instance": "a", "replica": "r1"}.items())): samples,
@@ -440,7 +453,10 @@ def strays(tmp_path_factory) -> Iterator[Strays]:
         yield m
     finally:
         for server in servers:
-            server.stop()
+            if isinstance(server, M3Gateway):
+                server.__exit__(None, None, None)
+            else:
+                server.stop()
 
 
 @pytest.mark.servers
@@ -488,7 +504,7 @@ def test_series_differing_only_in_replica_are_compared_as_two(strays):
     assert (row["first_diff_ts"], row["source_value"], row["target_value"]) == (ts, source_value, target_value)
     assert row["window"] == 1
     assert t["series_checked"] == 3
-    assert t["samples_source"] == t["samples_target"] == 3 * 45  # r1 and r2 both counted, none deduplicated
+    assert t["samples_source"] == t["samples_target"] == 3 * strays.samples_per_series  # r1, r2 both counted
 
     clean = verify(*strays.settings(strays.copy_url), strays.spec(), None)  # target-added replica="t0" ignored
     assert clean.totals["series_checked"] == 3

@@ -49,6 +49,7 @@ from m3migrate.wire import _samples_start, series_spans
 
 NS_PER_S = 1_000_000_000
 LIMITED_VALUE = "max_fetch_series_limit_applied"
+READ_PATH = "/api/v1/prom/remote/read"  # the M3 Coordinator's remote-read endpoint
 PROMQL_PATHS = ("/api/v1/series", "/api/v1/labels", "/api/v1/label/", "/api/v1/query")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an env proxy
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -165,7 +166,7 @@ class LocalService:
 
     @property
     def read_url(self) -> str:
-        return self.url + "/api/v1/prom/remote/read"
+        return self.url + READ_PATH
 
     def __enter__(self) -> Self:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.bind_port), self.handler())
@@ -345,7 +346,7 @@ class _Handler(ServiceHandler):
                 return self._json(200, self.m3.ready_document())
             if path == "/health":
                 return self._json(200, {"uptime": "1h0m0s", "now": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
-            if path == "/api/v1/prom/remote/read" and self.command == "POST":
+            if path == READ_PATH and self.command == "POST":
                 return self._remote_read(headers, body)
             if path.startswith(PROMQL_PATHS):
                 return self._promql(headers, body)
