@@ -40,7 +40,8 @@ class ThanosTarget(Block, TargetSettings):
 
 class ThanosBucket(Block, BucketSettings):
     """The object store Thanos reads blocks from (write modes blocks and hybrid): a local directory in
-    Thanos' FILESYSTEM layout, or s3://, gs://, az:// with credentials (SecretStr, starred in the UI)."""
+    Thanos' FILESYSTEM layout, or s3://, gs://, az:// with credentials (SecretStr, starred in the UI), and the
+    compactor's raw retention (retention_resolution_raw) that validation checks the blocks' ends against."""
 
     _block_type_name: ClassVar[str] = "m3migrate Thanos Bucket"
     _block_type_slug: ClassVar[str] = "m3migrate-thanos-bucket"

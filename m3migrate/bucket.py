@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -78,6 +79,12 @@ class BucketSettings(BaseModel):
     options: dict[str, SecretStr] = Field(
         default_factory=dict, description="Further obstore config keys (values are kept secret)."
     )
+    retention_resolution_raw: str | None = Field(
+        default=None,
+        description="The Thanos compactor's --retention.resolution-raw on this bucket (e.g. 90d; 0d keeps "
+        "forever, as in Thanos). m3migrate cannot read the compactor's flags: unset means unknown, and "
+        "validate cannot tell whether uploaded history would be deleted at the compactor's next run.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -91,6 +98,24 @@ class BucketSettings(BaseModel):
         if "://" in v and parts.scheme not in _REMOTE_SCHEMES | {"file"}:
             raise ValueError(f"bucket url scheme {parts.scheme!r} is not one of file, s3, gs, az")
         return v
+
+    @field_validator("retention_resolution_raw")
+    @classmethod
+    def _retention(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if prom_duration_ms(v) is None:
+            raise ValueError(
+                "retention_resolution_raw is not a Prometheus duration like the compactor's flag "
+                "(units y w d h m s ms in that order, e.g. 90d, 1y, 36h, 0d = forever)"
+            )
+        return v
+
+    @property
+    def raw_retention_ms(self) -> int | None:
+        """The compactor's raw retention in ms; 0 = kept forever (Thanos' 0d); None = unknown (unset)."""
+        return None if self.retention_resolution_raw is None else prom_duration_ms(self.retention_resolution_raw)
 
     @property
     def is_local(self) -> bool:
@@ -334,6 +359,21 @@ class Bucket:
                 raise BucketError(f"bucket {self.description}: {key} reads back different content")
         finally:
             self.delete([key])
+
+
+# Prometheus' model.ParseDuration grammar (prometheus/common model/time.go), which Thanos' retention flags use.
+_DURATION_RE = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+_DURATION_UNITS_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+
+
+def prom_duration_ms(text: str) -> int | None:
+    """A Prometheus duration ("90d", "1y2w", "36h", "0") in ms; None when it is not one."""
+    if text == "0":
+        return 0
+    m = _DURATION_RE.fullmatch(text) if text else None
+    if m is None:
+        return None
+    return sum(int(n) * unit for n, unit in zip(m.groups(), _DURATION_UNITS_MS, strict=True) if n)
 
 
 def ranges_cover(metas: list[BlockMeta], min_time: int, max_time: int) -> bool:

@@ -567,6 +567,14 @@ def _bucket_options(
         str | None,
         typer.Option(envvar="M3MIGRATE_BUCKET_AZURE_ACCOUNT_KEY", show_default=False, rich_help_panel=BUCKET_PANEL),
     ] = None,
+    bucket_retention_resolution_raw: Annotated[
+        str | None,
+        typer.Option(
+            help="The Thanos compactor's --retention.resolution-raw on this bucket (90d; 0d = forever): "
+            "validate fails when blocks would be past it. Unset: unknown, not checked.",
+            rich_help_panel=BUCKET_PANEL,
+        ),
+    ] = None,
     block_hours: Annotated[
         int | None, typer.Option(help="Hours per block: 2 (default), 8 or 48.", rich_help_panel=BUCKET_PANEL)
     ] = None,
@@ -592,6 +600,7 @@ def _bucket_options(
         "google_service_account_path": bucket_google_service_account_path,
         "azure_account_name": bucket_azure_account_name,
         "azure_account_key": bucket_azure_account_key,
+        "retention_resolution_raw": bucket_retention_resolution_raw,
     }
     spec = {"block_hours": block_hours, "backfill_labels": _headers(backfill_label)}
     return {"bucket": _drop_none(bucket), "spec": _drop_none(spec)}
