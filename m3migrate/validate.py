@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import httpx
 
+from m3migrate.backfill import block_windows
 from m3migrate.bucket import Bucket, BucketError, BucketSettings
 from m3migrate.codec import STALE_NAN_BITS, Matcher, WriteBody, float_bits, frame_series, single_request
 from m3migrate.config import SourceSettings, TargetSettings, origin, redact_url
@@ -77,6 +78,7 @@ __all__ = [
     "ValidationInput",
     "ValidationReport",
     "check_bucket",
+    "check_bucket_retention",
     "check_clock_skew",
     "check_naming",
     "check_source_kind",
@@ -1021,6 +1023,112 @@ def check_bucket(inp: ValidationInput) -> CheckResult:
     )
 
 
+_RAW_NOTE = (
+    "every block is raw resolution to Thanos (meta.json downsample resolution 0), also history read from M3's "
+    "aggregated namespaces, so --retention.resolution-raw applies, not -5m or -1h"
+)
+_SET_RETENTION = (
+    "--bucket-retention-resolution-raw, the config file's `bucket: {retention_resolution_raw: ...}` or the "
+    "ThanosBucket block's retention_resolution_raw"
+)
+SOON_MS = DAY_MS  # a block kept less than this after validation may be gone before the migration is verified
+
+
+def _blocks_span(inp: ValidationInput) -> tuple[int, int] | None:
+    """[first, last] ms (inclusive) of the range that goes as blocks (hybrid: before its boundary)."""
+    spec = inp.spec
+    if not spec.uses_blocks:
+        return None
+    tail = inp.remote_write_from_ms
+    last = spec.end_ms if tail is None else tail - 1
+    return (spec.start_ms, last) if last >= spec.start_ms else None
+
+
+def check_bucket_retention(inp: ValidationInput, *, now_ms: int | None = None) -> CheckResult:
+    """blocks/hybrid: would the compactor's raw retention delete uploaded blocks at its next run?
+
+    Thanos (pkg/compact/retention.go) marks a block for deletion when now > maxTime + the retention of its
+    resolution, measured from the compactor's clock, not from the data's: history older than the raw
+    retention goes at its next run. The compactor's flags cannot be read, so the retention is a bucket
+    setting; unset = unknown (warn), 0 = kept forever (Thanos' 0d).
+    """
+    name = "bucket retention"
+    spec = inp.spec
+    span = _blocks_span(inp)
+    if span is None:
+        return CheckResult(name, "pass", f"not used: write_mode={spec.write_mode} uploads no blocks in this range")
+    if inp.bucket is None:
+        return CheckResult(
+            name, "warn", "no bucket configured (see the bucket check)", "pass --bucket-dir or --bucket-url"
+        )
+    retention = inp.bucket.raw_retention_ms
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    windows = block_windows(span[0], span[1], spec.block_ms)
+    details: dict[str, Any] = {"raw_retention_ms": retention, "windows": len(windows)}
+    blocks = f"{len(windows)} block windows of {spec.block_hours} h from {iso_ms(span[0])} to {iso_ms(span[1])}"
+    if retention is None:
+        return CheckResult(
+            name,
+            "warn",
+            f"cannot check: the Thanos compactor's --retention.resolution-raw is unknown (m3migrate cannot read "
+            f"its flags). It deletes a block at its next run once now > the block's maxTime + that retention; "
+            f"the oldest of the {blocks} ends {(now - windows[0].max_time) / DAY_MS:,.1f} days ago",
+            f"set the compactor's value with {_SET_RETENTION}: e.g. 90d, or 0d when it keeps raw data forever "
+            "(Thanos' default)",
+            details,
+        )
+    if retention == 0:
+        return CheckResult(
+            name, "pass", f"raw retention 0d: Thanos keeps the {blocks} forever; {_RAW_NOTE}", "", details
+        )
+    # retention.go: deleted when now > time.Unix(maxTime/1000, 0) + retention (maxTime exclusive, whole seconds)
+    expires = [(w.max_time // 1000) * 1000 + retention for w in windows]
+    deleted = [w for w, at in zip(windows, expires, strict=True) if now > at]
+
+    # a --start whose first block outlives the compactor's next run by a day (the migration, its verification)
+    safe_start = -(-(now - retention + SOON_MS) // spec.block_ms) * spec.block_ms
+    oldest_age_days = (now - windows[0].max_time) / DAY_MS
+    raise_fix = (
+        f"raise the compactor's --retention.resolution-raw to at least {math.floor(oldest_age_days) + 2}d (the "
+        f"oldest block ends {oldest_age_days:,.1f} days ago) and set {_SET_RETENTION} to match"
+    )
+    if safe_start <= span[1]:
+        raise_fix = f"shorten the range: --start {iso_ms(max(safe_start, span[0]))} or later; or {raise_fix}"
+    details.update(cutoff_ms=now - retention, safe_start_ms=safe_start)
+    if deleted:
+        hours = sum(w.read_end - w.read_start + 1 for w in deleted) / HOUR_MS
+        details.update(deleted_windows=len(deleted), deleted_hours=round(hours, 3))
+        return CheckResult(
+            name,
+            "fail",
+            f"{len(deleted)} of the {blocks} ({hours:,.1f} h of history, {iso_ms(deleted[0].read_start)} to "
+            f"{iso_ms(deleted[-1].read_end)}) end before {iso_ms(now - retention)}, now minus the compactor's raw "
+            f"retention {inp.bucket.retention_resolution_raw}: Thanos' compactor deletes them at its next run "
+            f"(pkg/compact/retention.go: now > maxTime + retention); {_RAW_NOTE}",
+            raise_fix,
+            details,
+        )
+    soon = expires[0] - now
+    if soon < SOON_MS:
+        return CheckResult(
+            name,
+            "warn",
+            f"the oldest of the {blocks} ends {oldest_age_days:,.1f} days ago: the compactor's raw retention "
+            f"{inp.bucket.retention_resolution_raw} deletes it in {soon / HOUR_MS:,.1f} h (at "
+            f"{iso_ms(expires[0])}), possibly before the migration is done and verified; {_RAW_NOTE}",
+            raise_fix,
+            details,
+        )
+    return CheckResult(
+        name,
+        "pass",
+        f"the compactor's raw retention {inp.bucket.retention_resolution_raw} keeps all {blocks}: the oldest "
+        f"until {iso_ms(expires[0])}; {_RAW_NOTE}",
+        "",
+        details,
+    )
+
+
 def check_target_query(inp: ValidationInput) -> CheckResult:
     """The target's query URL answers (needed to verify and reconcile); its build info when offered."""
     name = "target query API"
@@ -1305,6 +1413,7 @@ CHECKS: dict[str, Callable[[ValidationInput], CheckResult]] = {
     "target write probe": check_target_write,
     "target query API": check_target_query,
     "bucket": check_bucket,
+    "bucket retention": check_bucket_retention,
     "naming": check_naming,
     "volume estimate": check_volume,
     "clock skew": check_clock_skew,
@@ -1312,8 +1421,8 @@ CHECKS: dict[str, Callable[[ValidationInput], CheckResult]] = {
 
 
 def checks_for(spec: MigrationSpec) -> list[str]:
-    """The checks that apply to the spec: the bucket check only where blocks are written."""
-    return [name for name in CHECKS if name != "bucket" or spec.uses_blocks]
+    """The checks that apply to the spec: the bucket checks only where blocks are written."""
+    return [name for name in CHECKS if not name.startswith("bucket") or spec.uses_blocks]
 
 
 def run_check(name: str, inp: ValidationInput) -> CheckResult:
