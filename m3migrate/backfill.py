@@ -23,19 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from m3migrate.bucket import BlockConflict, Bucket, ranges_cover
-from m3migrate.codec import show_labels
+from m3migrate.codec import decode_read_response, show_labels
 from m3migrate.errors import ConfigError, MalformedResponse
 from m3migrate.plan import Batch
 from m3migrate.prompb import QueryResult
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.tiers import Tier
-from m3migrate.transfer import read_batch_window
+from m3migrate.transfer import read_batch_window_raw
 from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock
 from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
-from m3migrate.tsdb.samples import series_arrays
+from m3migrate.tsdb.samples import read_response_arrays, series_arrays
 
 log = logging.getLogger("m3migrate.backfill")
 
@@ -44,7 +44,7 @@ BLOCK_DURATIONS_MS = (2 * HOUR_MS, 8 * HOUR_MS, 48 * HOUR_MS)  # Thanos compacto
 DEFAULT_BLOCK_MS = 2 * HOUR_MS
 
 Labels = tuple[tuple[str, str], ...]
-SourcePart = tuple[Batch | None, QueryResult]
+SourcePart = tuple[Batch | None, QueryResult | bytes]  # bytes: a decompressed ReadResponse
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,11 @@ def read_window(
     tiers: Sequence[Tier] = (),
 ) -> Iterator[SourcePart]:
     """Every batch's read results over the window, one part at a time (lazily: nothing is read until
-    iterated, so a skipped window costs no read). Source limits split reads, never truncate them;
-    ``tiers`` (the plan's) pin each part of the window to its M3 namespace."""
+    iterated, so a skipped window costs no read), as decompressed ReadResponse bytes: they are walked
+    into arrays by a compiled kernel, never decoded into messages. Source limits split reads, never
+    truncate them; ``tiers`` (the plan's) pin each part of the window to its M3 namespace."""
     for batch in batches:
-        for part in read_batch_window(reader, batch, window.read_start, window.read_end, tally, tiers):
+        for part in read_batch_window_raw(reader, batch, window.read_start, window.read_end, tally, tiers):
             yield batch, part
 
 
@@ -143,8 +144,8 @@ def backfill_window(
 ) -> BackfillResult:
     """Write one window's block from source parts and upload it; skip the window when already done.
 
-    ``parts``: (batch, QueryResult) pairs; a series that is not in its part's batch is left out (it
-    belongs to another batch, as in transfer), with batch None every series is kept. Series are
+    ``parts``: (batch, QueryResult or ReadResponse bytes) pairs; a series that is not in its part's batch
+    is left out (it belongs to another batch, as in transfer), with batch None every series is kept. Series are
     relabeled by ``relabeler`` (adds ``_source="m3db"``); ``external_labels`` become the block's Thanos
     labels and must be unique to the backfill. The caller runs one writer per window at a time.
     """
@@ -234,63 +235,146 @@ def backfill_from_source(
 def _add_part(
     writer: BlockWriter,
     batch: Batch | None,
-    part: QueryResult,
+    part: QueryResult | bytes,
     window: BlockWindow,
     relabeler: Relabeler,
     result: BackfillResult,
     owners: dict[Labels, str] | None = None,
 ) -> None:
-    """``owners``: the batch that writes each series with label bytes that are not UTF-8. The plan never
+    """One read part into the block: per series a decision on its labels (Python, per series), the
+    samples checked and encoded for the whole part at once (numpy and the compiled kernels).
+
+    ``owners``: the batch that writes each series with label bytes that are not UTF-8. The plan never
     holds their exact form (a series API shows such bytes as U+FFFD), so no batch lists them: the first
     batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope)."""
+    labels_in, counts, t, bits = _part_arrays(part)
     keys = batch.keys if batch is not None else None
-    for labels, t, bits in series_arrays(part):
-        key = tuple(sorted(labels))
-        if len(key) != len({n for n, _ in key}):
-            raise MalformedResponse(
-                f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
-                endpoint="remote read",
-            )
-        if (
-            keys is not None
-            and key not in keys
-            and not (
-                owners is not None
-                and batch is not None
-                and has_raw_bytes(n + v for n, v in key)
-                and owners.setdefault(key, batch.id) == batch.id
-            )
-        ):
-            result.foreign_series += 1  # matched the read but belongs to another batch (or is new)
-            continue
-        if not len(t):
-            continue
-        raw_bytes = has_raw_bytes(n + v for n, v in key)
-        try:
-            out = relabeler(key)
-        except (UnicodeEncodeError, ConfigError) as exc:
-            if not raw_bytes:
-                raise
-            # as remote write does (wire.LabelCache): RE2 matches UTF-8 text, a name must be a legacy name
-            why = "a relabel rule's regex" if isinstance(exc, UnicodeEncodeError) else str(exc)
-            _set_aside(result, f"{show_labels(key)}: label bytes are not UTF-8 and {why} cannot be applied to them")
-            continue
-        if out is None:
-            result.dropped_series += 1
-            continue
-        if raw_bytes and has_raw_bytes(n + v for n, v in out):
-            # the block stores them byte-exact (Go strings are bytes), its labels sorted by bytes
-            out = tuple(sorted(out, key=lambda label: label_bytes(label[0])))
-            if show_labels(key) not in result.non_utf8_series:
-                result.non_utf8_series.append(show_labels(key))
-        if len(t) > 1 and not (t[1:] > t[:-1]).all():
-            t, bits = _sorted_unique(t, bits, out)
-        if t[0] < window.read_start or t[-1] > window.read_end:  # a source that answers beyond the range
-            inside = (t >= window.read_start) & (t <= window.read_end)
-            t, bits = t[inside], bits[inside]
-            if not len(t):
+    chosen: list[int] = []
+    targets: list[Labels] = []
+    for i, (labels, n) in enumerate(zip(labels_in, counts.tolist(), strict=True)):
+        out = _target_labels(labels, n, keys, batch, relabeler, result, owners)
+        if out is not None:
+            chosen.append(i)
+            targets.append(out)
+    if not chosen:
+        return
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    if len(chosen) < len(counts):
+        idx = np.array(chosen, np.int64)
+        counts = counts[idx]
+        take = np.repeat(offsets[idx] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+        take += np.arange(len(take), dtype=np.int64)
+        t, bits = t[take], bits[take]
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+    first, last = t[offsets[:-1]], t[offsets[1:] - 1]
+    bad = (first < window.read_start) | (last > window.read_end)  # a source that answers beyond the range
+    if len(t) > 1:
+        step_bad = np.flatnonzero(t[1:] <= t[:-1]) + 1
+        if len(step_bad):
+            series_of = np.searchsorted(offsets, step_bad, side="right") - 1
+            bad[series_of[step_bad != offsets[series_of]]] = True
+    if bad.any():
+        targets, counts, t, bits = _repaired(targets, offsets, t, bits, bad, window)
+    writer.add_batch(targets, counts, t, bits)
+
+
+def _part_arrays(part: QueryResult | bytes) -> tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray]:
+    """A read part as (labels per series, samples per series, timestamps, value bits): the compiled walk
+    of the wire bytes, or (a response not in the canonical encoding, or a decoded part) protobuf."""
+    if isinstance(part, bytes):
+        arrays = read_response_arrays(part)
+        if arrays is not None:
+            return arrays
+        part = decode_read_response(part, endpoint="remote read")
+    series = list(series_arrays(part))
+    counts = np.array([len(s[1]) for s in series], np.int64)
+    if not series:
+        return [], counts, np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    return (
+        [s[0] for s in series],
+        counts,
+        np.concatenate([s[1] for s in series]),
+        np.concatenate([s[2] for s in series]),
+    )
+
+
+def _target_labels(
+    labels: Labels,
+    n: int,
+    keys: frozenset[Labels] | None,
+    batch: Batch | None,
+    relabeler: Relabeler,
+    result: BackfillResult,
+    owners: dict[Labels, str] | None,
+) -> Labels | None:
+    """The labels a read series is written with, or None when it is not written (counted in result)."""
+    key = tuple(sorted(labels))
+    if len(key) != len({name for name, _ in key}):
+        raise MalformedResponse(
+            f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
+            endpoint="remote read",
+        )
+    if (
+        keys is not None
+        and key not in keys
+        and not (
+            owners is not None
+            and batch is not None
+            and has_raw_bytes(n + v for n, v in key)
+            and owners.setdefault(key, batch.id) == batch.id
+        )
+    ):
+        result.foreign_series += 1  # matched the read but belongs to another batch (or is new)
+        return None
+    if not n:
+        return None
+    raw_bytes = has_raw_bytes(n + v for n, v in key)
+    try:
+        out = relabeler(key)
+    except (UnicodeEncodeError, ConfigError) as exc:
+        if not raw_bytes:
+            raise
+        # as remote write does (wire.LabelCache): RE2 matches UTF-8 text, a name must be a legacy name
+        why = "a relabel rule's regex" if isinstance(exc, UnicodeEncodeError) else str(exc)
+        _set_aside(result, f"{show_labels(key)}: label bytes are not UTF-8 and {why} cannot be applied to them")
+        return None
+    if out is None:
+        result.dropped_series += 1
+        return None
+    if raw_bytes and has_raw_bytes(n + v for n, v in out):
+        # the block stores them byte-exact (Go strings are bytes), its labels sorted by bytes
+        out = tuple(sorted(out, key=lambda label: label_bytes(label[0])))
+        if show_labels(key) not in result.non_utf8_series:
+            result.non_utf8_series.append(show_labels(key))
+    return out
+
+
+def _repaired(
+    targets: list[Labels], offsets: np.ndarray, t: np.ndarray, bits: np.ndarray, bad: np.ndarray, window: BlockWindow
+) -> tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray]:
+    """The part with its few unusual series fixed one by one: sorted by time (exact duplicates dropped)
+    and cut to the window's read range; a series left without samples is left out."""
+    out_labels: list[Labels] = []
+    ts: list[np.ndarray] = []
+    vs: list[np.ndarray] = []
+    for i, (labels, fix) in enumerate(zip(targets, bad.tolist(), strict=True)):
+        st, sv = t[offsets[i] : offsets[i + 1]], bits[offsets[i] : offsets[i + 1]]
+        if fix:
+            if len(st) > 1 and not (st[1:] > st[:-1]).all():
+                st, sv = _sorted_unique(st, sv, labels)
+            inside = (st >= window.read_start) & (st <= window.read_end)
+            st, sv = st[inside], sv[inside]
+            if not len(st):
                 continue
-        writer.add(out, t, bits)
+        out_labels.append(labels)
+        ts.append(st)
+        vs.append(sv)
+    counts = np.array([len(x) for x in ts], np.int64)
+    if not ts:
+        return [], counts, np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    return out_labels, counts, np.concatenate(ts), np.concatenate(vs)
 
 
 def _set_aside(result: BackfillResult, skipped: str) -> None:

@@ -460,6 +460,18 @@ def read_batch_window(
     )
 
 
+def read_batch_window_raw(
+    reader: RemoteReadClient,
+    batch: Batch,
+    start_ms: int,
+    end_ms: int,
+    tally: ReadTally,
+    tiers: Sequence[Tier] = (),
+) -> Iterator[bytes]:
+    """read_batch_window, the parts left as decompressed ReadResponse bytes (the blocks path walks them)."""
+    return _read_parts(reader, batch, start_ms, end_ms, tally, bytes, tiers)
+
+
 _Part = TypeVar("_Part")
 
 

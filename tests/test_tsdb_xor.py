@@ -1,4 +1,4 @@
-"""XOR chunk encoder: Prometheus' own vectors, round trips (hypothesis) and both window-scan paths."""
+"""XOR chunk encoder: Prometheus' own vectors, round trips (hypothesis), many series at once."""
 
 from __future__ import annotations
 
@@ -9,14 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from m3migrate.codec import STALE_NAN_BITS
-from m3migrate.tsdb.xor import (
-    _windows_lanes,
-    _windows_loop,
-    chunk_starts,
-    decode_xor_chunk,
-    encode_xor_chunk,
-    encode_xor_chunks,
-)
+from m3migrate.tsdb.xor import chunk_starts, decode_xor_chunk, encode_xor_chunk, encode_xor_chunks
 
 
 def _bits(values: list[float]) -> np.ndarray:
@@ -57,20 +50,6 @@ def test_round_trip(data, per_chunk):
         got_t += a
         got_v += b
     assert got_t == t.tolist() and got_v == bits.tolist()
-
-
-def test_window_scan_paths_agree():
-    rng = np.random.default_rng(11)
-    nchunks, width = 300, 120
-    pos = np.tile(np.arange(width), nchunks)
-    chunk = np.repeat(np.arange(nchunks), width)
-    keep = rng.random(len(pos)) < 0.7
-    pos, chunk = pos[keep], chunk[keep]
-    lead = rng.integers(0, 32, len(pos))
-    trail = rng.integers(0, 64, len(pos))
-    first = np.ones(len(pos), bool)
-    first[1:] = chunk[1:] != chunk[:-1]
-    assert (_windows_loop(lead, trail, first) == _windows_lanes(lead, trail, chunk, pos, nchunks)).all()
 
 
 def test_many_series_batch_equals_one_by_one():

@@ -1,9 +1,10 @@
 """BlockWriter: streams series into one Prometheus TSDB block directory (what Thanos' bucket holds).
 
 Series arrive in any order, a series possibly in several parts (a source read split by time or by
-series). Samples are buffered only until ``flush_samples`` of them are pending, then encoded (numpy,
-see :mod:`m3migrate.tsdb.xor`) and appended to the chunk segment files; what stays in memory is each
-series' labels and its chunks' (minTime, maxTime, ref), 28 bytes per chunk of <= 120 samples. The
+series). Samples are buffered only until ``flush_samples`` of them are pending (:meth:`BlockWriter.add_batch`
+takes a whole read part and encodes it at once), then encoded (compiled, :mod:`m3migrate.tsdb.kernels`)
+and appended to the chunk segment files; what stays in memory is each series' labels and its chunks'
+(minTime, maxTime, ref), 28 bytes per chunk of <= 120 samples. The
 index (series sorted by labels) and meta.json are written by :meth:`BlockWriter.finish`. The block is
 built in ``<parent>/<ULID>.tmp`` and renamed to ``<parent>/<ULID>`` only when complete, so a
 directory named by a ULID is always a whole block.
@@ -25,8 +26,9 @@ from m3migrate.tsdb.chunks import MAX_SEGMENT_BYTES, SegmentWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes, labels_order
 from m3migrate.tsdb.errors import EmptyBlock, InvalidSeries, OverlappingParts, SampleOutOfRange, TsdbError
 from m3migrate.tsdb.index import write_index
+from m3migrate.tsdb.kernels import xor_records
 from m3migrate.tsdb.meta import META_FILENAME, THANOS_SOURCE, meta_json, write_meta
-from m3migrate.tsdb.xor import SAMPLES_PER_CHUNK, chunk_starts, encode_xor_chunks
+from m3migrate.tsdb.xor import SAMPLES_PER_CHUNK, check_increasing
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -51,7 +53,8 @@ class BlockInfo:
 
 @dataclass
 class _Pending:
-    series: list[int] = field(default_factory=list)
+    series: list[np.ndarray] = field(default_factory=list)  # series ids of each added piece
+    counts: list[np.ndarray] = field(default_factory=list)  # samples of each of those series
     timestamps: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
     samples: int = 0
@@ -153,6 +156,56 @@ class BlockWriter:
             raise InvalidSeries(f"series {dict(labels)}: {t.shape} timestamps but {v.shape} values")
         if not len(t):
             return
+        sid = self._series_id(labels)
+        if len(t) > 1 and not (t[1:] > t[:-1]).all():
+            raise InvalidSeries(
+                f"series {dict(labels)}: timestamps are not strictly increasing",
+                hint="sort the series by time and drop duplicate timestamps",
+            )
+        if t[0] < self.min_time or t[-1] >= self.max_time:
+            raise SampleOutOfRange(
+                f"series {dict(labels)} has samples in [{int(t[0])}, {int(t[-1])}], outside the block's "
+                f"[{self.min_time}, {self.max_time}) (maxTime is exclusive)"
+            )
+        self._queue(np.array([sid], np.int64), np.array([len(t)], np.int64), t, v)
+
+    def add_batch(self, labels: list[Labels], counts: np.ndarray, timestamps: np.ndarray, values: np.ndarray) -> None:
+        """add() for many series at once: series i is ``labels[i]`` with the next ``counts[i]`` samples of
+        ``timestamps`` / ``values`` (uint64 bits); checked and encoded with no Python per sample."""
+        self._check_open()
+        t = np.ascontiguousarray(timestamps, dtype=np.int64)
+        v = np.ascontiguousarray(values, dtype=np.uint64)
+        counts = np.asarray(counts, np.int64)
+        if t.shape != v.shape or len(labels) != len(counts) or int(counts.sum()) != len(t):
+            raise InvalidSeries(f"{len(labels)} series with {int(counts.sum())} samples, got {len(t)} and {len(v)}")
+        keep = counts > 0
+        if not keep.all():
+            labels = [lb for lb, k in zip(labels, keep.tolist(), strict=True) if k]
+            counts = counts[keep]
+        if not len(t):
+            return
+        sids = np.fromiter(map(self._series_id, labels), np.int64, len(labels))
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        try:
+            check_increasing(t, offsets)
+        except InvalidSeries:
+            k = int(np.searchsorted(offsets, np.flatnonzero(t[1:] <= t[:-1])[0] + 1, side="right")) - 1
+            raise InvalidSeries(
+                f"series {dict(labels[k])}: timestamps are not strictly increasing",
+                hint="sort the series by time and drop duplicate timestamps",
+            ) from None
+        first, last = t[offsets[:-1]], t[offsets[1:] - 1]
+        outside = np.flatnonzero((first < self.min_time) | (last >= self.max_time))
+        if len(outside):
+            k = int(outside[0])
+            raise SampleOutOfRange(
+                f"series {dict(labels[k])} has samples in [{int(first[k])}, {int(last[k])}], outside the block's "
+                f"[{self.min_time}, {self.max_time}) (maxTime is exclusive)"
+            )
+        self._queue(sids, counts, t, v)
+
+    def _series_id(self, labels: Labels) -> int:
         sid = self._series_ids.get(labels)
         if sid is None:
             check_labels(labels)
@@ -166,18 +219,12 @@ class BlockWriter:
             self._raw_bytes = self._raw_bytes or has_raw_bytes(n + v for n, v in labels)
             self._series_ids[labels] = sid
             self._labels.append(labels)
-        if len(t) > 1 and not (t[1:] > t[:-1]).all():
-            raise InvalidSeries(
-                f"series {dict(labels)}: timestamps are not strictly increasing",
-                hint="sort the series by time and drop duplicate timestamps",
-            )
-        if t[0] < self.min_time or t[-1] >= self.max_time:
-            raise SampleOutOfRange(
-                f"series {dict(labels)} has samples in [{int(t[0])}, {int(t[-1])}], outside the block's "
-                f"[{self.min_time}, {self.max_time}) (maxTime is exclusive)"
-            )
+        return sid
+
+    def _queue(self, sids: np.ndarray, counts: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
         p = self._pending
-        p.series.append(sid)
+        p.series.append(sids)
+        p.counts.append(counts)
         p.timestamps.append(t)
         p.values.append(v)
         p.samples += len(t)
@@ -194,26 +241,18 @@ class BlockWriter:
         p = self._pending
         if not p.samples:
             return
-        sizes = [len(t) for t in p.timestamps]
-        starts: list[np.ndarray] = []
-        owners: list[np.ndarray] = []
-        offset = 0
-        for sid, size in zip(p.series, sizes, strict=True):
-            s = chunk_starts(size, self.samples_per_chunk)
-            starts.append(s + offset)
-            owners.append(np.full(len(s), sid, np.int32))
-            offset += size
-        t = np.concatenate(p.timestamps)
-        v = np.concatenate(p.values)
-        start = np.concatenate(starts)
-        end = np.empty_like(start)
-        end[:-1] = start[1:]
-        end[-1] = len(t)
-        chunks = encode_xor_chunks(t, v, start)
-        refs = np.array(self._segments.write(chunks), np.int64)
-        self._meta_parts.append((np.concatenate(owners), t[start], t[end - 1], refs))
-        self.num_samples += p.samples
+        one = len(p.timestamps) == 1
+        sids = p.series[0] if one else np.concatenate(p.series)
+        counts = p.counts[0] if one else np.concatenate(p.counts)
+        t = p.timestamps[0] if one else np.concatenate(p.timestamps)
+        v = p.values[0] if one else np.concatenate(p.values)
         self._pending = _Pending()
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        records, rec_offsets, owner, mint, maxt, _, _ = xor_records(t, v, offsets, self.samples_per_chunk)
+        refs = self._segments.write_records(records, rec_offsets)
+        self._meta_parts.append((sids[owner].astype(np.int32), mint, maxt, refs))
+        self.num_samples += len(t)
 
     # -- output -----------------------------------------------------------------------------------
 

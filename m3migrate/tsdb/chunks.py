@@ -8,22 +8,17 @@ segment index 0-based (file 000001 is 0). A new file starts when a chunk would c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-import google_crc32c
-
-from m3migrate.tsdb.encoding import uvarint
-from m3migrate.tsdb.xor import ENCODING_XOR
+import numpy as np
 
 SEGMENT_HEADER = bytes.fromhex("85BD40DD") + b"\x01\x00\x00\x00"
 MAX_SEGMENT_BYTES = 512 * 1024 * 1024  # Prometheus' default segment size
-_ENC = bytes((ENCODING_XOR,))
 
 
 class SegmentWriter:
-    """Appends encoded XOR chunks to numbered segment files and hands back their references."""
+    """Appends chunk records to numbered segment files and hands back their references."""
 
     def __init__(self, chunks_dir: Path, *, max_segment_bytes: int = MAX_SEGMENT_BYTES) -> None:
         if max_segment_bytes < len(SEGMENT_HEADER) + 64:
@@ -52,22 +47,33 @@ class SegmentWriter:
             self.sizes[-1] = self._pos
             self._f = None
 
-    def write(self, chunks: Sequence[bytes]) -> list[int]:
-        """Write chunks in order; returns each chunk's reference."""
-        refs: list[int] = []
-        value = google_crc32c.value
-        for data in chunks:
-            record = uvarint(len(data)) + _ENC + data + value(_ENC + data).to_bytes(4, "big")
-            if self._f is None or (
-                self._pos + len(record) > self.max_segment_bytes and self._pos > len(SEGMENT_HEADER)
-            ):
+    def write_records(self, records: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Append whole records (record i is records[offsets[i]:offsets[i + 1]], as
+        :func:`m3migrate.tsdb.kernels.xor_records` makes them); returns each record's reference. A new
+        segment starts where the next record would cross the size limit (one write per segment)."""
+        n = len(offsets) - 1
+        refs = np.empty(n, np.int64)
+        header = len(SEGMENT_HEADER)
+        i = 0
+        while i < n:
+            if self._f is None:
                 self._next_segment()
             assert self._f is not None
-            refs.append((len(self.files) - 1) << 32 | self._pos)
-            self._f.write(record)
-            self._pos += len(record)
-            if len(record) > self.max_chunk_bytes:
-                self.max_chunk_bytes = len(record)
+            room = self.max_segment_bytes - self._pos
+            j = int(np.searchsorted(offsets, offsets[i] + room, side="right")) - 1
+            if j <= i:  # the next record does not fit in this segment
+                if self._pos > header:
+                    self._next_segment()
+                    continue
+                j = i + 1  # larger than a whole segment: alone in one
+            j = min(j, n)
+            base = int(offsets[i])
+            refs[i:j] = ((len(self.files) - 1) << 32) + self._pos + (offsets[i:j] - base)
+            self._f.write(memoryview(records[base : int(offsets[j])]))
+            self._pos += int(offsets[j]) - base
+            i = j
+        if n:
+            self.max_chunk_bytes = max(self.max_chunk_bytes, int(np.diff(offsets).max()))
         return refs
 
     def close(self) -> None:

@@ -6,6 +6,10 @@ samples as raw ``bytes``: each Sample body is then ``[0x09 + 8-byte little-endia
 [0x10 + varint timestamp]`` (proto3 leaves out zero fields), which numpy decodes for all samples at
 once. Anything else (fields reordered or repeated: legal protobuf, never produced by Prometheus or
 M3) falls back to the plain protobuf path, so the result is always right.
+
+:func:`read_response_arrays` goes further for a whole (decompressed) ReadResponse: a compiled kernel
+(:mod:`m3migrate.tsdb.kernels`) walks the wire bytes into one timestamp and one value array for all
+series, with every protobuf encoding of a Sample understood; only the label prefixes go through upb.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from m3migrate.codec import BytesQueryResult
+from m3migrate.codec import BytesQueryResult, uvarint
 from m3migrate.prompb import QueryResult, TimeSeries
+from m3migrate.tsdb.kernels import scan_read_response
 
 Labels = tuple[tuple[str, str], ...]
 SeriesArrays = tuple[Labels, np.ndarray, np.ndarray]  # labels as sent, int64 ms, uint64 value bits
@@ -70,6 +75,23 @@ def series_arrays(result: QueryResult | bytes) -> Iterator[SeriesArrays]:
     for lbs, n in zip(labels, counts, strict=True):
         yield lbs, t[pos : pos + n], bits[pos : pos + n]
         pos += n
+
+
+def read_response_arrays(raw: bytes) -> tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels per series as sent, samples per series, timestamps, value bits) of a decompressed
+    ReadResponse, the series' samples back to back; None when it is not one QueryResult of canonically
+    framed series (labels, then samples): the caller then decodes it whole."""
+    ok, first, _, labels_end, counts, status, t, bits = scan_read_response(np.frombuffer(raw, np.uint8))
+    if not ok or status.any():
+        return None
+    if not len(counts):
+        return [], counts, t, bits
+    heads = (
+        b"".join((b"\x0a", uvarint(e - a), raw[a:e])) for a, e in zip(first.tolist(), labels_end.tolist(), strict=True)
+    )
+    parsed = _RawQueryResult.FromString(b"".join(heads))  # label prefixes only: one upb parse
+    labels = [tuple((_text(lb.name), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
+    return labels, counts, t, bits
 
 
 def _text(raw: bytes) -> str:
