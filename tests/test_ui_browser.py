@@ -8,7 +8,10 @@ asserts what the page shows and writes a screenshot under the module's tmp dir f
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
+import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -34,6 +37,8 @@ class UI:
     shots: Path
     browser: Chromium
     loop: asyncio.AbstractEventLoop
+    source: tuple[str, str, int, int] = ("", "", 0, 0)  # the M3 gateway's base URL, the target's, the history's range
+    workdir: Path = Path()
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -80,7 +85,9 @@ def ui(tmp_path_factory) -> Iterator[UI]:
         browser = Chromium(workdir)
         stack.append(browser.stop)
         loop.run_until_complete(start_page(browser))
-        yield UI(server.url, shots, browser, loop)
+        yield UI(
+            server.url, shots, browser, loop, (m3.url, target.url, source.stats.start_ms, source.stats.end_ms), workdir
+        )
     finally:
         for stop in reversed(stack):
             with suppress(Exception):
@@ -180,6 +187,78 @@ def test_a_custom_run_of_migrate_from_its_form_uses_the_saved_blocks(ui):
     assert tab
     ui.run(wait_text(b, "from-the-form-migrate-progress", "from-the-form-summary"))
     ui.shot("05-migrate-artifacts")
+
+
+WINDOWS = r"(\d+)/(\d+) windows"
+
+
+def _shown_percent(ui: UI, key: str) -> tuple[float, str]:
+    """Reload the artifact's page and read the progress it shows (its description in the DOM: the key's
+    page shows the description, "12/79 windows · ...", not the bare number), with the page text."""
+    text = ui.run(open_page(ui.browser, f"{ui.url}/artifacts/key/{key}", key, "windows", timeout=15))
+    found = re.search(WINDOWS, text)
+    assert found, text[-1500:]
+    return 100.0 * int(found.group(1)) / int(found.group(2)), text
+
+
+def test_a_running_migrations_progress_artifact_advances_in_the_ui(ui):
+    """A migration slowed by latency in front of its source (every read waits 0.6 s, ~80 windows): its
+    artifact page, reloaded, shows a larger percentage the second time, while the run is still going."""
+    from blocks import M3Source, ThanosTarget
+    from flows.migrate import migrate
+    from m3migrate.sandbox.faultproxy import FaultProxy
+    from m3migrate.spec import MigrationSpec
+    from m3migrate.timefmt import iso_ms
+
+    m3_url, target_url, start, end = ui.source
+    key = "watched-migrate-progress"
+    outcome: dict = {}
+    with FaultProxy(m3_url, latency_seconds=0.6) as slow:
+        source = M3Source(read_url=f"{slow.url}/api/v1/prom/remote/read", query_url=slow.url)
+        target = ThanosTarget(write_url=f"{target_url}/api/v1/write", query_url=target_url)
+        spec = MigrationSpec(migration_id="watched", start=iso_ms(start), end=iso_ms(end), window_minutes=5)
+
+        def run() -> None:
+            try:
+                outcome["summary"] = migrate(
+                    source, target, spec, state_dir=str(ui.workdir / "watched"), skip_validation=True
+                )
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        # the flow talks to the UI's server: this thread's Prefect settings go with it
+        runner = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        runner.start()
+        try:
+            readings: list[tuple[float, str]] = []
+            seen = ""
+            deadline = time.monotonic() + 120
+            while runner.is_alive() and time.monotonic() < deadline:
+                try:
+                    shown = _shown_percent(ui, key)
+                except TimeoutError as exc:  # not created yet
+                    seen = str(exc)
+                    continue
+                if shown[0] == 100:
+                    break
+                if shown[0] > 0 and (not readings or shown[0] > readings[-1][0]):
+                    readings.append(shown)
+                    ui.shot(f"10-progress-{len(readings)}")
+                    if len(readings) == 2:
+                        break
+                time.sleep(1)
+            still_running = runner.is_alive()
+        finally:
+            runner.join(timeout=180)
+    assert "error" not in outcome, outcome.get("error")
+    assert len(readings) == 2 and still_running, ([r[0] for r in readings], seen[-1500:])
+    first, second = readings
+    assert 0 < first[0] < second[0] < 100
+    windows = outcome["summary"]["windows"]
+    assert f"/{windows} windows" in second[1] and "samples/s" in second[1] and "ETA" in second[1], second[1][-1500:]
+    final, text = _shown_percent(ui, key)
+    assert final == 100 and f"{windows}/{windows} windows" in text
+    ui.shot("11-progress-done")
 
 
 def test_the_paused_close_run_form_submits_a_decision_and_pauses_replication(ui):
