@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))
 
 
 def _hwm(pid: int | str = "self") -> int:
@@ -150,12 +150,22 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=15)
     ap.add_argument("--m3", action="store_true", help="read through the sandbox's M3 gateway")
     ap.add_argument("--cli", action="store_true", help="run the CLI (Prefect, validation) instead of the engine")
+    ap.add_argument("--profile", action="store_true", help="engine run under cProfile: print the top functions")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("read-url", "query-url", "work"):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
     for name in ("start", "end"):
         ap.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child and a.profile:
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]  # bench/profile.py
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            child(a)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+        return
     if a.child:
         child(a)
         return
@@ -192,11 +202,13 @@ def main() -> None:
             else:
                 argv = [
                     sys.executable, __file__, "--child", "--read-url", src.read_url, "--query-url", src.query_url,
-                    "--work", str(tmp), "--start", str(start), "--end", str(end),
+                    "--work", str(tmp), "--start", str(start), "--end", str(end), *(["--profile"] if a.profile else []),
                 ]  # fmt: skip
                 done = subprocess.run(argv, capture_output=True, text=True, check=False)
                 if done.returncode:
                     raise SystemExit(done.stderr[-3000:])
+                if a.profile:
+                    print(done.stderr[-6000:])
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 if r["samples"] != samples:
                     raise SystemExit(f"blocks hold {r['samples']:,} samples, the source {samples:,}")

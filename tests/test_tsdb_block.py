@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from m3migrate.codec import STALE_NAN_BITS
-from m3migrate.prompb import QueryResult
+from m3migrate.prompb import QueryResult, ReadResponse
 from m3migrate.tsdb import (
     BlockWriter,
     EmptyBlock,
@@ -26,7 +26,7 @@ from m3migrate.tsdb import (
     series_arrays,
 )
 from m3migrate.tsdb.reader import read_block
-from m3migrate.tsdb.samples import _slow_arrays
+from m3migrate.tsdb.samples import _slow_arrays, read_response_arrays
 
 H = 7_200_000
 T0 = 1_700_000_000_000 // H * H
@@ -182,3 +182,109 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(TsdbError, match="external labels"):
         BlockWriter(tmp_path, min_time=T0, max_time=T0 + H, external_labels={})
     assert not list(tmp_path.iterdir())
+
+
+def _sample_record(body: bytes) -> bytes:
+    return b"\x12" + bytes((len(body),)) + body
+
+
+def test_read_response_arrays_read_every_protobuf_form_of_a_sample():
+    """The compiled walk of the wire bytes gives what protobuf parses: canonical samples, omitted zero
+    fields (proto3), 10-byte negative timestamps, fields reversed, repeated (the last wins) or unknown."""
+    rr = ReadResponse()
+    qr = rr.results.add()
+    rng = np.random.default_rng(5)
+    for k in range(40):
+        ts = qr.timeseries.add()
+        ts.labels.add(name="__name__", value="m")
+        ts.labels.add(name="instance", value=f"i{k}")
+        for i in range(int(rng.integers(0, 150))):
+            value = [0.0, -0.0, 1.5, _f(STALE_NAN_BITS), float("nan"), float(i)][i % 6]
+            ts.samples.add(timestamp=[0, 1, -5, T0 + i * 15_000][i % 4], value=value)
+    odd = qr.timeseries.add()
+    odd.labels.add(name="__name__", value="odd")
+    raw = bytearray(rr.SerializeToString())
+    bodies = [
+        b"\x10\x05\x09" + struct.pack("<d", 2.5),  # timestamp first
+        b"\x09" + struct.pack("<d", 1.0) + b"\x09" + struct.pack("<d", 3.0) + b"\x10\x07\x10\x08",  # repeated
+        b"\x18\x2a\x10\x09\x22\x02ab\x09" + struct.pack("<d", 4.0) + b"\x2d\x00\x00\x00\x00",  # unknown fields
+        b"",  # everything omitted: t=0, v=0
+    ]
+    extra = b"".join(map(_sample_record, bodies))
+    raw = _append_to_last_series(bytes(raw), extra)
+    expected = ReadResponse.FromString(raw).results[0]
+    labels, counts, t, bits = read_response_arrays(raw)
+    assert len(labels) == len(expected.timeseries) and counts.sum() == len(t)
+    pos = 0
+    for lbs, n, ts in zip(labels, counts.tolist(), expected.timeseries, strict=True):
+        assert lbs == tuple((lb.name, lb.value) for lb in ts.labels)
+        st, sb = _slow_arrays(ts)
+        assert t[pos : pos + n].tolist() == st.tolist() and bits[pos : pos + n].tolist() == sb.tolist()
+        pos += n
+    assert t[-4:].tolist() == [5, 8, 9, 0]
+
+
+def test_read_response_arrays_leave_other_framings_to_protobuf():
+    """A label after a sample or a field TimeSeries does not have (legal protobuf, never written by
+    Prometheus or M3): None, and the caller decodes the response whole."""
+    rr = ReadResponse()
+    ts = rr.results.add().timeseries.add()
+    ts.labels.add(name="__name__", value="m")
+    ts.samples.add(timestamp=1, value=1.0)
+    raw = rr.SerializeToString()
+    assert read_response_arrays(raw) is not None
+    assert read_response_arrays(_append_to_last_series(raw, b"\x0a\x05\x0a\x01a\x12\x00")) is None
+    assert read_response_arrays(_append_to_last_series(raw, b"\x18\x01")) is None
+    assert read_response_arrays(raw + b"\x0a\x00") is None  # two QueryResults
+
+
+def _append_to_last_series(raw: bytes, extra: bytes) -> bytes:
+    """A ReadResponse with bytes added at the end of its (one result's) last TimeSeries."""
+    response = ReadResponse.FromString(raw)
+    result = response.results[0]
+    last = result.timeseries[-1].SerializeToString() + extra
+    head = QueryResult()
+    head.timeseries.extend(result.timeseries[:-1])
+    body = head.SerializeToString() + b"\x0a" + _uvarint(len(last)) + last
+    return b"\x0a" + _uvarint(len(body)) + body
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes((n,)))
+
+
+def test_add_batch_writes_the_same_block_as_add_series_by_series(tmp_path):
+    """A whole read part at once (what the backfill does) gives the same bytes as one series at a time."""
+    rng = np.random.default_rng(9)
+    series = []
+    for k in range(300):
+        n = int(rng.integers(1, 400))
+        t = T0 + np.cumsum(rng.choice([15_000, 15_001, 15_002], n)).astype(np.int64)
+        series.append(((("__name__", "m"), ("i", f"{k:03d}")), t, np.round(rng.normal(size=n), k % 4)))
+    one = _writer(tmp_path / "one", ulid="01JD000000000000000000000A")
+    with one:
+        for labels, t, v in series:
+            one.add(labels, t, v)
+        a = one.finish()
+    many = _writer(tmp_path / "many", ulid="01JD000000000000000000000A", flush_samples=20_000)
+    with many:
+        for part in (series[:100], series[100:]):
+            many.add_batch(
+                [s[0] for s in part],
+                np.array([len(s[1]) for s in part]),
+                np.concatenate([s[1] for s in part]),
+                np.concatenate([s[2] for s in part]).view(np.uint64),
+            )
+        b = many.finish()
+    for name in ("index", "chunks/000001"):
+        assert (a.path / name).read_bytes() == (b.path / name).read_bytes()
+    with _writer(tmp_path / "bad") as w:
+        up, down = (("__name__", "up"),), (("__name__", "down"),)
+        with pytest.raises(InvalidSeries, match=r"down.*strictly increasing"):
+            w.add_batch([up, down], np.array([2, 2]), np.array([T0, T0 + 1, T0 + 5, T0 + 5]), np.zeros(4, np.uint64))
+        with pytest.raises(SampleOutOfRange, match="down"):
+            w.add_batch([up, down], np.array([1, 1]), np.array([T0, T0 + H]), np.zeros(2, np.uint64))

@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from m3migrate.tsdb.encoding import crc32c, has_raw_bytes, label_bytes, uvarint, varint
+from m3migrate.tsdb.encoding import crc32c, has_raw_bytes, label_bytes, uvarint
+from m3migrate.tsdb.kernels import series_entries
 
 INDEX_MAGIC = bytes.fromhex("BAAAD700")
 INDEX_VERSION = 2
@@ -41,7 +42,7 @@ class _File:
         self.f = f
         self.pos = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.f.write(data)
         self.pos += len(data)
 
@@ -86,33 +87,14 @@ def write_index(
         f.section(b"".join(parts))
 
         toc_series = f.pos
-        ids: list[int] = []
-        series_max = 0
-        offsets = chunk_offsets.tolist()
-        mints, maxts, refs = mint.tolist(), maxt.tolist(), ref.tolist()
-        for i, labels in enumerate(series):
-            f.pad(16)
-            ids.append(f.pos // 16)
-            lo, hi = offsets[i], offsets[i + 1]
-            body = bytearray(uvarint(len(labels)))
-            for name, value in labels:
-                body += uvarint(sym_ref[name])
-                body += uvarint(sym_ref[value])
-            body += uvarint(hi - lo)
-            prev_maxt = prev_ref = 0
-            for k in range(lo, hi):
-                if k == lo:
-                    body += varint(mints[k])
-                    body += uvarint(maxts[k] - mints[k])
-                    body += uvarint(refs[k])
-                else:
-                    body += uvarint(mints[k] - prev_maxt)
-                    body += uvarint(maxts[k] - mints[k])
-                    body += varint(refs[k] - prev_ref)
-                prev_maxt, prev_ref = maxts[k], refs[k]
-            entry = uvarint(len(body)) + bytes(body) + crc32c(body)
-            series_max = max(series_max, len(entry))
-            f.write(entry)
+        refs_of = [sym_ref[x] for labels in series for label in labels for x in label]
+        label_offsets = np.zeros(len(series) + 1, np.int64)
+        np.cumsum([2 * len(labels) for labels in series], out=label_offsets[1:])
+        entries, series_ids, series_max = series_entries(
+            np.array(refs_of, np.int64), label_offsets, chunk_offsets, mint, maxt, ref, f.pos
+        )
+        f.write(memoryview(entries))
+        ids = series_ids.tolist()
 
         # postings per (name, value); IDs ascend because series are written in sorted order
         postings: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))

@@ -361,8 +361,31 @@ def scan_read_response(buf):
         end = last[s]
         k0 = k
         while p < end:
-            length, q = _uvarint(buf, p + 1, end)
-            ts, vb, ok = _sample_fields(buf, q, q + np.int64(length))
+            length = np.int64(buf[p + 1])
+            q = p + 2
+            if length >= 0x80:
+                ulen, q = _uvarint(buf, p + 1, end)
+                length = np.int64(ulen)
+            stop = q + length
+            if length >= 11 and buf[q] == 0x09 and buf[q + 9] == 0x10 and buf[stop - 1] < 0x80:
+                # the canonical body (value, then timestamp): read in place
+                vb = np.uint64(0)
+                for b in range(8):
+                    vb |= np.uint64(buf[q + 1 + b]) << np.uint64(8 * b)
+                u = np.uint64(0)
+                shift = np.uint64(0)
+                r = q + 10
+                while r < stop - 1 and buf[r] >= 0x80:
+                    u |= np.uint64(buf[r] & 0x7F) << shift
+                    shift += np.uint64(7)
+                    r += 1
+                if r == stop - 1 and shift < np.uint64(64):
+                    t[k] = np.int64(u | (np.uint64(buf[r]) << shift))
+                    bits[k] = vb
+                    k += 1
+                    p = stop
+                    continue
+            ts, vb, ok = _sample_fields(buf, q, stop)
             if not ok:
                 status[s] = 1
                 break
@@ -374,3 +397,90 @@ def scan_read_response(buf):
             k = k0
             counts[s] = 0
     return True, first, last, labels_end, counts, status, t[:k], bits[:k]
+
+
+# -- the index's series section -----------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _put_varint(buf, pos, n):
+    return _put_uvarint(buf, pos, np.uint64((n << 1) ^ (n >> 63)))
+
+
+@njit(cache=True)
+def encode_series_entries(label_refs, label_offsets, chunk_offsets, mint, maxt, ref, start, crc_table):
+    """The index's series section (prometheus tsdb/docs/format/index.md, "Series"): per series, padded
+    to 16 bytes from file offset ``start``, uvarint(len), the body (label symbol refs, then the chunks'
+    time ranges and refs, delta-encoded) and its CRC-32C. Series i has the symbol refs
+    ``label_refs[label_offsets[i]:label_offsets[i + 1]]`` (name, value, ...) and the chunk rows
+    ``chunk_offsets[i]:chunk_offsets[i + 1]``. Returns (bytes, series IDs (offset / 16), largest entry)."""
+    nseries = len(label_offsets) - 1
+    cap = nseries * 64 + len(label_refs) * 5 + len(mint) * 30
+    out = np.empty(cap, np.uint8)
+    ids = np.empty(nseries, np.int64)
+    body = np.empty(64 + (label_offsets[nseries] if nseries else 0) * 5 + len(mint) * 30, np.uint8)
+    pos = 0
+    largest = 0
+    for i in range(nseries):
+        while (start + pos) % 16:
+            out[pos] = 0
+            pos += 1
+        ids[i] = (start + pos) // 16
+        b = _put_uvarint(body, 0, np.uint64((label_offsets[i + 1] - label_offsets[i]) // 2))
+        for k in range(label_offsets[i], label_offsets[i + 1]):
+            b = _put_uvarint(body, b, np.uint64(label_refs[k]))
+        lo, hi = chunk_offsets[i], chunk_offsets[i + 1]
+        b = _put_uvarint(body, b, np.uint64(hi - lo))
+        prev_maxt = np.int64(0)
+        prev_ref = np.int64(0)
+        for k in range(lo, hi):
+            if k == lo:
+                b = _put_varint(body, b, mint[k])
+                b = _put_uvarint(body, b, np.uint64(maxt[k] - mint[k]))
+                b = _put_uvarint(body, b, np.uint64(ref[k]))
+            else:
+                b = _put_uvarint(body, b, np.uint64(mint[k] - prev_maxt))
+                b = _put_uvarint(body, b, np.uint64(maxt[k] - mint[k]))
+                b = _put_varint(body, b, ref[k] - prev_ref)
+            prev_maxt = maxt[k]
+            prev_ref = ref[k]
+        entry = pos
+        pos = _put_uvarint(out, pos, np.uint64(b))
+        crc = np.uint32(0xFFFFFFFF)
+        for k in range(b):
+            byte = body[k]
+            out[pos + k] = byte
+            crc = crc_table[(crc ^ np.uint32(byte)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
+        pos += b
+        crc ^= np.uint32(0xFFFFFFFF)
+        out[pos] = np.uint8(crc >> np.uint32(24))
+        out[pos + 1] = np.uint8((crc >> np.uint32(16)) & np.uint32(0xFF))
+        out[pos + 2] = np.uint8((crc >> np.uint32(8)) & np.uint32(0xFF))
+        out[pos + 3] = np.uint8(crc & np.uint32(0xFF))
+        pos += 4
+        if pos - entry > largest:
+            largest = pos - entry
+    return out[:pos], ids, largest
+
+
+def series_entries(
+    label_refs: np.ndarray,
+    label_offsets: np.ndarray,
+    chunk_offsets: np.ndarray,
+    mint: np.ndarray,
+    maxt: np.ndarray,
+    ref: np.ndarray,
+    start: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """encode_series_entries with the arguments made contiguous and typed (see there)."""
+    out, ids, largest = encode_series_entries(
+        np.ascontiguousarray(label_refs, np.int64),
+        np.ascontiguousarray(label_offsets, np.int64),
+        np.ascontiguousarray(chunk_offsets, np.int64),
+        np.ascontiguousarray(mint, np.int64),
+        np.ascontiguousarray(maxt, np.int64),
+        np.ascontiguousarray(ref, np.int64),
+        int(start),
+        _CRC_TABLE,
+    )
+    return out, ids, int(largest)

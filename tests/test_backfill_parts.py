@@ -1,0 +1,85 @@
+"""backfill_window on ReadResponse bytes as the source sends them: the batch's series only, unusual
+answers repaired as Prometheus' remote-read client would see them (sorted, exact duplicates once, cut
+to the window), a series with two values at one time refused. No servers: a local bucket."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from m3migrate.backfill import BlockWindow, backfill_window
+from m3migrate.bucket import Bucket
+from m3migrate.codec import Matcher
+from m3migrate.errors import MalformedResponse
+from m3migrate.plan import Batch
+from m3migrate.prompb import ReadResponse
+from m3migrate.relabel import Relabeler
+from m3migrate.tsdb.reader import read_block
+
+H = 7_200_000
+T0 = 1_700_000_000_000 // H * H
+WINDOW = BlockWindow(T0, T0 + H, T0 + 1000, T0 + H - 1000)
+
+
+def _bits(v: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", v))[0]
+
+
+def _response(series: dict[str, list[tuple[int, float]]]) -> bytes:
+    rr = ReadResponse()
+    qr = rr.results.add()
+    for name, samples in series.items():
+        ts = qr.timeseries.add()
+        ts.labels.add(name="__name__", value=name)
+        for t, v in samples:
+            ts.samples.add(timestamp=t, value=v)
+    return rr.SerializeToString()
+
+
+def _run(tmp_path, parts, batch):
+    bucket = Bucket(tmp_path / "bucket")
+    result = backfill_window(
+        [(batch, raw) for raw in parts],
+        window=WINDOW,
+        bucket=bucket,
+        relabeler=Relabeler([], add_labels={"_source": "m3db"}),
+        external_labels={"backfill": "test"},
+        work_dir=tmp_path,
+    )
+    (block,) = [p for p in (tmp_path / "bucket").iterdir() if p.is_dir()]
+    return result, read_block(block).samples()
+
+
+def test_a_part_is_written_with_only_its_batch_series_repaired_and_cut(tmp_path):
+    a, b = T0 + 1000, T0 + 2000
+    batch = Batch(
+        "b1",
+        (Matcher("__name__", "=~", ".+"),),
+        ((("__name__", "ok"),), (("__name__", "shuffled"),), (("__name__", "wide"),)),
+    )
+    parts = [
+        _response(
+            {
+                "ok": [(a, 1.0), (b, 2.0)],
+                "other": [(a, 9.0)],  # another batch's series, matched by this batch's selector too
+                "shuffled": [(b, 2.0), (a, 1.0), (b, 2.0)],  # out of order, an exact duplicate
+                "wide": [(T0, 5.0), (a, 6.0), (T0 + H - 1, 7.0)],  # beyond the window's read range
+            }
+        ),
+        _response({"ok": [(T0 + 3000, 3.0)]}),  # the same series again, later (a split read)
+    ]
+    result, samples = _run(tmp_path, parts, batch)
+    src = ("_source", "m3db")
+    assert samples == {
+        (("__name__", "ok"), src): [(a, _bits(1.0)), (b, _bits(2.0)), (T0 + 3000, _bits(3.0))],
+        (("__name__", "shuffled"), src): [(a, _bits(1.0)), (b, _bits(2.0))],
+        (("__name__", "wide"), src): [(a, _bits(6.0))],
+    }
+    assert result.foreign_series == 1 and result.samples == 6 and result.series == 3
+
+
+def test_two_values_at_one_time_are_refused(tmp_path):
+    batch = Batch("b1", (Matcher("__name__", "=", "x"),), ((("__name__", "x"),),))
+    with pytest.raises(MalformedResponse, match="two different values"):
+        _run(tmp_path, [_response({"x": [(T0 + 2000, 1.0), (T0 + 2000, 2.0)]})], batch)
