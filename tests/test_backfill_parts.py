@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from m3migrate.backfill import BlockWindow, backfill_window
+from m3migrate.backfill import BlockWindow, backfill_window, shared_relabeler
 from m3migrate.bucket import Bucket
 from m3migrate.codec import Matcher
 from m3migrate.errors import MalformedResponse
@@ -83,3 +83,12 @@ def test_two_values_at_one_time_are_refused(tmp_path):
     batch = Batch("b1", (Matcher("__name__", "=", "x"),), ((("__name__", "x"),),))
     with pytest.raises(MalformedResponse, match="two different values"):
         _run(tmp_path, [_response({"x": [(T0 + 2000, 1.0), (T0 + 2000, 2.0)]})], batch)
+
+
+def test_windows_share_one_relabeler_per_relabeling():
+    """Each flow task builds its own Relabeler; the windows of one relabeling share the first one (and its
+    cache), a different relabeling gets its own."""
+    first = shared_relabeler(Relabeler([], add_labels={"_source": "m3db"}))
+    assert shared_relabeler(Relabeler([], add_labels={"_source": "m3db"})) is first
+    other = Relabeler([], add_labels={"_source": "other"})
+    assert shared_relabeler(other) is other

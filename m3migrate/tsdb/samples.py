@@ -90,8 +90,20 @@ def read_response_arrays(raw: bytes) -> tuple[list[Labels], np.ndarray, np.ndarr
         b"".join((b"\x0a", uvarint(e - a), raw[a:e])) for a, e in zip(first.tolist(), labels_end.tolist(), strict=True)
     )
     parsed = _RawQueryResult.FromString(b"".join(heads))  # label prefixes only: one upb parse
-    labels = [tuple((_text(lb.name), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
+    names = _NAMES if len(_NAMES) < _NAMES_MAX else {}
+    labels = [tuple((_name(lb.name, names), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
     return labels, counts, t, bits
+
+
+_NAMES: dict[bytes, str] = {}  # label names repeat in every series: one str each, not one per series
+_NAMES_MAX = 10_000
+
+
+def _name(raw: bytes, names: dict[bytes, str]) -> str:
+    name = names.get(raw)
+    if name is None:
+        name = names[raw] = _text(raw)
+    return name
 
 
 def _text(raw: bytes) -> str:
