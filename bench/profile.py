@@ -234,7 +234,7 @@ def run_cli(
     env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="WARNING")
     argv = [
         spy, "record", "--subprocesses", "--rate", "100", "--format", "raw", "-o", str(raw), "--",
-        str(ROOT / ".venv/bin/python"), "-m", "m3migrate.cli", "migrate",
+        str(ROOT / ".venv/bin/python"), "-m", "cli", "migrate",
         "--source-read-url", f"{source_url}/api/v1/read", "--source-query-url", source_url,
         "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
         "--start", iso_ms(st.start_ms), "--end", iso_ms(st.end_ms), "--migration-id", f"prof-{name}",

@@ -11,7 +11,7 @@ Steps, each against fresh Prometheus 2.42 servers on 127.0.0.1:
                  decompressed and discarded (and once from the Prometheus directly, for reference)
   2. raw ingest  the same data, pre-encoded as WriteRequests per 60 min window, sent with 2 and 4 in flight
                  (barrier per window so every series stays in order); the best is kept
-  3. m3migrate   `python -m m3migrate.cli migrate` as a subprocess, default, tuned and Dask settings,
+  3. m3migrate   `python -m cli migrate` as a subprocess, default, tuned and Dask settings,
                  against a running Prefect server (`--prefect-api server`, the deployed setup: started
                  once before measuring) and/or with its own ephemeral API per run (`ephemeral`, one
                  PREFECT_HOME whose database is created before measuring); wall time, CPU seconds
@@ -390,7 +390,7 @@ def run_m3migrate(
     env = prefect_env(tmp, server.api_url if server else None)
     run_id = f"{name}-{'server' if server else 'ephemeral'}"
     argv = [
-        str(ROOT / ".venv/bin/python"), "-m", "m3migrate.cli", "migrate",
+        str(ROOT / ".venv/bin/python"), "-m", "cli", "migrate",
         "--source-read-url", source[0], "--source-query-url", source[1],
         "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
         "--start", iso_ms(start_ms), "--end", iso_ms(end_ms),

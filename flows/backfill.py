@@ -26,6 +26,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
+from flows.transfer import dask_task_runner, run_transfer
 from m3migrate.backfill import block_windows
 from m3migrate.blockmode import backfill_stage, fix_boundary, mark_migrated, prepare_backfill, prepare_tail
 from m3migrate.errors import ConfigError
@@ -211,8 +212,6 @@ def run_backfill(
     source: M3Source, spec: MigrationSpec, bucket: ThanosBucket, state: MigrationState, stage: Stage
 ) -> dict[str, Any]:
     """The backfill subflow on a runner that runs at most task_concurrency windows at once."""
-    from flows.migrate import dask_task_runner  # flows.migrate imports this module
-
     runner = dask_task_runner(spec) if spec.task_runner == "dask" else ThreadPoolTaskRunner(spec.task_concurrency)
     return backfill_blocks.with_options(task_runner=runner)(
         source, spec, bucket, state.migration_id, str(state.dir.parent), stage
@@ -231,8 +230,6 @@ def migrate_blocks(
 
     Returns the plan that covers most of the range (for the summary) and the summary's figures.
     """
-    from flows.migrate import run_transfer  # flows.migrate imports this module
-
     logger = get_run_logger()
     bucket = require_bucket(spec, bucket)
     boundary = fix_boundary(spec, state, start_over=start_over)

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
-from flows.migrate import run_transfer
+from flows.transfer import run_transfer
 from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
 from m3migrate.latewrites import LateWindow, recheck_late_writes, record_late_check

@@ -29,7 +29,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "m3migrate.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         env=cli_env(**(env or {})),
@@ -42,7 +42,7 @@ def step_argv(step: str, source_url: str, target_url: str, state_dir: Path, *ext
     return [
         sys.executable,
         "-m",
-        "m3migrate.cli",
+        "cli",
         step,
         "--source-read-url",
         f"{source_url}/api/v1/read",

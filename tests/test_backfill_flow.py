@@ -14,9 +14,9 @@ from cli_helpers import OFFLINE_MIGRATE, run_cli
 from progress_helpers import assert_advances, read_progress, recording
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
+from cli.console import progress_bar
 from m3migrate.backfill import block_windows
 from m3migrate.bucket import BucketSettings
-from m3migrate.cli import _progress_bar
 from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError
 from m3migrate.replication import replication_start_ms
@@ -136,7 +136,7 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
         start=iso_ms(start), end=iso_ms(end), write_mode="blocks", migration_id="blocks-flow", task_concurrency=3
     )
     state_dir = tmp_path / "state"
-    bar, bar_listener = _progress_bar()  # the CLI's bar, fed by the same events
+    bar, bar_listener = progress_bar()  # the CLI's bar, fed by the same events
     try:
         with recording({"block windows": "blocks-flow-migrate-progress"}) as progress:
             summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)

@@ -89,7 +89,7 @@ def test_a_series_of_10m_samples_moves_exactly_in_bounded_memory(prefect_api, pr
         del data
 
         cmd = [
-            sys.executable, "-m", "m3migrate.cli", "migrate",
+            sys.executable, "-m", "cli", "migrate",
             "--source-read-url", f"{source.url}/api/v1/read", "--source-query-url", source.url,
             "--target-write-url", f"{target.url}/api/v1/write", "--target-query-url", target.url,
             "--start", iso_ms(start_ms), "--end", iso_ms(end_ms),

@@ -208,7 +208,7 @@ def test_keep_decision_through_the_cli_leaves_replication_on(setup, prefect_api)
     run = CloseRun(**_close_args(setup, setup.clean, setup.spec))
     run_id, _ = wait_paused(run, 1)
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
-    cli = [sys.executable, "-m", "m3migrate.cli", "approve", "--flow-run", str(run_id)]
+    cli = [sys.executable, "-m", "cli", "approve", "--flow-run", str(run_id)]
     approved = subprocess.run(
         [*cli, "--decision", "keep", "--approver", "bob", "--comment", "not yet"],
         env=env,
@@ -324,7 +324,7 @@ def test_cli_close_prints_how_to_approve_and_exits_1_when_undecided(setup, prefe
     spec = setup.spec
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
     cmd = [
-        sys.executable, "-m", "m3migrate.cli", "close",
+        sys.executable, "-m", "cli", "close",
         "--source-read-url", setup.source.read_url, "--source-query-url", setup.source.query_url,
         "--target-write-url", setup.clean.write_url, "--target-query-url", setup.clean.query_url,
         "--migration-id", spec.migration_id, "--start", _iso(spec.start_ms), "--end", _iso(spec.end_ms),

@@ -44,7 +44,7 @@ def test_serve_runs_migrate_from_the_api_and_keeps_replication_paused(
         [
             sys.executable,
             "-m",
-            "m3migrate.cli",
+            "cli",
             "serve",
             "--source-block",
             "served-source",

@@ -83,9 +83,9 @@ def test_settings_carry_the_knobs_with_safe_defaults():
 
 def test_blocks_and_cli_options_reach_the_settings():
     from blocks import M3Source, ThanosTarget
-    from m3migrate.cli import _shared_options
+    from cli.options import shared_options
 
-    inputs = _shared_options(
+    inputs = shared_options(
         source_read_url="http://127.0.0.1:9/api/v1/read",
         target_write_url="http://127.0.0.1:9/api/v1/write",
         start="2026-01-01T00:00:00Z",

@@ -208,7 +208,7 @@ def test_dask_without_a_prefect_api_url_warns(prefect_api, caplog, api_url_set):
     from prefect import flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.migrate import dask_task_runner
+    from flows.transfer import dask_task_runner
 
     spec = MigrationSpec(
         start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", task_runner="dask", dask_address="tcp://127.0.0.1:1"

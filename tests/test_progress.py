@@ -35,9 +35,9 @@ def test_a_replication_pass_reports_its_lag_behind_now(
     prefect_api, source_history, prometheus_target, tmp_path, caplog
 ):
     from blocks import M3Source, ThanosTarget
+    from cli.console import progress_bar
     from flows.migrate import migrate
     from flows.replicate import replicate
-    from m3migrate.cli import _progress_bar
     from m3migrate.spec import MigrationSpec
     from m3migrate.timefmt import iso_ms
     from tasks.transfer import PROGRESS_LISTENERS
@@ -52,7 +52,7 @@ def test_a_replication_pass_reports_its_lag_behind_now(
     state_dir = str(tmp_path / "state")
     migrate(source, sink, spec, state_dir=state_dir, skip_validation=True)
     until_ms = end - 3_600_000  # the pass copies two hours and stays an hour (and a bit) behind now
-    bar, bar_listener = _progress_bar()
+    bar, bar_listener = progress_bar()
     caplog.set_level(logging.INFO)
     logging.getLogger("prefect").addHandler(caplog.handler)  # prefect's loggers do not propagate
     try:

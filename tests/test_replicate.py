@@ -88,7 +88,7 @@ def test_three_passes_new_series_kill_and_nothing_new(prefect_api, small_source,
     cmd = [
         sys.executable,
         "-m",
-        "m3migrate.cli",
+        "cli",
         "replicate",
         "--source-read-url",
         small_source.read_url,

@@ -122,9 +122,7 @@ def _cli(*args: str, prefect_api: str, state_dir: Path) -> subprocess.CompletedP
         "M3MIGRATE_TARGET_BEARER_TOKEN": TOKEN,
         "M3MIGRATE_STATE_DIR": str(state_dir),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "m3migrate.cli", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_secrets_appear_in_no_output_and_the_probe_is_the_only_foreign_write(

@@ -114,7 +114,7 @@ def test_replicate_verify_and_close_need_only_the_migration_id(prefect_api, tmp_
             [
                 sys.executable,
                 "-m",
-                "m3migrate.cli",
+                "cli",
                 "close",
                 "--state-dir",
                 str(state_dir),

@@ -454,7 +454,7 @@ def test_flow_makes_the_artifact_and_fails_when_a_check_fails(prefect_api, plain
 def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250", **env}
     return subprocess.run(
-        [sys.executable, "-m", "m3migrate.cli", "validate", *args],
+        [sys.executable, "-m", "cli", "validate", *args],
         capture_output=True,
         text=True,
         env=full_env,

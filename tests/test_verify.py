@@ -317,7 +317,7 @@ def test_flow_clean_and_failed_with_artifacts(migrated, tmp_path):
 
 def _cli(m: Migrated, target_url: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "m3migrate.cli", "verify",
+        sys.executable, "-m", "cli", "verify",
         "--source-read-url", f"{m.source_url}{READ_PATH}", "--source-query-url", m.source_url,
         "--target-write-url", f"{target_url}/api/v1/write",
         "--start", _iso(m.start_ms), "--end", _iso(m.end_ms), *extra,

@@ -273,7 +273,7 @@ def serve_wizard(
         [
             sys.executable,
             "-m",
-            "m3migrate.cli",
+            "cli",
             "serve",
             "--source-block",
             "demo-source",
