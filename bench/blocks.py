@@ -122,7 +122,7 @@ def run_cli(a: argparse.Namespace, src, target_url: str, start: int, end: int, t
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") or k == "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_LOGGING_LEVEL="WARNING")
     argv = [
-        sys.executable, "-m", "m3migrate.cli", "migrate",
+        sys.executable, "-m", "cli", "migrate",
         "--source-read-url", src.read_url, "--source-query-url", src.query_url,
         "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
         "--start", iso_ms(start), "--end", iso_ms(end), "--migration-id", "bench-blocks",
