@@ -6,13 +6,14 @@ order is UTF-8 byte order) and referenced by ordinal; each series starts on a 16
 ID is offset / 16; series are sorted by labels.Compare (Python tuple order of (name, value) pairs);
 the all-postings list ("", "") comes first and lists every series (promtool analyze, Thanos and
 negative matchers need it); postings lists are written in the order of the offset table; every
-section's CRC-32C covers exactly the bytes its length field counts.
+section's CRC-32C covers exactly the bytes its length field counts. The series section, the postings
+and the postings offset table (one entry per series or per label pair) are made by compiled kernels
+(:mod:`m3migrate.tsdb.kernels`); Python works per symbol and per label name.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from m3migrate.tsdb.encoding import crc32c, has_raw_bytes, label_bytes, uvarint
-from m3migrate.tsdb.kernels import series_entries
+from m3migrate.tsdb.kernels import postings_sections, postings_table, series_entries
 
 INDEX_MAGIC = bytes.fromhex("BAAAD700")
 INDEX_VERSION = 2
@@ -80,11 +81,11 @@ def write_index(
         f.write(INDEX_MAGIC + bytes((INDEX_VERSION,)))
 
         toc_symbols = f.pos
-        parts = [_U32.pack(len(ordered))]
-        for s in ordered:
-            b = label_bytes(s)
-            parts.append(uvarint(len(b)) + b)
-        f.section(b"".join(parts))
+        encoded = [label_bytes(s) for s in ordered]
+        f.section(b"".join([_U32.pack(len(ordered)), *(uvarint(len(b)) + b for b in encoded)]))
+        sym_bytes = np.frombuffer(b"".join(encoded), np.uint8)
+        sym_offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=sym_offsets[1:])
 
         toc_series = f.pos
         refs_of = [sym_ref[x] for labels in series for label in labels for x in label]
@@ -94,30 +95,32 @@ def write_index(
             np.array(refs_of, np.int64), label_offsets, chunk_offsets, mint, maxt, ref, f.pos
         )
         f.write(memoryview(entries))
-        ids = series_ids.tolist()
 
-        # postings per (name, value); IDs ascend because series are written in sorted order
-        postings: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for sid, labels in zip(ids, series, strict=True):
-            for name, value in labels:
-                postings[name][value].append(sid)
-        names = sorted(postings, key=by_bytes)
+        # postings per (name, value) in symbol order, which is byte order (the tables list them so); a
+        # stable sort keeps each list's series IDs ascending (series are written in sorted order)
+        nsym = len(ordered)
+        label_refs = np.array(refs_of, np.int64)
+        pair = label_refs[0::2] * nsym + label_refs[1::2]
+        pair_sid = np.repeat(series_ids, np.diff(label_offsets) // 2)
+        by_pair = np.argsort(pair, kind="stable")
+        pair, pair_sid = pair[by_pair], pair_sid[by_pair]
+        starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1])))
+        group_name, group_value = pair[starts] // nsym, pair[starts] % nsym
+        name_refs, name_starts = np.unique(group_name, return_index=True)
+        name_ends = np.append(name_starts[1:], len(group_name))
 
         toc_label_indices = f.pos
         label_index_offsets: list[tuple[str, int]] = []
-        for name in names:
+        for ref_, lo, hi in zip(name_refs.tolist(), name_starts.tolist(), name_ends.tolist(), strict=True):
             f.pad(4)
-            label_index_offsets.append((name, f.pos))
-            values = sorted(postings[name], key=by_bytes)
-            f.section(_U32.pack(1) + _U32.pack(len(values)) + b"".join(_U32.pack(sym_ref[v]) for v in values))
+            label_index_offsets.append((ordered[ref_], f.pos))
+            f.section(_U32.pack(1) + _U32.pack(hi - lo) + group_value[lo:hi].astype(">u4").tobytes())
 
         toc_postings = f.pos
-        postings_offsets: list[tuple[str, str, int]] = []
-        lists = [("", "", ids)] + [(n, v, postings[n][v]) for n in names for v in sorted(postings[n], key=by_bytes)]
-        for name, value, sids in lists:
-            f.pad(4)
-            postings_offsets.append((name, value, f.pos))
-            f.section(_U32.pack(len(sids)) + np.asarray(sids, dtype=">u4").tobytes())
+        empty = sym_ref[""]
+        list_offsets = np.concatenate(([0], len(series_ids) + np.append(starts, len(pair_sid))))
+        body, where = postings_sections(np.concatenate((series_ids, pair_sid)), list_offsets, f.pos)
+        f.write(memoryview(body))
 
         toc_label_table = f.pos
         parts = [_U32.pack(len(label_index_offsets))]
@@ -127,11 +130,10 @@ def write_index(
         f.section(b"".join(parts))
 
         toc_postings_table = f.pos
-        parts = [_U32.pack(len(postings_offsets))]
-        for name, value, off in postings_offsets:
-            nb, vb = label_bytes(name), label_bytes(value)
-            parts.append(b"\x02" + uvarint(len(nb)) + nb + uvarint(len(vb)) + vb + uvarint(off))
-        f.section(b"".join(parts))
+        table = postings_table(
+            np.append(empty, group_name), np.append(empty, group_value), where, sym_bytes, sym_offsets
+        )
+        f.section(table.tobytes())
 
         toc = struct.pack(
             ">6Q",

@@ -484,3 +484,89 @@ def series_entries(
         _CRC_TABLE,
     )
     return out, ids, int(largest)
+
+
+@njit(cache=True)
+def encode_postings(sids, list_offsets, start, crc_table):
+    """Postings sections, one per list: padded to 4 bytes from file offset ``start``, u32 length, u32
+    count and the u32 series IDs (big-endian), CRC-32C of the body. List i is
+    ``sids[list_offsets[i]:list_offsets[i + 1]]``. Returns (bytes, file offset of each list)."""
+    nlists = len(list_offsets) - 1
+    out = np.empty(nlists * 16 + len(sids) * 4, np.uint8)
+    where = np.empty(nlists, np.int64)
+    pos = 0
+    for i in range(nlists):
+        while (start + pos) % 4:
+            out[pos] = 0
+            pos += 1
+        where[i] = start + pos
+        lo, hi = list_offsets[i], list_offsets[i + 1]
+        n = hi - lo
+        size = 4 + 4 * n
+        for k in range(4):
+            out[pos + k] = np.uint8((size >> (24 - 8 * k)) & 0xFF)
+        pos += 4
+        body = pos
+        for k in range(4):
+            out[pos + k] = np.uint8((n >> (24 - 8 * k)) & 0xFF)
+        pos += 4
+        for j in range(lo, hi):
+            sid = sids[j]
+            for k in range(4):
+                out[pos + k] = np.uint8((sid >> (24 - 8 * k)) & 0xFF)
+            pos += 4
+        crc = np.uint32(0xFFFFFFFF)
+        for k in range(body, pos):
+            crc = crc_table[(crc ^ np.uint32(out[k])) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
+        crc ^= np.uint32(0xFFFFFFFF)
+        out[pos] = np.uint8(crc >> np.uint32(24))
+        out[pos + 1] = np.uint8((crc >> np.uint32(16)) & np.uint32(0xFF))
+        out[pos + 2] = np.uint8((crc >> np.uint32(8)) & np.uint32(0xFF))
+        out[pos + 3] = np.uint8(crc & np.uint32(0xFF))
+        pos += 4
+    return out[:pos], where
+
+
+@njit(cache=True)
+def encode_postings_table(name_refs, value_refs, where, sym_bytes, sym_offsets):
+    """The body of the postings offset table: per list 0x02, the name and the value (uvarint length +
+    bytes, from the symbol table) and the uvarint file offset of the list."""
+    n = len(where)
+    cap = 4 + n * 32
+    for i in range(n):
+        cap += sym_offsets[name_refs[i] + 1] - sym_offsets[name_refs[i]]
+        cap += sym_offsets[value_refs[i] + 1] - sym_offsets[value_refs[i]]
+    out = np.empty(cap, np.uint8)
+    for k in range(4):
+        out[k] = np.uint8((n >> (24 - 8 * k)) & 0xFF)
+    pos = 4
+    for i in range(n):
+        out[pos] = 2
+        pos += 1
+        for ref in (name_refs[i], value_refs[i]):
+            a, b = sym_offsets[ref], sym_offsets[ref + 1]
+            pos = _put_uvarint(out, pos, np.uint64(b - a))
+            out[pos : pos + b - a] = sym_bytes[a:b]
+            pos += b - a
+        pos = _put_uvarint(out, pos, np.uint64(where[i]))
+    return out[:pos]
+
+
+def postings_sections(sids: np.ndarray, list_offsets: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """encode_postings with the arguments made contiguous and typed (see there)."""
+    return encode_postings(
+        np.ascontiguousarray(sids, np.int64), np.ascontiguousarray(list_offsets, np.int64), int(start), _CRC_TABLE
+    )
+
+
+def postings_table(
+    name_refs: np.ndarray, value_refs: np.ndarray, where: np.ndarray, sym_bytes: np.ndarray, sym_offsets: np.ndarray
+) -> np.ndarray:
+    """encode_postings_table with the arguments made contiguous and typed (see there)."""
+    return encode_postings_table(
+        np.ascontiguousarray(name_refs, np.int64),
+        np.ascontiguousarray(value_refs, np.int64),
+        np.ascontiguousarray(where, np.int64),
+        np.ascontiguousarray(sym_bytes, np.uint8),
+        np.ascontiguousarray(sym_offsets, np.int64),
+    )
