@@ -15,6 +15,7 @@ Credentials are pydantic SecretStr settings: never in logs, errors or reprs.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -206,6 +207,7 @@ class Bucket:
         except Exception as exc:
             raise BucketError(f"bucket {self.description}: cannot read {key}: {_describe(exc)}") from None
 
+    # Below this method, ``list`` in the class body names it: later annotations say ``builtins.list``.
     def list(self, prefix: str | None = None) -> list[str]:
         """Every object key under prefix."""
         out: list[str] = []
@@ -217,7 +219,7 @@ class Bucket:
         self._call("list", prefix or "/", run)
         return out
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         if keys:
             self._call("delete", keys[0], obstore.delete, self._store, keys)
 
@@ -232,7 +234,7 @@ class Bucket:
 
     # -- blocks -------------------------------------------------------------------------------------
 
-    def block_ids(self) -> list[str]:
+    def block_ids(self) -> builtins.list[str]:
         """Top-level prefixes named like a block (a ULID), complete or not."""
         try:
             listing = obstore.list_with_delimiter(self._store, None)
@@ -262,7 +264,7 @@ class Bucket:
             self._metas[ulid] = meta
         return meta
 
-    def blocks(self, external_labels: Mapping[str, str] | None = None) -> list[BlockMeta]:
+    def blocks(self, external_labels: Mapping[str, str] | None = None) -> builtins.list[BlockMeta]:
         """Complete blocks (with meta.json), optionally only those of one external label set."""
         metas = [m for m in (self.read_meta(u) for u in self.block_ids()) if m is not None]
         if external_labels is not None:
@@ -270,7 +272,7 @@ class Bucket:
             metas = [m for m in metas if m.labels == want]
         return metas
 
-    def find_blocks(self, min_time: int, max_time: int, external_labels: Mapping[str, str]) -> list[BlockMeta]:
+    def find_blocks(self, min_time: int, max_time: int, external_labels: Mapping[str, str]) -> builtins.list[BlockMeta]:
         """Complete blocks of the same external labels overlapping [min_time, max_time)."""
         return [
             m
@@ -310,7 +312,7 @@ class Bucket:
         self.delete([f"{MARKER_PREFIX}{ulid}.json"])
         return UploadResult(ulid=ulid, objects=len(order), bytes=size, seconds=time.perf_counter() - t0)
 
-    def partial_uploads(self) -> list[dict[str, Any]]:
+    def partial_uploads(self) -> builtins.list[dict[str, Any]]:
         """Markers of our uploads that have not finished (crashed, or still running elsewhere)."""
         out = []
         for key in self.list(MARKER_PREFIX):
@@ -327,7 +329,7 @@ class Bucket:
 
     def cleanup_partial(
         self, min_time: int | None = None, max_time: int | None = None, external_labels: Mapping[str, str] | None = None
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Delete our crashed uploads (all, or those of one window and label set); returns their ULIDs.
 
         A marker whose block already has meta.json is a finished upload that died before removing the

@@ -140,7 +140,7 @@ def _label_text(text: str | bytes) -> str:
 def series_labels(ts: Message) -> tuple[tuple[str, str], ...]:
     """A parsed series' labels as text, as sent; bytes that are not UTF-8 as ``surrogateescape``
     surrogates, so they re-encode to the same bytes (see :func:`encode_raw_labels`)."""
-    return tuple((_label_text(label.name), _label_text(label.value)) for label in ts.labels)  # type: ignore[attr-defined]
+    return tuple((_label_text(label.name), _label_text(label.value)) for label in ts.labels)
 
 
 def decode_read_response(raw: bytes, *, endpoint: str) -> QueryResult:

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import ValidationError
 
@@ -94,8 +94,12 @@ Stage = Literal["migrate", "replicate", "backfill"]
 # File names per stage: the bulk migration keeps the historic names; a replication pass in progress
 # keeps its own plan and progress until it completes and advances the replication watermark; a hybrid
 # migration's block backfill (the history before its boundary) has its own plan beside the tail's.
-_PLAN_FILES = {"migrate": "plan.json", "replicate": "replication-pass.plan.json", "backfill": "backfill.plan.json"}
-_PROGRESS_FILES = {
+_PLAN_FILES: dict[Stage, str] = {
+    "migrate": "plan.json",
+    "replicate": "replication-pass.plan.json",
+    "backfill": "backfill.plan.json",
+}
+_PROGRESS_FILES: dict[Stage, str] = {
     "migrate": "progress.json",
     "replicate": "replication-pass.progress.json",
     "backfill": "backfill.progress.json",
@@ -222,7 +226,7 @@ class ReplicationState:
     watermark_ms: int | None = None
     passes: int = 0
     last_lag_seconds: float | None = None
-    namespaces: list[dict] | None = None
+    namespaces: list[list[str]] | None = None  # [name, storage policy or "unaggregated"] seen by the last pass
     history: list[dict] = field(default_factory=list)
     # the last pass's windows within `lag` of its end, with the samples it copied from each
     # ({"start_ms", "end_ms", "samples"}): the next pass counts them again to find late writes
@@ -337,7 +341,7 @@ class MigrationState:
             return None
         data = _load_json(path)
         check_version(path, data, known=tuple(range(1, PLAN_VERSION + 1)))
-        return Plan.from_json(data)
+        return Plan.from_json(cast(dict, data))  # an object (check_version says so), with its version
 
     def save_plan(self, plan: Plan, stage: Stage = "migrate") -> None:
         plan.save(self.plan_path(stage))

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -28,27 +27,26 @@ from m3migrate.codec import (
     WriteBody,
     WriteChain,
     _field1,
-    decode_read_response,
     selector_string,
     single_request,
 )
 from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.errors import ConfigError, RejectReason, SourceLimitExceeded, WriteRejected
+from m3migrate.errors import ConfigError, RejectReason, WriteRejected
 from m3migrate.failpoints import failpoint
 from m3migrate.http import RetryPolicy
 from m3migrate.model import DEFAULT_IGNORE_LABELS
-from m3migrate.plan import Batch, Labels, Plan, Window, split_batch
+from m3migrate.plan import Batch, Labels, Plan, Window
 from m3migrate.prompb import QueryResult, TimeSeries, WriteRequest
 from m3migrate.promql import PromQLClient
+from m3migrate.read import read_batch_window_raw
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.tiers import Tier, split_by_tier
+from m3migrate.tiers import Tier
 from m3migrate.wire import Counters, LabelCache, pack_query_result, pack_read_response, tune_malloc
 
 log = logging.getLogger("m3migrate.transfer")
 
-MIN_SPLIT_MS = 60_000  # below this a single series is not split further by time
 ReadPart = bytes | QueryResult  # a decompressed ReadResponse (the transfer's own reads) or a decoded result
 
 
@@ -167,22 +165,22 @@ class Transfer:
 
     def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[bytes]:
         """Decompressed ReadResponses, left undecoded: the write side walks them (m3migrate.wire)."""
-        return _read_parts(self.reader, batch, start_ms, end_ms, result, bytes, self._tiers)
+        return read_batch_window_raw(self.reader, batch, start_ms, end_ms, result, self._tiers)
 
     # -- write side -----------------------------------------------------------------------------
 
     def _pack(self, part: ReadPart, batch: Batch, result: TransferResult) -> list[WriteChain]:
         counters = Counters()
-        pack = pack_query_result if isinstance(part, QueryResult) else pack_read_response
-        chains = pack(
-            part,
-            batch.keys,
-            self._labels,
-            counters,
-            max_bytes=self.target.max_request_bytes,
-            max_samples=self.target.max_samples_per_request,
-            adopt=None if self._scope is None else self._scope.adopter(batch),
-        )
+        adopt = None if self._scope is None else self._scope.adopter(batch)
+        max_bytes, max_samples = self.target.max_request_bytes, self.target.max_samples_per_request
+        if isinstance(part, QueryResult):
+            chains = pack_query_result(
+                part, batch.keys, self._labels, counters, max_bytes=max_bytes, max_samples=max_samples, adopt=adopt
+            )
+        else:
+            chains = pack_read_response(
+                part, batch.keys, self._labels, counters, max_bytes=max_bytes, max_samples=max_samples, adopt=adopt
+            )
         if counters.fallback:
             log.debug("%d series of batch %s took the exact path (non-canonical encoding)", counters.fallback, batch.id)
         result.series += counters.series
@@ -434,91 +432,3 @@ class PlanScope:
                 f"series {dict(key)}, new since discovery, and {dict(other)} both become {dict(out)} after relabeling",
                 hint="their samples would overwrite each other: narrow the rename rule or the selectors",
             )
-
-
-class ReadTally(Protocol):
-    """Where read_batch_window counts what it did (TransferResult has these fields)."""
-
-    bytes_read: int
-    read_seconds: float
-    splits: int
-
-
-def read_batch_window(
-    reader: RemoteReadClient,
-    batch: Batch,
-    start_ms: int,
-    end_ms: int,
-    tally: ReadTally,
-    tiers: Sequence[Tier] = (),
-) -> Iterator[QueryResult]:
-    """Decoded read results covering batch × [start, end]; a source limit splits the read (by series,
-    then by time), never truncates it. Parts come one at a time, so memory holds one part. With
-    ``tiers`` each part of the range is read from its tier's namespace."""
-    return _read_parts(
-        reader, batch, start_ms, end_ms, tally, lambda raw: decode_read_response(raw, endpoint=reader.endpoint), tiers
-    )
-
-
-def read_batch_window_raw(
-    reader: RemoteReadClient,
-    batch: Batch,
-    start_ms: int,
-    end_ms: int,
-    tally: ReadTally,
-    tiers: Sequence[Tier] = (),
-) -> Iterator[bytes]:
-    """read_batch_window, the parts left as decompressed ReadResponse bytes (the blocks path walks them)."""
-    return _read_parts(reader, batch, start_ms, end_ms, tally, bytes, tiers)
-
-
-_Part = TypeVar("_Part")
-
-
-def _read_parts(
-    reader: RemoteReadClient,
-    batch: Batch,
-    start_ms: int,
-    end_ms: int,
-    tally: ReadTally,
-    decode: Callable[[bytes], _Part],
-    tiers: Sequence[Tier] = (),
-) -> Iterator[_Part]:
-    for tier, a, b in split_by_tier(tiers, start_ms, end_ms):
-        if tier is not None:
-            tier.check_not_expired(a)
-        yield from _read_pinned(reader, batch, a, b, tally, decode, tier.headers() if tier else None)
-
-
-def _read_pinned(
-    reader: RemoteReadClient,
-    batch: Batch,
-    start_ms: int,
-    end_ms: int,
-    tally: ReadTally,
-    decode: Callable[[bytes], _Part],
-    pin: dict[str, str] | None,
-) -> Iterator[_Part]:
-    t0 = time.perf_counter()
-    try:
-        raw = reader.read_raw(batch.matchers, start_ms, end_ms, pin=pin)
-    except SourceLimitExceeded:
-        tally.read_seconds += time.perf_counter() - t0
-        tally.splits += 1
-        if len(batch.series) > 1:
-            parts = split_batch(batch)
-            log.info("batch %s hit a source limit: split into %d parts by series", batch.id, len(parts))
-            for sub in parts:
-                yield from _read_pinned(reader, sub, start_ms, end_ms, tally, decode, pin)
-            return
-        if end_ms - start_ms < MIN_SPLIT_MS:
-            raise
-        mid = start_ms + (end_ms - start_ms) // 2
-        log.info("batch %s hit a source limit: split [%d, %d] in time", batch.id, start_ms, end_ms)
-        yield from _read_pinned(reader, batch, start_ms, mid, tally, decode, pin)
-        yield from _read_pinned(reader, batch, mid + 1, end_ms, tally, decode, pin)
-        return
-    parsed = decode(raw)
-    tally.bytes_read += len(raw)
-    tally.read_seconds += time.perf_counter() - t0
-    yield parsed

@@ -57,13 +57,14 @@ from m3migrate.model import PROBE_METRIC
 from m3migrate.plan import Batch, Labels, Window, make_windows
 from m3migrate.prompb import Sample, TimeSeries
 from m3migrate.promql import PromQLClient
+from m3migrate.read import read_batch_window
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, UnitJournal
 from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import TransferResult, read_batch_window
+from m3migrate.transfer import TransferResult
 from m3migrate.wire import LabelCache
 
 __all__ = [
@@ -496,9 +497,9 @@ def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) 
                 {"unaggregated_cutoff": iso_ms(cutoff)},
             )
     else:
-        serving = max(agg, key=lambda ns: ns.retention_ms) if agg else None
-        if serving is None:
+        if not agg:
             return CheckResult(name, "fail", "no READY namespace", "wait for the namespaces to become READY")
+        serving = max(agg, key=lambda ns: ns.retention_ms)
     cutoff = now_ms - serving.retention_ms
     what = _ns_text(serving)
     if spec.start_ms < cutoff:
@@ -860,7 +861,7 @@ def check_target_write(inp: ValidationInput) -> CheckResult:
             writer.write(probe.body())
     except WriteRejected as exc:
         details.update(reasons=sorted(exc.reasons), http_status=exc.status)
-        if resumed and exc.reasons <= {RejectReason.OUT_OF_ORDER}:
+        if resume is not None and resumed and exc.reasons <= {RejectReason.OUT_OF_ORDER}:
             return CheckResult(
                 name,
                 "pass",

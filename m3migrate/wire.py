@@ -26,6 +26,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.protobuf.message import DecodeError
@@ -49,6 +50,8 @@ from m3migrate.prompb import QueryResult, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 
 Labels = tuple[tuple[str, str], ...]
+Decision = bytes | Literal[False]
+"""A batch's decision on a label prefix: target label bytes (b"": dropped by relabeling) or False (not its series)."""
 
 LABEL_CACHE_MAX = 100_000  # label sets kept between windows (~0.5 KB each with their prefix)
 BATCH_TABLES_MAX = 64  # batches whose per-series decisions are kept (a process runs a few at a time)
@@ -56,7 +59,7 @@ _LABEL_TAG = 0x0A  # field 1, length-delimited: TimeSeries.labels, QueryResult.t
 _SAMPLE_TAG = 0x12  # field 2, length-delimited: TimeSeries.samples
 
 
-def _samples_view_class() -> type:
+def _samples_view_class() -> type[Any]:
     """A message with only `repeated bytes samples = 2`: upb frames the samples without decoding them,
     and anything in the bytes that is not a field-2 record lands in its unknown fields."""
     fd = descriptor_pb2.FileDescriptorProto(name="m3migrate_wire.proto", package="m3migrate.wire", syntax="proto3")
@@ -71,7 +74,7 @@ def _samples_view_class() -> type:
 _SamplesView = _samples_view_class()
 
 
-def _labels_view_class() -> type:
+def _labels_view_class() -> type[Any]:
     """TimeSeries labels with name and value as ``bytes``: M3 stores tags as raw bytes (m3's prompb
     types.proto declares Label name/value ``bytes``) and a proto3 ``string`` parse refuses a value that
     is not UTF-8, which would fail the whole read for one such series."""
@@ -140,7 +143,7 @@ Adopt = Callable[[Labels], str | None]
 this is the batch that owns it), else None (another batch's series)."""
 
 
-def _adopted(labels: LabelCache, key: Labels, adopt: Adopt | None) -> NewSeries | None:
+def _adopted(labels: LabelCache, key: Labels, adopt: Adopt | None) -> NewSeries | NonUTF8 | None:
     try:
         sid = adopt(key) if adopt is not None else None
     except UnicodeEncodeError:  # a selector's regex met bytes that are not UTF-8: not this batch's call
@@ -174,7 +177,7 @@ class LabelCache:
         self.max_entries = max_entries
         self.by_key: dict[Labels, bytes] = {}
         self.by_prefix: dict[bytes, tuple[Labels, bytes | None]] = {}
-        self.by_batch: dict[int, tuple[frozenset[Labels], dict[bytes, bytes | bool]]] = {}
+        self.by_batch: dict[int, tuple[frozenset[Labels], dict[bytes, Decision]]] = {}
         self._decided = 0
         self._lock = threading.Lock()
 
@@ -237,7 +240,7 @@ class LabelCache:
         self._remember(prefix, (key, label_bytes))
         return label_bytes
 
-    def decisions(self, keys: frozenset[Labels]) -> dict[bytes, bytes | bool]:
+    def decisions(self, keys: frozenset[Labels]) -> dict[bytes, Decision]:
         """The batch's table: label prefix → target label bytes (b"": dropped by relabeling) or False
         (not one of the batch's series), so a known series costs one lookup of bytes whose hash is
         already computed, not a hash of its label tuples. Keyed by the key set's identity (it is held,
@@ -250,18 +253,18 @@ class LabelCache:
             if len(self.by_batch) >= BATCH_TABLES_MAX:
                 self.by_batch.clear()
                 self._decided = 0
-            table: dict[bytes, bytes | bool] = {}
+            table: dict[bytes, Decision] = {}
             self.by_batch[id(keys)] = (keys, table)
         return table
 
-    def decide(self, prefix: bytes, keys: frozenset[Labels], table: dict[bytes, bytes | bool]) -> bytes | bool:
+    def decide(self, prefix: bytes, keys: frozenset[Labels], table: dict[bytes, Decision]) -> Decision:
         """First sight of a label prefix in this batch: decode it (or find it), check it belongs, relabel."""
         entry = self.by_prefix.get(prefix)
         if entry is None:
             entry = self.learn_prefix(prefix)
         key, label_bytes = entry
         if key not in keys:
-            decision: bytes | bool = False
+            decision: Decision = False
         elif label_bytes is None:
             decision = self.target_for_prefix(prefix, key)
         else:
@@ -342,7 +345,7 @@ def series_spans(raw: bytes) -> list[tuple[int, int]] | None:
     length, p = _uvarint_at(raw, 1, end)
     if p + length != end:
         return None  # not exactly one QueryResult (or something beside it)
-    spans = []
+    spans: list[tuple[int, int]] = []
     append = spans.append
     try:
         while p < end:

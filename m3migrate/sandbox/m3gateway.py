@@ -162,6 +162,7 @@ class LocalService:
     def url(self) -> str:
         assert self._server is not None, f"use {type(self).__name__} as a context manager"
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's address: (host text, port)
         return f"http://{host}:{port}"
 
     @property
