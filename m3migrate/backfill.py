@@ -27,10 +27,10 @@ from m3migrate.codec import decode_read_response, show_labels
 from m3migrate.errors import ConfigError, MalformedResponse
 from m3migrate.plan import Batch
 from m3migrate.prompb import QueryResult
+from m3migrate.read import read_batch_window_raw
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.tiers import Tier
-from m3migrate.transfer import read_batch_window_raw
 from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock

@@ -48,13 +48,14 @@ from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
 from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC
 from m3migrate.plan import Batch, Plan, Window, make_windows, split_batch
 from m3migrate.promql import PromQLClient
+from m3migrate.read import read_batch_window
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.selectors import re2_escape
 from m3migrate.spec import MigrationSpec
 from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import TransferResult, read_batch_window
+from m3migrate.transfer import TransferResult
 
 log = logging.getLogger("m3migrate.verify")
 
