@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from prefect.blocks.core import Block
+from pydantic import HttpUrl
 
 from m3migrate.bucket import BucketSettings
 from m3migrate.config import SourceSettings, TargetSettings
@@ -19,7 +20,7 @@ class M3Source(Block, SourceSettings):
 
     _block_type_name: ClassVar[str] = "m3migrate M3 Source"
     _block_type_slug: ClassVar[str] = "m3migrate-m3-source"
-    _documentation_url: ClassVar[str] = "https://m3db.io/docs/integrations/prometheus/"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://m3db.io/docs/integrations/prometheus/")
     _description: ClassVar[str] = "M3 Coordinator (remote read + PromQL API) that m3migrate reads history from."
 
     def settings(self) -> SourceSettings:
@@ -31,7 +32,7 @@ class ThanosTarget(Block, TargetSettings):
 
     _block_type_name: ClassVar[str] = "m3migrate Thanos Target"
     _block_type_slug: ClassVar[str] = "m3migrate-thanos-target"
-    _documentation_url: ClassVar[str] = "https://thanos.io/tip/components/receive.md/"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://thanos.io/tip/components/receive.md/")
     _description: ClassVar[str] = "Thanos Receive (remote write) and Thanos Query that m3migrate writes into."
 
     def settings(self) -> TargetSettings:
@@ -45,7 +46,7 @@ class ThanosBucket(Block, BucketSettings):
 
     _block_type_name: ClassVar[str] = "m3migrate Thanos Bucket"
     _block_type_slug: ClassVar[str] = "m3migrate-thanos-bucket"
-    _documentation_url: ClassVar[str] = "https://thanos.io/tip/thanos/storage.md/"
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://thanos.io/tip/thanos/storage.md/")
     _description: ClassVar[str] = "Thanos object store (bucket) that m3migrate uploads history blocks into."
 
     def settings(self) -> BucketSettings:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -120,8 +121,12 @@ def backfill_blocks(
         get_bucket(settings).description,
     )
     # blocks mode: the migration's own progress artifact (the key remote write uses); hybrid: the backfill's
-    artifact_id = create_progress_artifact(
-        0.0, key=f"{migration_id}-{stage}-progress", description=f"Migration {migration_id}: {BLOCKS_PHASE}"
+    # called from a sync flow, Prefect's sync/async dual function returns the UUID, not a coroutine
+    artifact_id = cast(
+        UUID,
+        create_progress_artifact(
+            0.0, key=f"{migration_id}-{stage}-progress", description=f"Migration {migration_id}: {BLOCKS_PHASE}"
+        ),
     )
     task_fn = backfill_block_window.with_options(result_storage=results_storage(state.results_dir))
     t0 = time.monotonic()
@@ -213,7 +218,8 @@ def run_backfill(
 ) -> dict[str, Any]:
     """The backfill subflow on a runner that runs at most task_concurrency windows at once."""
     runner = dask_task_runner(spec) if spec.task_runner == "dask" else ThreadPoolTaskRunner(spec.task_concurrency)
-    return backfill_blocks.with_options(task_runner=runner)(
+    # Prefect types task_runner as TaskRunner[PrefectFuture[Any]], invariant in the future: PrefectHQ/prefect#16938
+    return backfill_blocks.with_options(task_runner=runner)(  # type: ignore[arg-type]
         source, spec, bucket, state.migration_id, str(state.dir.parent), stage
     )
 

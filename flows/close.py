@@ -291,7 +291,7 @@ def close(
     spec = resolve_spec(
         Path(state_dir) if state_dir else default_state_dir(), migration_id, spec, source.read_url, target.write_url
     )
-    migration_id = spec.migration_id
+    migration_id = spec.resolved_id(source.read_url, target.write_url)  # resolve_spec set it: spec.migration_id
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 

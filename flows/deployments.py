@@ -9,8 +9,10 @@ and close take the migration id, and load the spec migrate saved in the state di
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
+from prefect.blocks.core import Block
 from prefect.deployments.runner import RunnerDeployment
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
@@ -25,8 +27,16 @@ from m3migrate.spec import MigrationSpec
 
 REPLICATE_EVERY_SECONDS = 300
 
+T = TypeVar("T")
 
-def block_ref(block_type: type, name: str) -> dict[str, Any]:
+
+def _sync(result: T | Coroutine[Any, Any, T]) -> T:
+    """The value of a Prefect sync/async dual function (Block.load, Flow.to_deployment), typed ``T |
+    Coroutine``: called outside an event loop, as everything here is, it returns the value itself."""
+    return cast(T, result)
+
+
+def block_ref(block_type: type[Block], name: str) -> dict[str, Any]:
     """A parameter value Prefect resolves to the saved block when a run starts.
 
     By id, the form the Prefect UI writes itself: its run form shows a `block_document_id` reference as
@@ -50,7 +60,8 @@ def migration_id_of(spec: MigrationSpec, source_block: str, target_block: str) -
     """The id migrate saves the spec under: the spec's, or derived from the saved blocks' URLs."""
     if spec.migration_id:
         return spec.migration_id
-    return spec.resolved_id(M3Source.load(source_block).read_url, ThanosTarget.load(target_block).write_url)
+    source, target = _sync(M3Source.load(source_block)), _sync(ThanosTarget.load(target_block))
+    return spec.resolved_id(source.read_url, target.write_url)
 
 
 def wizard_deployments(
@@ -82,7 +93,7 @@ def wizard_deployments(
     # Prefect's check of deployment defaults rejects block references ($ref) under a strict schema;
     # the flows validate their parameters themselves when a run starts (blocks and spec are pydantic).
     common: dict[str, Any] = {"tags": ["m3migrate"], "enforce_parameter_schema": False}
-    return [
+    deployments = [
         migrate.to_deployment(
             "migrate",
             parameters=uploads,
@@ -124,3 +135,4 @@ def wizard_deployments(
             **common,
         ),
     ]
+    return [_sync(d) for d in deployments]

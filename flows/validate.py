@@ -26,7 +26,8 @@ def artifact_key(migration_id: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", f"{migration_id}-validation".lower())
 
 
-@flow(name="validate", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=len(CHECKS)))
+# Prefect types task_runner as TaskRunner[PrefectFuture[Any]], invariant in the future: PrefectHQ/prefect#16938
+@flow(name="validate", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=len(CHECKS)))  # type: ignore[arg-type]
 def validate(
     source: M3Source,
     target: ThanosTarget,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import update_progress_artifact
@@ -175,7 +176,8 @@ class _SegmentProgress:
         )
         if self.ctx.progress_artifact_id and self.segment.group == 0:
             description = report.description(self.ctx.migration_id)
-            update_progress_artifact(self.ctx.progress_artifact_id, report.percent, description=description)
+            artifact_id = UUID(self.ctx.progress_artifact_id)
+            update_progress_artifact(artifact_id, report.percent, description=description)
         tier = next((t for t in self.tiers if t.start_ms <= done.end_ms <= t.end_ms), None)
         where = f" (tier {tier.namespace}, {tier.storage_policy})" if tier else ""
         self.logger.info("front at %s%s: %s", iso_ms(done.end_ms), where, report.log_line())
