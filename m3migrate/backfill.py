@@ -14,7 +14,9 @@ block. Engine code: no Prefect here.
 from __future__ import annotations
 
 import logging
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -176,11 +178,15 @@ def backfill_window(
         with writer:
             t_encode = 0.0
             owners: dict[Labels, str] = {}
-            for batch, part in parts:
-                t0 = time.perf_counter()
-                _add_part(writer, batch, part, window, relabeler, result, owners)
-                t_encode += time.perf_counter() - t0
-                del part
+            prefetched = _prefetched(parts)
+            try:
+                for batch, part in prefetched:
+                    t0 = time.perf_counter()
+                    _add_part(writer, batch, part, window, relabeler, result, owners)
+                    t_encode += time.perf_counter() - t0
+                    del part
+            finally:
+                prefetched.close()  # stops the reader now, also when encoding failed
             try:
                 t0 = time.perf_counter()
                 info = writer.finish()
@@ -436,6 +442,47 @@ def _check_existing(existing: list[BlockMeta], window: BlockWindow, bucket: Buck
                     hint="the migration range changed: delete that block from the bucket (Thanos: "
                     "`thanos tools bucket mark --marker=deletion-mark.json`) and rerun, or keep the old range",
                 )
+
+
+def _prefetched(parts: Iterable[SourcePart]) -> Iterator[SourcePart]:
+    """The parts, the next one read (in a thread) while this one is encoded: reading waits on the source
+    and the network, encoding on the CPU, so the two overlap. At most two parts wait beside the one in
+    hand; leaving early stops the reader after its current read."""
+    ready: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item: tuple[bool, object]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for part in parts:
+                if not offer((True, part)):
+                    return
+            offer((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer((False, exc))
+
+    reader = threading.Thread(target=read, name="m3migrate-block-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if not more:
+                if item is not None:
+                    raise item  # type: ignore[misc]
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        reader.join()
+        _close(parts)
 
 
 def _close(parts: Iterable[SourcePart]) -> None:

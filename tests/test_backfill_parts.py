@@ -92,3 +92,28 @@ def test_windows_share_one_relabeler_per_relabeling():
     assert shared_relabeler(Relabeler([], add_labels={"_source": "m3db"})) is first
     other = Relabeler([], add_labels={"_source": "other"})
     assert shared_relabeler(other) is other
+
+
+def test_a_read_error_after_some_parts_fails_the_window_and_uploads_nothing(tmp_path):
+    """Parts are read ahead in a thread while the previous one is encoded: an error there is the window's
+    error, raised as itself, and no block reaches the bucket."""
+    batch = Batch("b1", (Matcher("__name__", "=", "x"),), ((("__name__", "x"),),))
+    read = []
+
+    def parts():
+        yield batch, _response({"x": [(T0 + 2000, 1.0)]})
+        read.append(1)
+        raise MalformedResponse("remote read: broken", endpoint="remote read")
+
+    with pytest.raises(MalformedResponse, match="broken"):
+        backfill_window(
+            parts(),
+            window=WINDOW,
+            bucket=Bucket(tmp_path / "bucket"),
+            relabeler=Relabeler([]),
+            external_labels={"backfill": "test"},
+            work_dir=tmp_path,
+        )
+    assert read == [1]
+    assert not [p for p in (tmp_path / "bucket").rglob("*") if p.is_file()]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("m3migrate-block-")]
