@@ -6,7 +6,8 @@ RSS, beside the raw remote-read rate of the same source in the same run (the pat
     .venv/bin/python bench/blocks.py --series 1000 --hours 96 --cli      # the CLI (Prefect, validation)
 
 ``engine`` (default) runs plan + every block window (read, encode, upload into a local bucket) in a child
-process, so its CPU and peak RSS are the blocks path's alone; ``--cli`` runs ``m3migrate migrate
+process, ``task_concurrency`` windows at once as the flow does, so its CPU and peak RSS are the blocks
+path's alone; ``--cli`` runs ``m3migrate migrate
 --write-mode blocks`` with validation, on an ephemeral Prefect API unless PREFECT_API_URL is set. The
 source is a Prometheus on cached promtool blocks (no live tail), read through the M3 gateway with --m3.
 """
@@ -62,11 +63,11 @@ def child(args: argparse.Namespace) -> None:
     spec = MigrationSpec(start=iso_ms(args.start), end=iso_ms(args.end), write_mode="blocks")
     plan = build_plan(source, spec, "bench-blocks", start_ms=args.start, end_ms=args.end)
     t_plan = time.perf_counter() - t0
-    samples = encode = read = 0.0
     work = Path(args.work)
-    with RemoteReadClient(source) as reader:
-        for window in block_windows(args.start, args.end, spec.block_ms):
-            r = backfill_from_source(
+    with RemoteReadClient(source) as reader, ThreadPoolExecutor(spec.task_concurrency) as pool:
+
+        def one(window):  # what the flow's backfill-window task does
+            return backfill_from_source(
                 reader,
                 plan.batches,
                 window=window,
@@ -76,9 +77,11 @@ def child(args: argparse.Namespace) -> None:
                 work_dir=work,
                 tiers=plan.tiers,
             )
-            samples += r.samples
-            encode += r.encode_seconds
-            read += r.read_seconds
+
+        results = list(pool.map(one, block_windows(args.start, args.end, spec.block_ms)))
+    samples = sum(r.samples for r in results)
+    read = sum(r.read_seconds for r in results)
+    encode = sum(r.encode_seconds for r in results)
     wall = time.perf_counter() - t0
     print(
         json.dumps(
@@ -189,7 +192,8 @@ def main() -> None:
             print(f"source: {stats.series:,} series, {samples:,} samples ({time.perf_counter() - t0:.0f} s to start)")
             chunk_ms = read_chunk_ms(a.series, a.interval)
             raw_s, nbytes = raw_read(src.read_url, start, end, chunk_ms)
-            print(f"raw remote read: {samples / raw_s / 1e6:.2f} M samples/s ({raw_s:.1f} s, {nbytes / samples:.1f} B/sample)")
+            rate = samples / raw_s / 1e6
+            print(f"raw remote read: {rate:.2f} M samples/s ({raw_s:.1f} s, {nbytes / samples:.1f} B/sample)")
             if a.cli:
                 from m3migrate.sandbox.servers import start_prometheus
 
