@@ -37,7 +37,7 @@ from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock
 from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
-from m3migrate.tsdb.samples import read_response_arrays, series_arrays
+from m3migrate.tsdb.samples import ReadArrays, read_response_arrays, series_arrays
 
 log = logging.getLogger("m3migrate.backfill")
 
@@ -270,12 +270,12 @@ def _add_part(
     ``owners``: the batch that writes each series with label bytes that are not UTF-8. The plan never
     holds their exact form (a series API shows such bytes as U+FFFD), so no batch lists them: the first
     batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope)."""
-    labels_in, counts, t, bits = _part_arrays(part)
+    labels_in, counts, t, bits, utf8 = _part_arrays(part)
     keys = batch.keys if batch is not None else None
     chosen: list[int] = []
     targets: list[Labels] = []
     for i, (labels, n) in enumerate(zip(labels_in, counts.tolist(), strict=True)):
-        out = _target_labels(labels, n, keys, batch, relabeler, result, owners)
+        out = _target_labels(labels, n, keys, batch, relabeler, result, owners, utf8)
         if out is not None:
             chosen.append(i)
             targets.append(out)
@@ -300,10 +300,10 @@ def _add_part(
             bad[series_of[step_bad != offsets[series_of]]] = True
     if bad.any():
         targets, counts, t, bits = _repaired(targets, offsets, t, bits, bad, window)
-    writer.add_batch(targets, counts, t, bits)
+    writer.add_batch(targets, counts, t, bits, utf8=utf8)
 
 
-def _part_arrays(part: QueryResult | bytes) -> tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray]:
+def _part_arrays(part: QueryResult | bytes) -> ReadArrays:
     """A read part as (labels per series, samples per series, timestamps, value bits): the compiled walk
     of the wire bytes, or (a response not in the canonical encoding, or a decoded part) protobuf."""
     if isinstance(part, bytes):
@@ -314,12 +314,13 @@ def _part_arrays(part: QueryResult | bytes) -> tuple[list[Labels], np.ndarray, n
     series = list(series_arrays(part))
     counts = np.array([len(s[1]) for s in series], np.int64)
     if not series:
-        return [], counts, np.zeros(0, np.int64), np.zeros(0, np.uint64)
-    return (
+        return ReadArrays([], counts, np.zeros(0, np.int64), np.zeros(0, np.uint64), True)
+    return ReadArrays(
         [s[0] for s in series],
         counts,
         np.concatenate([s[1] for s in series]),
         np.concatenate([s[2] for s in series]),
+        False,
     )
 
 
@@ -331,8 +332,10 @@ def _target_labels(
     relabeler: Relabeler,
     result: BackfillResult,
     owners: dict[Labels, str] | None,
+    utf8: bool = False,
 ) -> Labels | None:
-    """The labels a read series is written with, or None when it is not written (counted in result)."""
+    """The labels a read series is written with, or None when it is not written (counted in result).
+    ``utf8``: the part's labels are known to be UTF-8 text (none holds raw bytes to look for)."""
     key = tuple(sorted(labels))
     if len(key) != len({name for name, _ in key}):
         raise MalformedResponse(
@@ -345,6 +348,7 @@ def _target_labels(
         and not (
             owners is not None
             and batch is not None
+            and not utf8
             and has_raw_bytes(n + v for n, v in key)
             and owners.setdefault(key, batch.id) == batch.id
         )
@@ -353,7 +357,7 @@ def _target_labels(
         return None
     if not n:
         return None
-    raw_bytes = has_raw_bytes(n + v for n, v in key)
+    raw_bytes = not utf8 and has_raw_bytes(n + v for n, v in key)
     try:
         out = relabeler(key)
     except (UnicodeEncodeError, ConfigError) as exc:

@@ -213,7 +213,8 @@ def test_read_response_arrays_read_every_protobuf_form_of_a_sample():
     extra = b"".join(map(_sample_record, bodies))
     raw = _append_to_last_series(bytes(raw), extra)
     expected = ReadResponse.FromString(raw).results[0]
-    labels, counts, t, bits = read_response_arrays(raw)
+    labels, counts, t, bits, utf8 = read_response_arrays(raw)
+    assert utf8
     assert len(labels) == len(expected.timeseries) and counts.sum() == len(t)
     pos = 0
     for lbs, n, ts in zip(labels, counts.tolist(), expected.timeseries, strict=True):
@@ -288,3 +289,17 @@ def test_add_batch_writes_the_same_block_as_add_series_by_series(tmp_path):
             w.add_batch([up, down], np.array([2, 2]), np.array([T0, T0 + 1, T0 + 5, T0 + 5]), np.zeros(4, np.uint64))
         with pytest.raises(SampleOutOfRange, match="down"):
             w.add_batch([up, down], np.array([1, 1]), np.array([T0, T0 + H]), np.zeros(2, np.uint64))
+
+
+def test_read_response_arrays_keep_label_bytes_that_are_not_utf8():
+    """M3 tags are raw bytes: such a label comes back surrogateescape'd (it re-encodes exactly) and the
+    part is flagged, so the writer sorts it byte-wise; a part of UTF-8 text is flagged so too."""
+    rr = ReadResponse()
+    ts = rr.results.add().timeseries.add()
+    ts.labels.add(name="__name__", value="m")
+    ts.samples.add(timestamp=1, value=1.0)
+    plain = rr.SerializeToString()
+    raw = plain.replace(b"\x01m", b"\x01\xff")
+    assert read_response_arrays(plain).utf8
+    got = read_response_arrays(raw)
+    assert not got.utf8 and got.labels == [(("__name__", "\udcff"),)]

@@ -60,12 +60,13 @@ class _Pending:
     samples: int = 0
 
 
-def check_labels(labels: Labels) -> None:
+def check_labels(labels: Labels, utf8: bool = False) -> None:
     """A label set a block may hold: non-empty, names sorted (byte-wise, as Go compares strings) and
     unique, no empty name or value. Bytes that are not UTF-8 are fine: the index stores raw bytes."""
     if not labels:
         raise InvalidSeries("a series without labels cannot be stored in a block")
-    names = [label_bytes(n) for n, _ in labels] if has_raw_bytes(n for n, _ in labels) else [n for n, _ in labels]
+    raw = not utf8 and has_raw_bytes(n for n, _ in labels)
+    names = [label_bytes(n) for n, _ in labels] if raw else [n for n, _ in labels]
     prev = None
     for (name, value), key in zip(labels, names, strict=True):
         if not name or not value:
@@ -169,9 +170,18 @@ class BlockWriter:
             )
         self._queue(np.array([sid], np.int64), np.array([len(t)], np.int64), t, v)
 
-    def add_batch(self, labels: list[Labels], counts: np.ndarray, timestamps: np.ndarray, values: np.ndarray) -> None:
+    def add_batch(
+        self,
+        labels: list[Labels],
+        counts: np.ndarray,
+        timestamps: np.ndarray,
+        values: np.ndarray,
+        *,
+        utf8: bool = False,
+    ) -> None:
         """add() for many series at once: series i is ``labels[i]`` with the next ``counts[i]`` samples of
-        ``timestamps`` / ``values`` (uint64 bits); checked and encoded with no Python per sample."""
+        ``timestamps`` / ``values`` (uint64 bits); checked and encoded with no Python per sample.
+        ``utf8``: the caller knows every label is UTF-8 text, so none is searched for raw bytes."""
         self._check_open()
         t = np.ascontiguousarray(timestamps, dtype=np.int64)
         v = np.ascontiguousarray(values, dtype=np.uint64)
@@ -184,7 +194,7 @@ class BlockWriter:
             counts = counts[keep]
         if not len(t):
             return
-        sids = np.fromiter(map(self._series_id, labels), np.int64, len(labels))
+        sids = np.fromiter((self._series_id(lb, utf8) for lb in labels), np.int64, len(labels))
         offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         try:
@@ -205,10 +215,10 @@ class BlockWriter:
             )
         self._queue(sids, counts, t, v)
 
-    def _series_id(self, labels: Labels) -> int:
+    def _series_id(self, labels: Labels, utf8: bool = False) -> int:
         sid = self._series_ids.get(labels)
         if sid is None:
-            check_labels(labels)
+            check_labels(labels, utf8)
             clash = set(self.external_labels) & {name for name, _ in labels}
             if clash:
                 raise InvalidSeries(
@@ -216,7 +226,7 @@ class BlockWriter:
                     hint="choose external labels that no migrated series carries",
                 )
             sid = len(self._labels)
-            self._raw_bytes = self._raw_bytes or has_raw_bytes(n + v for n, v in labels)
+            self._raw_bytes = self._raw_bytes or (not utf8 and has_raw_bytes(n + v for n, v in labels))
             self._series_ids[labels] = sid
             self._labels.append(labels)
         return sid

@@ -15,7 +15,7 @@ series, with every protobuf encoding of a Sample understood; only the label pref
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -77,22 +77,41 @@ def series_arrays(result: QueryResult | bytes) -> Iterator[SeriesArrays]:
         pos += n
 
 
-def read_response_arrays(raw: bytes) -> tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray] | None:
-    """(labels per series as sent, samples per series, timestamps, value bits) of a decompressed
-    ReadResponse, the series' samples back to back; None when it is not one QueryResult of canonically
-    framed series (labels, then samples): the caller then decodes it whole."""
+class ReadArrays(NamedTuple):
+    """A read part's series: labels as sent, samples per series, and their samples back to back."""
+
+    labels: list[Labels]
+    counts: np.ndarray
+    timestamps: np.ndarray  # int64 ms
+    bits: np.ndarray  # uint64 value bits
+    utf8: bool  # every label is UTF-8 text (no surrogateescape'd bytes to look for)
+
+
+def read_response_arrays(raw: bytes) -> ReadArrays | None:
+    """The series of a decompressed ReadResponse as arrays; None when it is not one QueryResult of
+    canonically framed series (labels, then samples): the caller then decodes it whole."""
     ok, first, _, labels_end, counts, status, t, bits = scan_read_response(np.frombuffer(raw, np.uint8))
     if not ok or status.any():
         return None
     if not len(counts):
-        return [], counts, t, bits
+        return ReadArrays([], counts, t, bits, True)
     heads = (
         b"".join((b"\x0a", uvarint(e - a), raw[a:e])) for a, e in zip(first.tolist(), labels_end.tolist(), strict=True)
     )
-    parsed = _RawQueryResult.FromString(b"".join(heads))  # label prefixes only: one upb parse
+    joined = b"".join(heads)
+    parsed = _RawQueryResult.FromString(joined)  # label prefixes only: one upb parse
     names = _NAMES if len(_NAMES) < _NAMES_MAX else {}
     labels = [tuple((_name(lb.name, names), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
-    return labels, counts, t, bits
+    return ReadArrays(labels, counts, t, bits, _utf8(joined))
+
+
+def _utf8(data: bytes) -> bool:
+    """Whether bytes are UTF-8 (a length byte >= 0x80 makes it False: a needless but harmless slow check)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _NAMES: dict[bytes, str] = {}  # label names repeat in every series: one str each, not one per series
