@@ -60,6 +60,7 @@ from m3migrate.promql import PromQLClient
 from m3migrate.read import read_batch_window
 from m3migrate.remote_read import RemoteReadClient
 from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.report import table
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, UnitJournal
 from m3migrate.tiers import Tier
@@ -182,16 +183,10 @@ class ValidationReport:
             f"**{'FAILED' if self.failed else 'PASSED'}**: {c['pass']} pass, {c['warn']} warn, {c['fail']} fail. "
             "Fix every fail (and read every warn), then rerun the validation.",
             "",
-            "| status | check | observed | fix |",
-            "|---|---|---|---|",
         ]
-        for check in self.checks:
-            lines.append(f"| {check.status.upper()} | {check.name} | {_md(check.observed)} | {_md(check.fix) or '-'} |")
+        rows = ((c.status.upper(), c.name, c.observed, c.fix or "-") for c in self.checks)
+        lines += table(("status", "check", "observed", "fix"), rows, newline="<br>")
         return "\n".join(lines) + "\n"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>")
 
 
 class ValidationFailed(M3MigrateError):

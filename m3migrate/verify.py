@@ -51,6 +51,7 @@ from m3migrate.promql import PromQLClient
 from m3migrate.read import read_batch_window
 from m3migrate.relabel import Relabeler
 from m3migrate.remote_read import RemoteReadClient
+from m3migrate.report import figure_table, md, table
 from m3migrate.selectors import re2_escape
 from m3migrate.spec import MigrationSpec
 from m3migrate.tiers import Tier
@@ -242,37 +243,29 @@ class VerificationReport:
 
     def to_markdown(self, limit: int = 20) -> str:
         status = "**equal**" if self.ok else "**DIFFERENT**"
-        lines = [f"# Verification {self.migration_id}: {status}", "", "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in self.totals.items()]
+        lines = [f"# Verification {self.migration_id}: {status}", "", *figure_table(self.totals)]
         for kind, title in (("missing", "Missing series"), ("extra", "Extra series"), ("mismatch", "Differing")):
             rows = self.of_kind(kind)
             if rows.empty:
                 continue
             lines += ["", f"## {title} ({len(rows)})", ""]
+            shown = rows.head(limit).itertuples()
             if kind == "mismatch":
-                lines += ["| series | window start | source/target samples | first difference at | what |"]
-                lines += ["|---|---|---|---|---|"]
-                for r in rows.head(limit).itertuples():
-                    lines.append(
-                        f"| `{_md(r.series)}` | {r.window_start} | {r.source_count}/{r.target_count} | "
-                        f"{iso_ms(optional_int(r.first_diff_ts))} | {_md(r.first_diff)} |"
-                    )
+                header = ("series", "window start", "source/target samples", "first difference at", "what")
+                cells = (
+                    (f"`{r.series}`", r.window_start, f"{r.source_count}/{r.target_count}", _at(r), r.first_diff)
+                    for r in shown
+                )
             else:
-                lines += [
-                    "| series | windows | source samples | target samples | first sample |",
-                    "|---|---|---|---|---|",
-                ]
-                for r in rows.head(limit).itertuples():
-                    lines.append(
-                        f"| `{_md(r.series)}` | {r.windows} | {r.source_count} | {r.target_count} | "
-                        f"{iso_ms(optional_int(r.first_diff_ts))} |"
-                    )
+                header = ("series", "windows", "source samples", "target samples", "first sample")
+                cells = ((f"`{r.series}`", r.windows, r.source_count, r.target_count, _at(r)) for r in shown)
+            lines += table(header, cells)
             if len(rows) > limit:
                 lines.append(f"\n… and {len(rows) - limit} more (see the CSV/Parquet report)")
         if self.not_comparable:
             lines += ["", f"## Not compared ({len(self.not_comparable)})", ""]
             lines += [
-                f"- `{_md(s)}`: {NOT_UTF8} (the query API's JSON shows them as U+FFFD)" for s in self.not_comparable
+                f"- `{md(s)}`: {NOT_UTF8} (the query API's JSON shows them as U+FFFD)" for s in self.not_comparable
             ]
         return "\n".join(lines) + "\n"
 
@@ -329,8 +322,9 @@ class VerificationReport:
         return path
 
 
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _at(row: Any) -> str:
+    """A problem row's first differing (or first) sample time."""
+    return iso_ms(optional_int(row.first_diff_ts))
 
 
 def optional_int(value: Any) -> int | None:
