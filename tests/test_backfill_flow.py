@@ -23,7 +23,7 @@ from m3migrate.replication import replication_start_ms
 from m3migrate.sandbox.compare import Labels, Samples, diff, diff_target, read_all, with_label
 from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import HYBRID_MARGIN_MS, MigrationSpec
+from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
 from m3migrate.validate import ValidationInput, check_bucket, check_target_write
@@ -72,36 +72,6 @@ def _live_sample(target_url: str) -> None:
 
 
 # -- no servers --------------------------------------------------------------------------------------
-
-
-def test_hybrid_boundary_is_a_block_edge_inside_the_accept_window_of_now():
-    start, end = 1_700_000_000_000, 1_700_000_000_000 + 3 * 86_400_000
-    spec = MigrationSpec(start=iso_ms(start), end=iso_ms(end), write_mode="hybrid", accept_window_minutes=720)
-    now = end + 5 * 60_000
-    b = spec.hybrid_boundary_ms(now)
-    assert b % (2 * HOUR_MS) == 0
-    assert now - 720 * 60_000 + HYBRID_MARGIN_MS <= b < now - 720 * 60_000 + HYBRID_MARGIN_MS + 2 * HOUR_MS
-    assert spec.hybrid_boundary_ms(end + 30 * 86_400_000) == end + 1  # old history: everything as blocks
-    assert spec.hybrid_boundary_ms(start) == start  # nothing older than the window: everything by remote write
-    eight = spec.model_copy(update={"block_hours": 8})
-    assert eight.hybrid_boundary_ms(now) % (8 * HOUR_MS) == 0
-
-
-def test_spec_defaults_and_label_rules():
-    spec = MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", write_mode="blocks")
-    assert spec.block_ms == 2 * HOUR_MS and spec.uses_blocks
-    assert spec.backfill_external_labels("m-1") == {"m3migrate_backfill": "m-1"}
-    day = {"start": "2025-01-01T00:00:00Z", "end": "2025-01-02T00:00:00Z"}
-    assert MigrationSpec(**day).window_ms == 60 * 60_000, "in order: one window is the whole accept window"
-    assert MigrationSpec(**day, accept_window_minutes=20).window_ms == 20 * 60_000
-    assert MigrationSpec(**day, accept_window_minutes=720).window_ms == 60 * 60_000, "capped: memory per unit"
-    assert MigrationSpec(**day, write_mode="out_of_order").window_ms == 360 * 60_000
-    with pytest.raises(ValueError, match="block_hours"):
-        MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", block_hours=3)
-    with pytest.raises(ValueError, match="label every migrated series gets"):
-        MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", backfill_labels={"_source": "x"})
-    with pytest.raises(ValueError, match="not a valid Prometheus label name"):
-        MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z", backfill_labels={"a-b": "x"})
 
 
 def test_bucket_block_keeps_credentials_secret():
