@@ -22,7 +22,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from blocks import M3Source, ThanosTarget
 from m3migrate.errors import ConfigError
-from m3migrate.front import UNIT_FIELDS, FrontTotals, plan_segments
+from m3migrate.front import FrontTotals, TransferSummary, plan_segments
 from m3migrate.limits import reset_limits
 from m3migrate.plan import Plan
 from m3migrate.progress import PHASES, Progress, lag_seconds
@@ -36,8 +36,6 @@ from tasks.transfer import (
     results_storage,
     transfer_segment,
 )
-
-SKIPPED_EXAMPLES = 20  # series the summary names when some could not be migrated
 
 
 def batch_groups(spec: MigrationSpec, batches: int) -> int:
@@ -76,7 +74,7 @@ def transfer_windows(
     migration_id: str,
     state_dir: str,
     stage: Stage = "migrate",
-) -> dict[str, Any]:
+) -> TransferSummary:
     """Run the front segment by segment (one task per batch group) and record the watermark after each.
 
     A subflow on Dask (it carries the Dask task runner); with threads, run_transfer calls it inside the
@@ -108,11 +106,11 @@ def transfer_windows(
     t0 = time.monotonic()
     for run in segments:
         futures = [task_fn.submit(ctx, segment, samples_before=totals.samples) for segment in run]
-        results = [f.result() for f in futures]  # raises a segment's error: the front stops here
+        results = [FrontTotals.of(f.result()) for f in futures]  # raises a segment's error: the front stops here
         for future, result in zip(futures, results, strict=True):
             from_cache = future.state.name == "Cached"
             cached += from_cache
-            totals.merge({**result, "samples_moved_now": 0 if from_cache else result["samples_moved_now"]})
+            totals.merge(result, cached=from_cache)
         first, last = plan.windows[run[0].first_window], plan.windows[run[0].last_window]
         progress.windows_done = last.index + 1
         progress.front_end_ms = last.end_ms
@@ -136,7 +134,7 @@ def transfer_windows(
                 "windows": run[0].label.split(",")[0],
                 "start": iso_ms(first.start_ms),
                 "end": iso_ms(last.end_ms),
-                "samples": sum(r["samples"] for r in results),
+                "samples": sum(r.samples for r in results),
                 "tasks": len(run),
             }
         )
@@ -147,27 +145,13 @@ def transfer_windows(
         create_table_artifact(
             window_rows, key=f"{state.migration_id}-{stage}-segments", description="Samples written per segment"
         )
-    return {
-        **{f: getattr(totals, f) for f in UNIT_FIELDS},
-        "windows": nw,
-        "batches": nb,
-        "tasks": sum(len(run) for run in segments),
-        "tasks_cached": cached,
-        "units": totals.units,
-        "units_skipped": totals.units_skipped,
-        "samples_moved_now": totals.samples_moved_now,
-        "new_series_after_discovery": len(totals.new_series),
-        "non_utf8_series": len(totals.non_utf8_series),
-        "skipped_series": len(totals.skipped_series),
-        "skipped_series_examples": totals.skipped_series[:SKIPPED_EXAMPLES],
-        "seconds": round(elapsed, 3),
-        "samples_per_second": round(totals.samples_moved_now / elapsed) if elapsed else 0,
-    }
+    tasks = sum(len(run) for run in segments)
+    return TransferSummary.of(totals, windows=nw, batches=nb, tasks=tasks, tasks_cached=cached, seconds=elapsed)
 
 
 def run_transfer(
     source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, stage: Stage
-) -> dict[str, Any]:
+) -> TransferSummary:
     """Run a stage's saved plan on the spec's task runner (the caller holds the migration's lock).
 
     Each run starts at the endpoints' configured concurrency again: what the adaptive limiters learned

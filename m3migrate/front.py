@@ -16,12 +16,14 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from m3migrate.failpoints import failpoint
 from m3migrate.plan import Batch, Plan, Window
+from m3migrate.report import StepResult
 from m3migrate.state import UnitJournal
 from m3migrate.transfer import Transfer, TransferResult
 
@@ -30,6 +32,7 @@ log = logging.getLogger("m3migrate.front")
 PER_BATCH_IN_FLIGHT = 2  # one unit writing + the next window of the same batch reading ahead
 READ_AHEAD_WINDOWS = 1  # reads may run this many windows past the depth; only writes are held to it
 SEGMENTS_PER_RUN = 8  # orchestrator tasks per run on one process: resume points and visible progress
+SKIPPED_EXAMPLES = 20  # series the summary names when some could not be migrated
 
 
 _NAMED = ("new_series", "non_utf8_series", "skipped_series")  # lists of names, not figures
@@ -78,12 +81,21 @@ class FrontTotals:
         else:
             self.samples_moved_now += int(result.get("samples", 0))
 
-    def merge(self, other: dict) -> None:
+    @classmethod
+    def of(cls, value: FrontTotals | Mapping[str, Any]) -> FrontTotals:
+        """A segment's totals; a mapping is a segment result cached by an earlier version (a dict)."""
+        if isinstance(value, FrontTotals):
+            return value
+        return cls(**{f.name: value[f.name] for f in fields(cls) if f.name in value})
+
+    def merge(self, other: FrontTotals | Mapping[str, Any], *, cached: bool = False) -> None:
+        """Add another segment's totals; ``cached``: an earlier run did its work, none moved now."""
+        other = FrontTotals.of(other)
         for f in fields(self):
-            if f.name not in _NAMED:
-                setattr(self, f.name, getattr(self, f.name) + int(other.get(f.name, 0)))
-        self._add_new(other.get("new_series"))
-        self._add_named(other)
+            if f.name not in _NAMED and not (cached and f.name == "samples_moved_now"):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self._add_new(other.new_series)
+        self._add_named(asdict(other))
 
     def _add_named(self, result: dict) -> None:
         """Series named in every window's result (label bytes not UTF-8, set aside): each counted once."""
@@ -98,6 +110,55 @@ class FrontTotals:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class TransferSummary(StepResult):
+    """What a run of a stage's front did (the figures: totals include what earlier runs had done)."""
+
+    series: int
+    samples: int
+    requests: int
+    bytes_read: int
+    bytes_written: int
+    read_retries: int
+    write_retries: int
+    splits: int
+    reconciled_series: int
+    windows: int
+    batches: int
+    tasks: int
+    tasks_cached: int  # segments an earlier run had finished (Prefect's cache)
+    units: int
+    units_skipped: int
+    samples_moved_now: int
+    new_series_after_discovery: int
+    non_utf8_series: int
+    skipped_series: int
+    skipped_series_examples: list[str]
+    seconds: float
+    samples_per_second: int
+
+    @classmethod
+    def of(
+        cls, totals: FrontTotals, *, windows: int, batches: int, tasks: int, tasks_cached: int, seconds: float
+    ) -> TransferSummary:
+        return cls(
+            **{f: getattr(totals, f) for f in UNIT_FIELDS},
+            windows=windows,
+            batches=batches,
+            tasks=tasks,
+            tasks_cached=tasks_cached,
+            units=totals.units,
+            units_skipped=totals.units_skipped,
+            samples_moved_now=totals.samples_moved_now,
+            new_series_after_discovery=len(totals.new_series),
+            non_utf8_series=len(totals.non_utf8_series),
+            skipped_series=len(totals.skipped_series),
+            skipped_series_examples=totals.skipped_series[:SKIPPED_EXAMPLES],
+            seconds=round(seconds, 3),
+            samples_per_second=round(totals.samples_moved_now / seconds) if seconds else 0,
+        )
 
 
 @dataclass(frozen=True)

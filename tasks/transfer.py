@@ -192,7 +192,7 @@ class _SegmentProgress:
     cache_key_fn=segment_cache_key,
     persist_result=True,
 )
-def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int = 0) -> dict:
+def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int = 0) -> FrontTotals:
     """Move one segment's batch × window units along the front; returns the segment's totals.
 
     Units an earlier attempt finished are skipped, units it started are reconciled (journal).
@@ -211,6 +211,6 @@ def transfer_segment(ctx: TransferContext, segment: Segment, samples_before: int
         concurrency=ctx.units_in_flight,
         on_window=_SegmentProgress(ctx, segment, samples_before, plan.tiers),
     )
-    totals = front.run().as_dict()
+    totals = front.run()
     failpoint("segment.done")
     return totals
