@@ -7,9 +7,10 @@ RSS, beside the raw remote-read rate of the same source in the same run (the pat
 
 ``engine`` (default) runs plan + every block window (read, encode, upload into a local bucket) in a child
 process, ``task_concurrency`` windows at once as the flow does, so its CPU and peak RSS are the blocks
-path's alone; ``--cli`` runs ``m3migrate migrate
---write-mode blocks`` with validation, on an ephemeral Prefect API unless PREFECT_API_URL is set. The
-source is a Prometheus on cached promtool blocks (no live tail), read through the M3 gateway with --m3.
+path's alone; ``--cli`` runs ``m3migrate migrate --write-mode blocks`` with validation, on an ephemeral
+Prefect API (its CPU counted as the tool's) unless PREFECT_API_URL is set or ``--prefect-server``
+starts one (as deployments run; its CPU is not counted). The source is a Prometheus on cached promtool
+blocks (no live tail), read through the M3 gateway with --m3.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=15)
     ap.add_argument("--m3", action="store_true", help="read through the sandbox's M3 gateway")
     ap.add_argument("--cli", action="store_true", help="run the CLI (Prefect, validation) instead of the engine")
+    ap.add_argument("--prefect-server", action="store_true", help="--cli against a running Prefect server")
     ap.add_argument("--profile", action="store_true", help="engine run under cProfile: print the top functions")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("read-url", "query-url", "work"):
@@ -199,7 +201,14 @@ def main() -> None:
 
                 target = start_prometheus(tmp, name="target", remote_write_receiver=True)
                 try:
-                    r = run_cli(a, src, target.url, start, end, tmp)
+                    if a.prefect_server:
+                        from m3migrate.sandbox.demo import prefect_server
+
+                        with prefect_server(tmp) as server:
+                            os.environ["PREFECT_API_URL"] = server.api_url
+                            r = run_cli(a, src, target.url, start, end, tmp)
+                    else:
+                        r = run_cli(a, src, target.url, start, end, tmp)
                 finally:
                     target.stop()
                 r["samples"] = samples
