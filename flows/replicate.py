@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -24,6 +24,7 @@ from m3migrate.latewrites import LateWindow, recheck_late_writes, record_late_ch
 from m3migrate.plan import Plan
 from m3migrate.progress import duration, lag_seconds
 from m3migrate.replication import finish_pass, namespace_changes, plan_pass, replication_start_ms
+from m3migrate.report import PassResult, figures_markdown
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationLocked, MigrationState, resolve_spec
 from m3migrate.timefmt import iso_ms
@@ -108,7 +109,7 @@ def replicate(
     state_dir: str | None = None,
     wait_for_lock_seconds: float = 10.0,
     migration_id: str | None = None,
-) -> dict[str, Any]:
+) -> PassResult:
     """Copy what reached the source since the last pass, up to `until` (default: now - lag).
 
     ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it).
@@ -130,32 +131,28 @@ def replicate(
                     iso_ms(watermark),
                     duration(lag),
                 )
-                return {
-                    "migration_id": state.migration_id,
-                    "status": "up-to-date",
-                    "lag_seconds": round(lag, 1),
-                    "source_changes": changes,
-                    **_late_figures(late),
-                }
+                return PassResult(
+                    state.migration_id, "up-to-date", lag_seconds=round(lag, 1), source_changes=changes, **_late(late)
+                )
             summary = run_transfer(source, target, spec, state, "replicate")
             failpoint("replicate.finish")
             record_late_check(state, plan, lag_minutes * 60_000)
-            outcome = finish_pass(state, plan, summary["samples"])
+            outcome = finish_pass(state, plan, summary.samples)
     except MigrationLocked as exc:
         logger.warning("skipped: %s", exc)
-        return {"migration_id": state.migration_id, "status": "skipped-locked", "reason": str(exc)}
-    result = {
-        "migration_id": state.migration_id,
-        "status": "replicated",
-        "watermark": iso_ms(outcome.replication.watermark_ms),
-        "lag_seconds": round(outcome.lag_seconds, 1),
-        "series": plan.series_count,
-        "samples": summary["samples"],
-        "samples_moved_now": summary["samples_moved_now"],
-        "passes": outcome.replication.passes,
-        "source_changes": changes,
-        **_late_figures(late),
-    }
+        return PassResult(state.migration_id, "skipped-locked", reason=str(exc))
+    result = PassResult(
+        state.migration_id,
+        "replicated",
+        watermark=iso_ms(outcome.replication.watermark_ms),
+        lag_seconds=round(outcome.lag_seconds, 1),
+        series=plan.series_count,
+        samples=summary.samples,
+        samples_moved_now=summary.samples_moved_now,
+        passes=outcome.replication.passes,
+        source_changes=changes,
+        **_late(late),
+    )
     if outcome.lag_growing:
         logger.warning(
             "replication lag grew to %.0f s: passes take longer than the schedule interval, or the "
@@ -165,18 +162,23 @@ def replicate(
     logger.info(
         "replication lag %s (watermark %s), %d samples in this pass",
         duration(outcome.lag_seconds),
-        result["watermark"],
-        summary["samples"],
+        result.watermark,
+        summary.samples,
     )
     create_markdown_artifact(
-        "# Replication\n\n| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in result.items()),
+        figures_markdown("Replication", result),
         key=f"{state.migration_id}-replication",
         description=f"Replication lag: {outcome.lag_seconds:.0f} s",
     )
     return result
 
 
-def _late_figures(late: list[LateWindow]) -> dict[str, int]:
+class _LateFigures(TypedDict):
+    late_samples: int
+    late_samples_recopied: int
+
+
+def _late(late: list[LateWindow]) -> _LateFigures:
     """The late writes found in the previous pass's windows, for the result and the artifact."""
     return {
         "late_samples": sum(w.late for w in late),

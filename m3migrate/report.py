@@ -9,8 +9,8 @@ working, as dlt's ``LoadInfo`` is both an object and its printable step info.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 
 def md(text: Any, *, newline: str = " ") -> str:
@@ -66,3 +66,22 @@ class StepResult(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.figures())
+
+
+@dataclass
+class PassResult(StepResult):
+    """One replication pass: ``replicated``, ``up-to-date`` (nothing new yet) or ``skipped-locked``
+    (another run holds the migration); the figures an outcome does not have stay None."""
+
+    migration_id: str
+    status: Literal["replicated", "up-to-date", "skipped-locked"]
+    reason: str | None = None  # skipped-locked: who holds the lock
+    watermark: str | None = None
+    lag_seconds: float | None = None
+    series: int | None = None
+    samples: int | None = None
+    samples_moved_now: int | None = None
+    passes: int | None = None
+    source_changes: list[str] | None = None
+    late_samples: int | None = None  # arrived after the previous pass, older than its end
+    late_samples_recopied: int | None = None
