@@ -448,30 +448,31 @@ def _check_existing(existing: list[BlockMeta], window: BlockWindow, bucket: Buck
                 )
 
 
-def _prefetched(parts: Iterable[SourcePart]) -> Iterator[SourcePart]:
-    """The parts, the next one read (in a thread) while this one is encoded: reading waits on the source
-    and the network, encoding on the CPU, so the two overlap. At most two parts wait beside the one in
-    hand; leaving early stops the reader after its current read."""
-    ready: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
+def _prefetched(parts: Iterable[SourcePart], ahead: int = 1) -> Iterator[SourcePart]:
+    """The parts, the next ``ahead`` read (in a thread) while this one is encoded: reading waits on the
+    source and the network, encoding on the CPU, so the two overlap. Memory: at most 1 + ``ahead`` parts
+    (a slot is taken before a read, given back when its part is done); leaving early stops the reader
+    after its current read."""
+    ready: queue.SimpleQueue[tuple[bool, object]] = queue.SimpleQueue()
+    slots = threading.Semaphore(1 + ahead)
     stop = threading.Event()
-
-    def offer(item: tuple[bool, object]) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def read() -> None:
         try:
-            for part in parts:
-                if not offer((True, part)):
+            source = iter(parts)
+            while True:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
                     return
-            offer((False, None))
+                part = next(source, None)
+                if part is None:
+                    ready.put((False, None))
+                    return
+                ready.put((True, part))
         except BaseException as exc:  # handed to the consumer, raised there
-            offer((False, exc))
+            ready.put((False, exc))
 
     reader = threading.Thread(target=read, name="m3migrate-block-read", daemon=True)
     reader.start()
@@ -482,7 +483,11 @@ def _prefetched(parts: Iterable[SourcePart]) -> Iterator[SourcePart]:
                 if item is not None:
                     raise item  # type: ignore[misc]
                 return
-            yield item  # type: ignore[misc]
+            try:
+                yield item  # type: ignore[misc]
+            finally:
+                del item
+                slots.release()
     finally:
         stop.set()
         reader.join()
