@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import socket
 import ssl
 from collections.abc import Callable
@@ -183,12 +185,21 @@ def _ssl_context(settings: EndpointSettings) -> ssl.SSLContext | bool:
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (RFC 9110 10.2.3: delay-seconds or an HTTP-date, as
+    Prometheus' remote-write client reads it), capped at 300 s; None when absent or unreadable."""
     if not value:
         return None
     try:
-        return max(0.0, min(float(value), 300.0))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None  # neither form: our own backoff
+        if when.tzinfo is None:  # RFC 9110: an HTTP-date is GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return max(0.0, min(seconds, 300.0))
 
 
 def body_excerpt(response: httpx.Response) -> str:

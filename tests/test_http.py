@@ -126,11 +126,6 @@ def test_a_retry_after_that_is_no_delay_means_our_own_backoff(value: str | None)
     assert parse_retry_after(value) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_retry_after ignores the HTTP-date form (falls back to our backoff); Prometheus' "
-    "retryAfterDuration and RFC 9110 honour it. Remove this mark when http.py parses it.",
-)
 def test_retry_after_http_date_is_the_wait_until_then() -> None:
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)  # IMF-fixdate
     wait = parse_retry_after(in_a_minute)
