@@ -11,6 +11,7 @@ every window that has its block, cleans crashed uploads and writes only what is 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 from uuid import UUID
@@ -28,19 +29,20 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.transfer import dask_task_runner, run_transfer
-from m3migrate.backfill import block_windows
+from m3migrate.backfill import BackfillResult, BlockWindow, block_windows
 from m3migrate.blockmode import backfill_stage, fix_boundary, mark_migrated, prepare_backfill, prepare_tail
 from m3migrate.errors import ConfigError
 from m3migrate.plan import Plan
 from m3migrate.progress import PHASES, Progress
+from m3migrate.report import BackfillSummary, MigrationSummary, TransferSummary, figures_markdown
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
+from m3migrate.tiers import tier_table
 from m3migrate.timefmt import iso_ms
 from tasks.backfill import BackfillContext, backfill_block_window, clear_caches, get_bucket
 from tasks.transfer import notify, results_storage
 
 BLOCKS_PHASE = PHASES["backfill"]
-SUM_FIELDS = ("samples", "bytes", "bytes_read", "read_seconds", "encode_seconds", "upload_seconds", "splits")
 
 
 def require_bucket(spec: MigrationSpec, bucket: ThanosBucket | None) -> ThanosBucket:
@@ -86,30 +88,57 @@ def backfill_blocks(
     migration_id: str,
     state_dir: str,
     stage: Stage = "migrate",
-) -> dict[str, Any]:
+) -> BackfillSummary:
     """Write every block window of the stage's saved plan into the bucket; returns the backfill's totals."""
-    logger = get_run_logger()
     state = MigrationState(Path(state_dir), migration_id)
     plan = state.load_plan(stage)
     if plan is None:
         raise ConfigError(f"migration {migration_id!r} has no saved {stage} plan", hint="run the migrate flow")
     labels = spec.backfill_external_labels(migration_id)
     windows = block_windows(plan.start_ms, plan.end_ms, spec.block_ms)
+    ctx = backfill_context(source, spec, bucket, state, plan, stage, labels)
+    summary = BackfillSummary(len(windows), bucket=get_bucket(ctx.bucket).description, external_labels=labels)
+    log_backfill_start(spec, plan, windows, summary)
+    progress = _BackfillProgress(migration_id, stage, len(windows))
+    task_fn = backfill_block_window.with_options(result_storage=results_storage(state.results_dir))
+    rows: list[dict[str, Any]] = []
+    for window, result, cached in finished_windows(task_fn, ctx, windows, spec.task_concurrency):
+        outcome = summary.add(result, cached=cached)
+        rows.append(window_row(window, result, outcome))
+        progress.window_done(window, outcome, summary)
+    clear_caches()
+    summary.finish(progress.elapsed())
+    publish_backfill(migration_id, rows, summary)
+    return summary
+
+
+def backfill_context(
+    source: M3Source,
+    spec: MigrationSpec,
+    bucket: ThanosBucket,
+    state: MigrationState,
+    plan: Plan,
+    stage: Stage,
+    labels: dict[str, str],
+) -> BackfillContext:
+    """What every window's task needs (small and picklable for Dask workers)."""
     relabel = spec.relabeler()
-    settings = bucket.settings()
-    ctx = BackfillContext(
-        migration_id=migration_id,
+    return BackfillContext(
+        migration_id=state.migration_id,
         plan_id=plan.id,
         generation=state.generation,
         stage=stage,
-        state_root=state_dir,
+        state_root=str(state.dir.parent),
         source=source.settings(),
-        bucket=settings,
+        bucket=bucket.settings(),
         relabeler_rules=tuple(relabel.rules),
         add_labels=tuple(relabel.add_labels.items()),
         external_labels=tuple(sorted(labels.items())),
     )
-    logger.info(
+
+
+def log_backfill_start(spec: MigrationSpec, plan: Plan, windows: list[BlockWindow], summary: BackfillSummary) -> None:
+    get_run_logger().info(
         "backfill %s .. %s: %d windows of %d h, %d series in %d batches, labels %s, into %s",
         iso_ms(plan.start_ms),
         iso_ms(plan.end_ms),
@@ -117,105 +146,101 @@ def backfill_blocks(
         spec.block_hours,
         plan.series_count,
         len(plan.batches),
-        labels,
-        get_bucket(settings).description,
+        summary.external_labels,
+        summary.bucket,
     )
-    # blocks mode: the migration's own progress artifact (the key remote write uses); hybrid: the backfill's
-    # called from a sync flow, Prefect's sync/async dual function returns the UUID, not a coroutine
-    artifact_id = cast(
-        UUID,
-        create_progress_artifact(
-            0.0, key=f"{migration_id}-{stage}-progress", description=f"Migration {migration_id}: {BLOCKS_PHASE}"
-        ),
-    )
-    task_fn = backfill_block_window.with_options(result_storage=results_storage(state.results_dir))
-    t0 = time.monotonic()
-    totals: dict[str, Any] = {f: 0 for f in SUM_FIELDS}
-    counts = {"uploaded": 0, "skipped": 0, "empty": 0, "cached": 0}
-    moved_now = 0
-    removed: list[str] = []
-    rows: list[dict[str, Any]] = []
+
+
+def finished_windows(
+    task_fn: Any, ctx: BackfillContext, windows: list[BlockWindow], concurrency: int
+) -> Iterator[tuple[BlockWindow, BackfillResult, bool]]:
+    """Run the windows' tasks, at most ``concurrency`` at once; yields each window's result as it finishes
+    and whether it came from Prefect's cache (done by an earlier run)."""
     todo = list(reversed(windows))
-    in_flight: dict[PrefectFuture, Any] = {}
+    in_flight: dict[PrefectFuture, BlockWindow] = {}
     while todo or in_flight:
-        while todo and len(in_flight) < spec.task_concurrency:
+        while todo and len(in_flight) < concurrency:
             window = todo.pop()
             in_flight[task_fn.submit(ctx, window)] = window
         future = next(as_completed(list(in_flight)))
         window = in_flight.pop(future)
         result = future.result()  # raises the window's error: the backfill stops here, the rerun resumes
-        cached = future.state.name == "Cached"  # done by an earlier run: its result, not this run's work
-        for f in SUM_FIELDS:
-            totals[f] += result[f]
-        kind = "skipped" if result["skipped"] else "empty" if result["empty"] else "uploaded"
-        counts["cached" if cached else kind] += 1
-        moved_now += 0 if cached else result["samples"]
-        removed += result["removed_partial"]
-        rows.append(
-            {
-                "min_time": iso_ms(window.min_time),
-                "max_time": iso_ms(window.max_time),
-                "block": result["ulid"] or "-",
-                "outcome": "cached" if cached else kind,
-                "series": result["series"],
-                "samples": result["samples"],
-                "bytes": result["bytes"],
-            }
+        if isinstance(result, dict):  # cached by an earlier version
+            result = BackfillResult(**result)
+        yield window, result, future.state.name == "Cached"
+
+
+def window_row(window: BlockWindow, result: BackfillResult, outcome: str) -> dict[str, Any]:
+    """The window's row in the backfill's table artifact."""
+    return {
+        "min_time": iso_ms(window.min_time),
+        "max_time": iso_ms(window.max_time),
+        "block": result.ulid or "-",
+        "outcome": outcome,
+        "series": result.series,
+        "samples": result.samples,
+        "bytes": result.bytes,
+    }
+
+
+class _BackfillProgress:
+    """The progress artifact, log line and progress event after each window (in any order: no front)."""
+
+    def __init__(self, migration_id: str, stage: Stage, windows: int) -> None:
+        self.migration_id = migration_id
+        self.windows = windows
+        self.done = 0
+        self.logger = get_run_logger()
+        # blocks mode: the migration's own progress artifact (the key remote write uses); hybrid: the backfill's
+        # called from a sync flow, Prefect's sync/async dual function returns the UUID, not a coroutine
+        self.artifact_id = cast(
+            UUID,
+            create_progress_artifact(
+                0.0, key=f"{migration_id}-{stage}-progress", description=f"Migration {migration_id}: {BLOCKS_PHASE}"
+            ),
         )
-        elapsed = time.monotonic() - t0
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def window_done(self, window: BlockWindow, outcome: str, summary: BackfillSummary) -> None:
+        self.done += 1
+        elapsed = self.elapsed()
         report = Progress(
             BLOCKS_PHASE,
-            len(rows),
-            len(windows),
-            totals["samples"],
-            moved_now / elapsed if elapsed > 0 else 0.0,
+            self.done,
+            self.windows,
+            summary.samples,
+            summary.samples_moved_now / elapsed if elapsed > 0 else 0.0,
             elapsed,
-            blocks_uploaded=counts["uploaded"],  # windows finish in any order: no front here
+            blocks_uploaded=summary.blocks_uploaded,
         )
-        update_progress_artifact(artifact_id, report.percent, description=report.description(migration_id))
-        logger.info(
+        update_progress_artifact(self.artifact_id, report.percent, description=report.description(self.migration_id))
+        self.logger.info(
             "block window %s .. %s %s: %s",
             iso_ms(window.min_time),
             iso_ms(window.max_time),
-            "cached" if cached else kind,
+            outcome,
             report.log_line(),
         )
         notify(report.event())
-    clear_caches()
-    elapsed = time.monotonic() - t0
+
+
+def publish_backfill(migration_id: str, rows: list[dict[str, Any]], summary: BackfillSummary) -> None:
+    """The windows' table (in time order) and the summary as artifacts."""
     rows.sort(key=lambda r: r["min_time"])
     create_table_artifact(rows, key=f"{migration_id}-backfill-windows", description="Blocks per window")
-    summary = {
-        "block_windows": len(windows),
-        "blocks_uploaded": counts["uploaded"],
-        "windows_skipped": counts["skipped"],
-        "windows_empty": counts["empty"],
-        "tasks_cached": counts["cached"],
-        "removed_partial_uploads": len(removed),
-        "samples": totals["samples"],
-        "samples_moved_now": moved_now,
-        "bytes_uploaded": totals["bytes"],
-        "bytes_read": totals["bytes_read"],
-        "read_seconds": round(totals["read_seconds"], 3),
-        "encode_seconds": round(totals["encode_seconds"], 3),
-        "upload_seconds": round(totals["upload_seconds"], 3),
-        "splits": totals["splits"],
-        "seconds": round(elapsed, 3),
-        "samples_per_second": round(moved_now / elapsed) if elapsed else 0,
-        "bucket": get_bucket(settings).description,
-        "external_labels": labels,
-    }
     create_markdown_artifact(
-        "# Block backfill\n\n| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in summary.items()),
+        figures_markdown("Block backfill", summary),
         key=f"{migration_id}-backfill-summary",
         description="Block backfill summary",
     )
-    return summary
 
 
 def run_backfill(
     source: M3Source, spec: MigrationSpec, bucket: ThanosBucket, state: MigrationState, stage: Stage
-) -> dict[str, Any]:
+) -> BackfillSummary:
     """The backfill subflow on a runner that runs at most task_concurrency windows at once."""
     runner = dask_task_runner(spec) if spec.task_runner == "dask" else ThreadPoolTaskRunner(spec.task_concurrency)
     # Prefect types task_runner as TaskRunner[PrefectFuture[Any]], invariant in the future: PrefectHQ/prefect#16938
@@ -231,34 +256,39 @@ def migrate_blocks(
     state: MigrationState,
     bucket: ThanosBucket | None,
     start_over: bool,
-) -> tuple[Plan, dict[str, Any]]:
+) -> MigrationSummary:
     """The migrate flow's work in blocks/hybrid mode (the caller holds the lock): tail, then blocks.
 
-    Returns the plan that covers most of the range (for the summary) and the summary's figures.
+    The summary's plan is the one that covers most of the range.
     """
     logger = get_run_logger()
     bucket = require_bucket(spec, bucket)
     boundary = fix_boundary(spec, state, start_over=start_over)
-    summary: dict[str, Any] = {"write_mode": spec.write_mode, "block_hours": spec.block_hours}
-    if spec.write_mode == "hybrid":
-        summary["boundary"] = iso_ms(boundary) if boundary <= spec.end_ms else "none (all blocks)"
     tail_plan = plan_part(source, spec, state, boundary, "tail")
-    tail: dict[str, Any] = {}
+    tail: TransferSummary | None = None
     if tail_plan is not None:
         logger.info("remote-write tail %s .. %s first", iso_ms(tail_plan.start_ms), iso_ms(tail_plan.end_ms))
         tail = run_transfer(source, target, spec, state, "migrate")
     backfill_plan = plan_part(source, spec, state, boundary, "backfill")
-    blocks: dict[str, Any] = {}
+    blocks: BackfillSummary | None = None
     if backfill_plan is not None:
         stage = backfill_stage(spec, boundary)
         blocks = run_backfill(source, spec, bucket, state, stage)
         if stage == "migrate":  # no tail: the backfill was the whole migration
-            mark_migrated(state, backfill_plan, blocks["samples"])
+            mark_migrated(state, backfill_plan, blocks.samples)
     plan = backfill_plan or tail_plan
     assert plan is not None  # the range is never empty, so one of the parts holds it
-    summary.update({f"blocks_{k}" if k in ("samples", "seconds") else k: v for k, v in blocks.items()})
-    summary.update({"tail_series": tail_plan.series_count, "tail_samples": tail["samples"]} if tail_plan else {})
-    summary["samples"] = blocks.get("samples", 0) + tail.get("samples", 0)
-    summary["samples_moved_now"] = blocks.get("samples_moved_now", 0) + tail.get("samples_moved_now", 0)
-    summary["seconds"] = round(blocks.get("seconds", 0.0) + tail.get("seconds", 0.0), 3)
-    return plan, summary
+    return MigrationSummary(
+        state.migration_id,
+        plan.id,
+        plan.series_count,
+        transfer=tail,
+        blocks=blocks,
+        write_mode=spec.write_mode,
+        block_hours=spec.block_hours,
+        boundary=(iso_ms(boundary) if boundary <= spec.end_ms else "none (all blocks)")
+        if spec.write_mode == "hybrid"
+        else None,
+        tail_series=tail_plan.series_count if tail_plan else None,
+        tiers=tier_table(plan.tiers),
+    )

@@ -11,6 +11,7 @@ that run on separate workers and meet at the segment's end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from flows.transfer import run_transfer
 from flows.validate import validate
 from m3migrate.migration import prepare
 from m3migrate.plan import Plan
+from m3migrate.report import MigrationSummary
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState
 from m3migrate.tiers import tier_table
@@ -72,7 +74,7 @@ def migrate(
     state_dir: str | None = None,
     skip_validation: bool = False,
     bucket: ThanosBucket | None = None,
-) -> dict[str, Any]:
+) -> MigrationSummary:
     """Move the spec's history from the M3 source into the Thanos target; rerun to resume.
 
     The validation flow runs first (a failing check stops the migration before any data moves) unless
@@ -93,23 +95,23 @@ def migrate(
         # the later steps (replicate, verify, close) then need only the migration id; no secret is saved
         state.save_spec(spec, source.settings(), target.settings(), replace=start_over)
         if spec.uses_blocks:
-            plan, summary = migrate_blocks(source, target, spec, state, bucket, start_over)
+            summary = migrate_blocks(source, target, spec, state, bucket, start_over)
         else:
             plan = plan_migration(source, spec, state, start_over)
-            summary = run_transfer(source, target, spec, state, "migrate")
-    summary = {"migration_id": state.migration_id, "plan_id": plan.id, **summary, "series": plan.series_count}
-    if plan.tiers:
-        summary["tiers"] = tier_table(plan.tiers)
+            transfer = run_transfer(source, target, spec, state, "migrate")
+            summary = MigrationSummary(
+                state.migration_id, plan.id, plan.series_count, transfer=transfer, tiers=tier_table(plan.tiers)
+            )
     create_markdown_artifact(
-        _summary_markdown(summary), key=f"{state.migration_id}-summary", description="Migration summary"
+        summary.to_markdown(), key=f"{state.migration_id}-summary", description="Migration summary"
     )
     logger.info(
         "migration %s complete: %d series, %d samples (%d moved in this run) in %.1f s",
-        summary["migration_id"],
-        summary["series"],
-        summary["samples"],
-        summary["samples_moved_now"],
-        summary["seconds"],
+        summary.migration_id,
+        summary.series,
+        summary.samples,
+        summary.samples_moved_now,
+        summary.seconds,
     )
     if summary.get("new_series_after_discovery"):
         logger.warning(
@@ -121,7 +123,7 @@ def migrate(
     return summary
 
 
-def warn_about_label_bytes(summary: dict[str, Any], logger: Any) -> None:
+def warn_about_label_bytes(summary: Mapping[str, Any], logger: Any) -> None:
     """Say loudly what became of series whose label bytes are not UTF-8 (exit code stays 0: README)."""
     if summary.get("non_utf8_series"):
         logger.warning(
@@ -135,13 +137,3 @@ def warn_about_label_bytes(summary: dict[str, Any], logger: Any) -> None:
             summary["skipped_series"],
             "; ".join(summary.get("skipped_series_examples") or ()),
         )
-
-
-def _summary_markdown(summary: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "tiers")
-    text = f"# Migration {summary['migration_id']}\n\n| figure | value |\n|---|---|\n{rows}\n"
-    if summary.get("tiers"):
-        lines = [f"| {t['from']} | {t['to']} | {t['namespace']} | {t['storage_policy']} |" for t in summary["tiers"]]
-        text += "\n## Tiers (M3 namespace per range)\n\n| from | to | namespace | storage policy |\n|---|---|---|---|\n"
-        text += "\n".join(lines) + "\n"
-    return text

@@ -9,8 +9,11 @@ working, as dlt's ``LoadInfo`` is both an object and its printable step info.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from m3migrate.backfill import BackfillResult
 
 
 def md(text: Any, *, newline: str = " ") -> str:
@@ -69,6 +72,34 @@ class StepResult(Mapping[str, Any]):
 
 
 @dataclass
+class TransferSummary(StepResult):
+    """What a run of a stage's front did (the figures: totals include what earlier runs had done)."""
+
+    series: int
+    samples: int
+    requests: int
+    bytes_read: int
+    bytes_written: int
+    read_retries: int
+    write_retries: int
+    splits: int
+    reconciled_series: int
+    windows: int
+    batches: int
+    tasks: int
+    tasks_cached: int  # segments an earlier run had finished (Prefect's cache)
+    units: int
+    units_skipped: int
+    samples_moved_now: int
+    new_series_after_discovery: int
+    non_utf8_series: int
+    skipped_series: int
+    skipped_series_examples: list[str]
+    seconds: float
+    samples_per_second: int
+
+
+@dataclass
 class PassResult(StepResult):
     """One replication pass: ``replicated``, ``up-to-date`` (nothing new yet) or ``skipped-locked``
     (another run holds the migration); the figures an outcome does not have stay None."""
@@ -85,3 +116,119 @@ class PassResult(StepResult):
     source_changes: list[str] | None = None
     late_samples: int | None = None  # arrived after the previous pass, older than its end
     late_samples_recopied: int | None = None
+
+
+@dataclass
+class BackfillSummary(StepResult):
+    """What a block backfill did over its windows (``add`` each window's result as it finishes)."""
+
+    block_windows: int
+    blocks_uploaded: int = 0
+    windows_skipped: int = 0  # the bucket already had their blocks
+    windows_empty: int = 0  # no samples in the source
+    tasks_cached: int = 0  # windows an earlier run had finished (Prefect's cache)
+    removed_partial_uploads: int = 0
+    samples: int = 0
+    samples_moved_now: int = 0
+    bytes_uploaded: int = 0
+    bytes_read: int = 0
+    read_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    upload_seconds: float = 0.0
+    splits: int = 0
+    seconds: float = 0.0
+    samples_per_second: int = 0
+    bucket: str = ""
+    external_labels: dict[str, str] = field(default_factory=dict)
+
+    def add(self, result: BackfillResult, *, cached: bool) -> str:
+        """Count one window's result; returns its outcome: uploaded, skipped, empty or cached."""
+        outcome = "skipped" if result.skipped else "empty" if result.empty else "uploaded"
+        if cached:  # done by an earlier run: its result, not this run's work
+            self.tasks_cached += 1
+        else:
+            self.blocks_uploaded += outcome == "uploaded"
+            self.windows_skipped += outcome == "skipped"
+            self.windows_empty += outcome == "empty"
+            self.samples_moved_now += result.samples
+        self.removed_partial_uploads += len(result.removed_partial)
+        self.samples += result.samples
+        self.bytes_uploaded += result.bytes
+        self.bytes_read += result.bytes_read
+        self.read_seconds += result.read_seconds
+        self.encode_seconds += result.encode_seconds
+        self.upload_seconds += result.upload_seconds
+        self.splits += result.splits
+        return "cached" if cached else outcome
+
+    def finish(self, seconds: float) -> None:
+        """The run's duration and rate; the timings rounded as they are shown."""
+        self.read_seconds = round(self.read_seconds, 3)
+        self.encode_seconds = round(self.encode_seconds, 3)
+        self.upload_seconds = round(self.upload_seconds, 3)
+        self.seconds = round(seconds, 3)
+        self.samples_per_second = round(self.samples_moved_now / seconds) if seconds else 0
+
+
+@dataclass
+class MigrationSummary(StepResult):
+    """The migrate step's result: the remote-write front's summary (the whole migration, or hybrid's tail)
+    and, in the blocks and hybrid write modes, the block backfill's; ``figures()`` lays them out as shown."""
+
+    migration_id: str
+    plan_id: str  # the plan that covers most of the range
+    series: int
+    transfer: TransferSummary | None = None
+    blocks: BackfillSummary | None = None
+    write_mode: str | None = None  # set in the block modes
+    block_hours: int | None = None
+    boundary: str | None = None  # hybrid: where the remote-write tail starts
+    tail_series: int | None = None
+    tiers: list[dict[str, Any]] = field(default_factory=list)  # the M3 namespace of each part of the range
+
+    @property
+    def samples(self) -> int:
+        return (self.blocks.samples if self.blocks else 0) + (self.transfer.samples if self.transfer else 0)
+
+    @property
+    def samples_moved_now(self) -> int:
+        moved = self.blocks.samples_moved_now if self.blocks else 0
+        return moved + (self.transfer.samples_moved_now if self.transfer else 0)
+
+    @property
+    def seconds(self) -> float:
+        return round(
+            (self.blocks.seconds if self.blocks else 0.0) + (self.transfer.seconds if self.transfer else 0.0), 3
+        )
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"migration_id": self.migration_id, "plan_id": self.plan_id}
+        if self.write_mode is None:  # remote write: the front's figures, the plan's series count
+            out.update(self.transfer.figures() if self.transfer else {})
+        else:
+            out.update(self._block_mode_figures())
+        out["series"] = self.series
+        if self.tiers:
+            out["tiers"] = self.tiers
+        return out
+
+    def _block_mode_figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"write_mode": self.write_mode, "block_hours": self.block_hours}
+        if self.boundary is not None:
+            out["boundary"] = self.boundary
+        if self.blocks:
+            renamed = ("samples", "seconds")  # the totals below are both parts'
+            out.update({f"blocks_{k}" if k in renamed else k: v for k, v in self.blocks.figures().items()})
+        if self.transfer:
+            out.update(tail_series=self.tail_series, tail_samples=self.transfer.samples)
+        out.update(samples=self.samples, samples_moved_now=self.samples_moved_now, seconds=self.seconds)
+        return out
+
+    def to_markdown(self) -> str:
+        """The migration's summary artifact: the figures, then the tiers."""
+        text = figures_markdown(f"Migration {self.migration_id}", {k: v for k, v in self.items() if k != "tiers"})
+        if self.tiers:
+            rows = [(t["from"], t["to"], t["namespace"], t["storage_policy"]) for t in self.tiers]
+            lines = table(("from", "to", "namespace", "storage policy"), rows)
+            text += "\n## Tiers (M3 namespace per range)\n\n" + "\n".join(lines) + "\n"
+        return text
