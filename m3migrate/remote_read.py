@@ -126,8 +126,11 @@ class RemoteReadClient(EndpointClient):
                 body=body_excerpt(response),
                 hint="check that read_url is the remote-read endpoint (M3: /api/v1/prom/remote/read)",
             )
-        self.stats.compressed_bytes += len(response.content)
-        return decompress(response.content, endpoint=self.endpoint, what="remote read")
+        content = response.content
+        self.stats.compressed_bytes += len(content)
+        # httpx's response and its stream point at each other: without this the body waits for the cyclic GC
+        response.stream = httpx.ByteStream(b"")
+        return decompress(content, endpoint=self.endpoint, what="remote read")
 
 
 def count_samples(raw: bytes) -> int:
