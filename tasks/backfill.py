@@ -87,7 +87,7 @@ def window_cache_key(context: TaskRunContext, parameters: dict) -> str:
     cache_key_fn=window_cache_key,
     persist_result=True,
 )
-def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> dict:
+def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> BackfillResult:
     """Write and upload the block of one window (or skip it when the bucket already has it)."""
     plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
     relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
@@ -102,4 +102,4 @@ def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> dict:
             work_dir=Path(ctx.work_dir) if ctx.work_dir else None,
             tiers=plan.tiers,
         )
-    return result.as_dict()
+    return result
