@@ -272,10 +272,12 @@ def _add_part(
     batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope)."""
     labels_in, counts, t, bits, utf8 = _part_arrays(part)
     keys = batch.keys if batch is not None else None
+    # the plan's own label tuples: what the relabeler's cache keeps then costs no memory of its own
+    canonical = {key: key for key in batch.series} if batch is not None else {}
     chosen: list[int] = []
     targets: list[Labels] = []
     for i, (labels, n) in enumerate(zip(labels_in, counts.tolist(), strict=True)):
-        out = _target_labels(labels, n, keys, batch, relabeler, result, owners, utf8)
+        out = _target_labels(labels, n, keys, batch, relabeler, result, owners, utf8, canonical)
         if out is not None:
             chosen.append(i)
             targets.append(out)
@@ -333,10 +335,14 @@ def _target_labels(
     result: BackfillResult,
     owners: dict[Labels, str] | None,
     utf8: bool = False,
+    canonical: Mapping[Labels, Labels] | None = None,
 ) -> Labels | None:
     """The labels a read series is written with, or None when it is not written (counted in result).
-    ``utf8``: the part's labels are known to be UTF-8 text (none holds raw bytes to look for)."""
+    ``utf8``: the part's labels are known to be UTF-8 text (none holds raw bytes to look for);
+    ``canonical``: the plan's label tuples, used in place of equal ones decoded from the read."""
     key = tuple(sorted(labels))
+    if canonical:
+        key = canonical.get(key, key)
     if len(key) != len({name for name, _ in key}):
         raise MalformedResponse(
             f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
