@@ -214,6 +214,7 @@ class BlockWriter:
                 f"[{self.min_time}, {self.max_time}) (maxTime is exclusive)"
             )
         self._queue(sids, counts, t, v)
+        self.flush()  # a read part is big enough to encode at once; holding it would double the memory
 
     def _series_id(self, labels: Labels, utf8: bool = False) -> int:
         sid = self._series_ids.get(labels)
