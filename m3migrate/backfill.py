@@ -18,7 +18,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -454,7 +454,7 @@ def _check_existing(existing: list[BlockMeta], window: BlockWindow, bucket: Buck
                 )
 
 
-def _prefetched(parts: Iterable[SourcePart], ahead: int = 1) -> Iterator[SourcePart]:
+def _prefetched(parts: Iterable[SourcePart], ahead: int = 1) -> Generator[SourcePart, None, None]:
     """The parts, the next ``ahead`` read (in a thread) while this one is encoded: reading waits on the
     source and the network, encoding on the CPU, so the two overlap. Memory: at most 1 + ``ahead`` parts
     (a slot is taken before a read, given back when its part is done); leaving early stops the reader

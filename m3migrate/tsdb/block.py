@@ -66,7 +66,7 @@ def check_labels(labels: Labels, utf8: bool = False) -> None:
     if not labels:
         raise InvalidSeries("a series without labels cannot be stored in a block")
     raw = not utf8 and has_raw_bytes(n for n, _ in labels)
-    names = [label_bytes(n) for n, _ in labels] if raw else [n for n, _ in labels]
+    names: list[Any] = [label_bytes(n) for n, _ in labels] if raw else [n for n, _ in labels]  # bytes or str
     prev = None
     for (name, value), key in zip(labels, names, strict=True):
         if not name or not value:

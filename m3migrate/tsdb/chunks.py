@@ -69,7 +69,7 @@ class SegmentWriter:
             j = min(j, n)
             base = int(offsets[i])
             refs[i:j] = ((len(self.files) - 1) << 32) + self._pos + (offsets[i:j] - base)
-            self._f.write(memoryview(records[base : int(offsets[j])]))
+            self._f.write(records[base : int(offsets[j])].data)  # the array's buffer, not a copy
             self._pos += int(offsets[j]) - base
             i = j
         if n:

@@ -94,7 +94,7 @@ def write_index(
         entries, series_ids, series_max = series_entries(
             np.array(refs_of, np.int64), label_offsets, chunk_offsets, mint, maxt, ref, f.pos
         )
-        f.write(memoryview(entries))
+        f.write(entries.data)  # the array's buffer, not a copy
 
         # postings per (name, value) in symbol order, which is byte order (the tables list them so); a
         # stable sort keeps each list's series IDs ascending (series are written in sorted order)
@@ -120,7 +120,7 @@ def write_index(
         empty = sym_ref[""]
         list_offsets = np.concatenate(([0], len(series_ids) + np.append(starts, len(pair_sid))))
         body, where = postings_sections(np.concatenate((series_ids, pair_sid)), list_offsets, f.pos)
-        f.write(memoryview(body))
+        f.write(body.data)
 
         toc_label_table = f.pos
         parts = [_U32.pack(len(label_index_offsets))]

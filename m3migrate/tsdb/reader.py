@@ -63,9 +63,9 @@ def read_block(block_dir: Path) -> BlockContents:
     meta = BlockMeta.load(block_dir / META_FILENAME)
     segments = sorted((block_dir / "chunks").iterdir())
     seg_data = [p.read_bytes() for p in segments]
-    for p, data in zip(segments, seg_data, strict=True):
+    for path, data in zip(segments, seg_data, strict=True):
         if data[:8] != SEGMENT_HEADER:
-            raise TsdbError(f"{p}: not a chunk segment (header {data[:8].hex()})")
+            raise TsdbError(f"{path}: not a chunk segment (header {data[:8].hex()})")
 
     buf = (block_dir / "index").read_bytes()
     if buf[:4] != INDEX_MAGIC or buf[4] != INDEX_VERSION:
