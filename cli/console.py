@@ -4,7 +4,7 @@ codes, the live progress bar fed by the flows' events, and how step results and 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -73,7 +73,8 @@ def live_progress() -> Iterator[None]:
         PROGRESS_LISTENERS.remove(listener)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """A step's result (its figures), one row each."""
     table = Table(title=f"migration {summary.get('migration_id', '')}", show_header=False)
     for k, v in summary.items():
         if k == "tiers":  # one row per M3 namespace the range was read from

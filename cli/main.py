@@ -135,7 +135,7 @@ def replicate(
             wait_for_lock_seconds=wait,
         )
     print_summary(result)
-    if result["status"] == "skipped-locked":
+    if result.status == "skipped-locked":
         raise typer.Exit(EXIT_BUSY)
 
 
@@ -261,15 +261,15 @@ def close(
         state_dir=inputs.state_dir,
         lag_minutes=_minutes(lag),
     )
-    out.print(f"flow run {result.get('flow_run_id')}: decision {result['decision']}", markup=False, highlight=False)
-    schedule = result.get("schedule")
+    out.print(f"flow run {result.flow_run_id}: decision {result.decision}", markup=False, highlight=False)
+    schedule = result.schedule
     if schedule is not None:
         if schedule.get("found"):
             state = "paused" if schedule["deployment_paused"] else "active"
             out.print(f"{replicate_deployment} is {state} (read back at {schedule['read_at']})", markup=False)
         else:
             console.print(f"[red]no deployment {replicate_deployment}: no replication schedule was changed[/red]")
-    if result["decision"] == "undecided":
+    if result.decision == "undecided":
         console.print("[yellow]undecided: nobody decided before the timeout; nothing was stopped[/yellow]")
         raise typer.Exit(EXIT_FAILED)
 

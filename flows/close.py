@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from blocks import M3Source, ThanosTarget
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
 from m3migrate.errors import ConfigError
+from m3migrate.report import CloseResult, PassResult, figure_table, md, table
 from m3migrate.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, resolve_spec
 from m3migrate.verify import VerificationFailed
@@ -81,11 +83,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def summary_markdown(verified: bool, verification: dict[str, Any], replication: dict[str, Any]) -> str:
+def summary_markdown(verified: bool, verification: Mapping[str, Any], replication: Mapping[str, Any]) -> str:
     """The form's description: the verification result and what each choice does."""
     status = "**verification passed**" if verified else "**verification FAILED**"
     keys = (
@@ -98,22 +96,18 @@ def summary_markdown(verified: bool, verification: dict[str, Any], replication: 
         "mismatches",
         "mismatched_series",
     )
-    rows = [f"| {k} | {_md(verification[k])} |" for k in keys if k in verification]
-    lines = [
-        f"## Cutover of `{_md(verification.get('migration_id', '?'))}`: {status}",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        *rows,
-        f"| final catch-up | {_md(replication.get('status', '?'))} "
-        f"(watermark {_md(replication.get('watermark', '-'))}, lag {_md(replication.get('lag_seconds', '-'))} s) |",
-    ]
+    figures = {k: verification[k] for k in keys if k in verification}
+    figures["final catch-up"] = (
+        f"{replication.get('status', '?')} "
+        f"(watermark {replication.get('watermark', '-')}, lag {replication.get('lag_seconds', '-')} s)"
+    )
+    lines = [f"## Cutover of `{md(verification.get('migration_id', '?'))}`: {status}", "", *figure_table(figures)]
     if verification.get("report_dir"):
-        lines += ["", f"Report files: `{_md(verification['report_dir'])}`"]
+        lines += ["", f"Report files: `{md(verification['report_dir'])}`"]
     if replication.get("source_changes"):
-        lines += ["", "Source changes seen by the catch-up:", *(f"- {_md(c)}" for c in replication["source_changes"])]
+        lines += ["", "Source changes seen by the catch-up:", *(f"- {md(c)}" for c in replication["source_changes"])]
     if verification.get("error"):
-        lines += ["", f"Verification error: {_md(verification['error'])}"]
+        lines += ["", f"Verification error: {md(verification['error'])}"]
     lines += [
         "",
         "**Decide:**",
@@ -223,24 +217,24 @@ def _proof_markdown(proof: dict[str, Any] | None) -> list[str]:
     if not proof.get("found"):
         return [
             "",
-            f"## WARNING: no deployment `{_md(proof['deployment'])}`",
+            f"## WARNING: no deployment `{md(proof['deployment'])}`",
             "",
             "There was no replicate schedule to change. If replication runs somewhere else (another "
             "Prefect server, cron, `m3migrate replicate` in a loop), stop it there.",
         ]
+    before = {s["id"]: s["active"] for s in proof["before"]["schedules"]}
+    rows = [
+        ("deployment paused", proof["before"]["deployment_paused"], proof["deployment_paused"]),
+        *((f"schedule {s['schedule']} active", before.get(s["id"]), s["active"]) for s in proof["schedules"]),
+        ("scheduled runs waiting", proof["before"]["scheduled_runs"], proof["scheduled_runs"]),
+        ("runs in progress", proof["before"]["running_runs"], proof["running_runs"]),
+    ]
     lines = [
         "",
-        f"## Proof: `{_md(proof['deployment'])}` as read back at {proof['read_at']}",
+        f"## Proof: `{md(proof['deployment'])}` as read back at {proof['read_at']}",
         "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| deployment paused | {proof['before']['deployment_paused']} | {proof['deployment_paused']} |",
+        *table(("", "before", "after"), rows),
     ]
-    before = {s["id"]: s["active"] for s in proof["before"]["schedules"]}
-    for s in proof["schedules"]:
-        lines.append(f"| schedule {_md(s['schedule'])} active | {before.get(s['id'])} | {s['active']} |")
-    lines.append(f"| scheduled runs waiting | {proof['before']['scheduled_runs']} | {proof['scheduled_runs']} |")
-    lines.append(f"| runs in progress | {proof['before']['running_runs']} | {proof['running_runs']} |")
     if proof["running_runs"]:
         lines += ["", "A pass in progress finishes normally; the migration's lock keeps passes from overlapping."]
     return lines
@@ -263,7 +257,7 @@ def _leave_expired_pause(ctx: FlowRunContext | None) -> None:
 
 
 def _record(migration_id: str, title: str, facts: dict[str, Any], extra: list[str], description: str) -> None:
-    lines = [f"# {title}", "", "| | |", "|---|---|", *(f"| {k} | {_md(v)} |" for k, v in facts.items()), *extra]
+    lines = [f"# {title}", "", *table(("", ""), facts.items()), *extra]
     create_markdown_artifact("\n".join(lines) + "\n", key=cutover_artifact_key(migration_id), description=description)
 
 
@@ -280,151 +274,198 @@ def close(
     catch_up_lock_wait_seconds: float = 600.0,
     poll_interval_seconds: int = 10,
     migration_id: str | None = None,
-) -> dict[str, Any]:
+) -> CloseResult:
     """Final catch-up, verification, then wait for a human's decision: stop replication or keep it on.
 
     ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it).
     """
-    logger = get_run_logger()
     if not 0 < approval_timeout_hours <= MAX_APPROVAL_HOURS:
         raise ConfigError(f"approval_timeout_hours must be in (0, {MAX_APPROVAL_HOURS:.0f}]")
-    spec = resolve_spec(
-        Path(state_dir) if state_dir else default_state_dir(), migration_id, spec, source.read_url, target.write_url
-    )
+    root = Path(state_dir) if state_dir else default_state_dir()
+    spec = resolve_spec(root, migration_id, spec, source.read_url, target.write_url)
     migration_id = spec.resolved_id(source.read_url, target.write_url)  # resolve_spec set it: spec.migration_id
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-
     # 1. final catch-up (a scheduled pass may be running: wait for it, it holds the lock)
+    replication = final_catch_up(source, target, spec, state_dir, lag_minutes, catch_up_lock_wait_seconds)
+    # 2. verification of everything copied so far: the bulk range and what replication added up to its watermark
+    verified, verification = verify_to_watermark(source, target, spec, root, migration_id, sample_fraction, state_dir)
+    result = CloseResult(migration_id, flow_run_id, replication, verification, verified)
+    # 3. the gate: pause until a decision arrives, or the deadline passes
+    gate = CutoverGate(result, ctx, approval_timeout_hours, poll_interval_seconds)
+    decision = gate.wait()
+    if decision is None:  # the timeout passed: nothing changes
+        gate.record_undecided()
+        return result
+    # 4. apply the decision, read it back, record it
+    apply_decision(result, decision, replicate_deployment, gate.facts)
+    return result
+
+
+def final_catch_up(
+    source: M3Source,
+    target: ThanosTarget,
+    spec: MigrationSpec,
+    state_dir: str | None,
+    lag_minutes: int,
+    lock_wait_seconds: float,
+) -> PassResult:
+    """One last replication pass; a pass still running after ``lock_wait_seconds`` makes it skip."""
     replication = replicate(
         source,
         target,
         spec,
         lag_minutes=lag_minutes,
         state_dir=state_dir,
-        wait_for_lock_seconds=catch_up_lock_wait_seconds,
+        wait_for_lock_seconds=lock_wait_seconds,
     )
-    if replication.get("status") == "skipped-locked":
-        logger.warning("the final catch-up was skipped: %s", replication.get("reason"))
+    if replication.status == "skipped-locked":
+        get_run_logger().warning("the final catch-up was skipped: %s", replication.reason)
+    return replication
 
-    # 2. verification of everything copied so far: the bulk range and what replication added up to its watermark
-    watermark = (
-        MigrationState(Path(state_dir) if state_dir else default_state_dir(), migration_id)
-        .load_replication()
-        .watermark_ms
-    )
+
+def verify_to_watermark(
+    source: M3Source,
+    target: ThanosTarget,
+    spec: MigrationSpec,
+    root: Path,
+    migration_id: str,
+    sample_fraction: float,
+    state_dir: str | None,
+) -> tuple[bool, dict[str, Any]]:
+    """Verify the migration up to the replication watermark: whether it passed, and its summary."""
+    watermark = MigrationState(root, migration_id).load_replication().watermark_ms
     until = datetime.fromtimestamp(watermark / 1000, UTC) if watermark is not None else None
     try:
         verification = verify_flow(
             source, target, spec, sample_fraction=sample_fraction, state_dir=state_dir, until=until
         )
-        verified = True
+        return True, verification
     except VerificationFailed as exc:
         verification = {**exc.summary, "ok": False} if exc.summary else {"ok": False, "error": str(exc)}
         verification.setdefault("migration_id", migration_id)
-        verified = False
-        logger.warning("verification failed: %s", exc)
+        get_run_logger().warning("verification failed: %s", exc)
+        return False, verification
 
-    result: dict[str, Any] = {
-        "migration_id": migration_id,
-        "flow_run_id": flow_run_id,
-        "replication": replication,
-        "verification": verification,
-        "verified": verified,
-        "refusals": 0,
-    }
-    facts = {"migration": migration_id, "verified": verified, "flow run": flow_run_id}
 
-    # 3. the gate: pause until a decision arrives, or the deadline passes
-    timeout_s = max(1, round(approval_timeout_hours * 3600))
-    deadline = time.monotonic() + timeout_s
-    description = summary_markdown(verified, verification, replication)
-    attempt = 0
-    while True:
-        attempt += 1
-        remaining = round(deadline - time.monotonic())
-        decision: CutoverDecision | None = None
-        if remaining > 0:
-            logger.info(
-                "waiting up to %.1f h for the cutover decision: resume this run in the Prefect UI, or run "
-                "`m3migrate approve --flow-run %s --decision stop|keep --approver NAME`",
-                remaining / 3600,
-                flow_run_id,
-            )
-            form = CutoverDecision.with_initial_data(description=description, decision=KEEP)
-            try:
-                decision = pause_flow_run(
-                    wait_for_input=form,
-                    timeout=remaining,
-                    poll_interval=max(1, min(poll_interval_seconds, remaining)),
-                    key=f"cutover-{attempt}",
-                )
-            except FlowPauseTimeout:
-                _leave_expired_pause(ctx)
-                decision = None
-            except ValidationError as exc:
-                result["refusals"] += 1
-                logger.error("cutover decision refused, invalid input: %s; waiting again", exc)
-                _record(
-                    migration_id,
-                    "Cutover decision refused: invalid input",
-                    {**facts, "error": exc, "at": _now()},
-                    [],
-                    "Refused: invalid input",
-                )
-                description = f"**Previous decision refused (invalid input): {_md(exc)}**\n\n" + summary_markdown(
-                    verified, verification, replication
-                )
+class CutoverGate:
+    """The paused run's form: asks again after a refused decision, until a valid one or the deadline."""
+
+    def __init__(self, result: CloseResult, ctx: FlowRunContext | None, timeout_hours: float, poll: int) -> None:
+        self.result = result
+        self.ctx = ctx
+        self.timeout_hours = timeout_hours
+        self.poll = poll
+        self.logger = get_run_logger()
+        self.facts = {"migration": result.migration_id, "verified": result.verified, "flow run": result.flow_run_id}
+        self.timeout_s = max(1, round(timeout_hours * 3600))
+        self.deadline = time.monotonic() + self.timeout_s
+        self.description = self._summary()
+
+    def _summary(self) -> str:
+        return summary_markdown(self.result.verified, self.result.verification, self.result.replication)
+
+    def wait(self) -> CutoverDecision | None:
+        """The accepted decision, or None when the deadline passed first."""
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = round(self.deadline - time.monotonic())
+            decision: CutoverDecision | None = None
+            if remaining > 0:
+                try:
+                    decision = self._pause(remaining, attempt)
+                except ValidationError as exc:
+                    self._refuse_invalid(exc)
+                    continue
+            if decision is None:
+                return None
+            if not self.result.verified and not decision.override_failed_verification:
+                self._refuse_unconfirmed(decision)
                 continue
-        if decision is None:  # the timeout passed: nothing changes
-            logger.warning(
-                "undecided: nobody decided within %.1f h, nothing was stopped; replication continues as it was. "
-                "Run close again to decide.",
-                timeout_s / 3600,
-            )
-            _record(
-                migration_id,
-                "Cutover undecided",
-                {**facts, "decision": UNDECIDED, "timeout hours": approval_timeout_hours, "at": _now()},
-                [
-                    "",
-                    "Nobody decided before the timeout. **Nothing was stopped**: the replicate schedule is unchanged.",
-                ],
-                "Undecided: nothing was stopped",
-            )
-            return {**result, "decision": UNDECIDED}
+            return decision
 
-        if not verified and not decision.override_failed_verification:
-            result["refusals"] += 1
-            logger.error(
-                "cutover decision %r by %s refused: verification failed and override_failed_verification is "
-                "not set; nothing was changed, waiting for a new decision",
-                decision.decision,
-                decision.approver,
+    def _pause(self, remaining: int, attempt: int) -> CutoverDecision | None:
+        self.logger.info(
+            "waiting up to %.1f h for the cutover decision: resume this run in the Prefect UI, or run "
+            "`m3migrate approve --flow-run %s --decision stop|keep --approver NAME`",
+            remaining / 3600,
+            self.result.flow_run_id,
+        )
+        form = CutoverDecision.with_initial_data(description=self.description, decision=KEEP)
+        try:
+            return pause_flow_run(
+                wait_for_input=form,
+                timeout=remaining,
+                poll_interval=max(1, min(self.poll, remaining)),
+                key=f"cutover-{attempt}",
             )
-            _record(
-                migration_id,
-                "Cutover decision refused",
-                {
-                    **facts,
-                    "decision asked": decision.decision,
-                    "approver": decision.approver,
-                    "comment": decision.comment,
-                    "reason": "verification failed and override_failed_verification was not set",
-                    "at": _now(),
-                },
-                ["", "Nothing was changed. The run waits for a new decision."],
-                "Refused: verification failed without override",
-            )
-            description = (
-                f"**The decision of {_md(decision.approver)} was refused: verification failed and "
-                "override_failed_verification was not ticked.**\n\n"
-                + summary_markdown(verified, verification, replication)
-            )
-            continue
-        break
+        except FlowPauseTimeout:
+            _leave_expired_pause(self.ctx)
+            return None
 
-    # 4. apply the decision, read it back, record it
+    def _refuse_invalid(self, exc: ValidationError) -> None:
+        self.result.refusals += 1
+        self.logger.error("cutover decision refused, invalid input: %s; waiting again", exc)
+        _record(
+            self.result.migration_id,
+            "Cutover decision refused: invalid input",
+            {**self.facts, "error": exc, "at": _now()},
+            [],
+            "Refused: invalid input",
+        )
+        self.description = f"**Previous decision refused (invalid input): {md(exc)}**\n\n" + self._summary()
+
+    def _refuse_unconfirmed(self, decision: CutoverDecision) -> None:
+        self.result.refusals += 1
+        self.logger.error(
+            "cutover decision %r by %s refused: verification failed and override_failed_verification is "
+            "not set; nothing was changed, waiting for a new decision",
+            decision.decision,
+            decision.approver,
+        )
+        _record(
+            self.result.migration_id,
+            "Cutover decision refused",
+            {
+                **self.facts,
+                "decision asked": decision.decision,
+                "approver": decision.approver,
+                "comment": decision.comment,
+                "reason": "verification failed and override_failed_verification was not set",
+                "at": _now(),
+            },
+            ["", "Nothing was changed. The run waits for a new decision."],
+            "Refused: verification failed without override",
+        )
+        self.description = (
+            f"**The decision of {md(decision.approver)} was refused: verification failed and "
+            "override_failed_verification was not ticked.**\n\n" + self._summary()
+        )
+
+    def record_undecided(self) -> None:
+        self.logger.warning(
+            "undecided: nobody decided within %.1f h, nothing was stopped; replication continues as it was. "
+            "Run close again to decide.",
+            self.timeout_s / 3600,
+        )
+        _record(
+            self.result.migration_id,
+            "Cutover undecided",
+            {**self.facts, "decision": UNDECIDED, "timeout hours": self.timeout_hours, "at": _now()},
+            [
+                "",
+                "Nobody decided before the timeout. **Nothing was stopped**: the replicate schedule is unchanged.",
+            ],
+            "Undecided: nothing was stopped",
+        )
+
+
+def apply_decision(
+    result: CloseResult, decision: CutoverDecision, replicate_deployment: str, facts: dict[str, Any]
+) -> None:
+    """Pause (or keep) the replicate deployment, read it back and record the decision with its proof."""
+    logger = get_run_logger()
     stop = decision.decision == STOP
     proof = set_replication_schedule(replicate_deployment, active=not stop)
     if not proof.get("found"):
@@ -435,19 +476,18 @@ def close(
             replicate_deployment,
             "pause" if stop else "keep on",
         )
-    decided = {
-        "decision": decision.decision,
-        "approver": decision.approver,
-        "comment": decision.comment,
-        "override_failed_verification": decision.override_failed_verification,
-        "decided_at": _now(),
-    }
+    result.decision = decision.decision
+    result.approver = decision.approver
+    result.comment = decision.comment
+    result.override_failed_verification = decision.override_failed_verification
+    result.decided_at = _now()
+    result.schedule = proof
+    decided = {k: result[k] for k in ("decision", "approver", "comment", "override_failed_verification", "decided_at")}
     _record(
-        migration_id,
+        result.migration_id,
         f"Cutover decision: {decision.decision}",
         {**facts, **decided},
         _proof_markdown(proof),
         f"{decision.decision} by {decision.approver}",
     )
     logger.info("cutover decision %s by %s recorded", decision.decision, decision.approver)
-    return {**result, **decided, "schedule": proof}

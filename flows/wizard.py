@@ -38,8 +38,8 @@ def end_to_end(
     replication = replicate(source, target, spec, lag_minutes=lag_minutes, state_dir=state_dir)
     logger.info(
         "migrated %d samples; replication at %s; closing",
-        migration["samples"],
-        replication.get("watermark", replication.get("status")),
+        migration.samples,
+        replication.watermark or replication.status,
     )
     closed = close(
         source,
@@ -52,4 +52,5 @@ def end_to_end(
         lag_minutes=lag_minutes,
         poll_interval_seconds=poll_interval_seconds,
     )
-    return {"migration": migration, "replication": replication, "close": closed}
+    # plain JSON in the persisted result: whoever reads it back (the demo) needs none of these classes
+    return {"migration": migration.to_dict(), "replication": replication.to_dict(), "close": closed.to_dict()}

@@ -232,3 +232,42 @@ class MigrationSummary(StepResult):
             lines = table(("from", "to", "namespace", "storage policy"), rows)
             text += "\n## Tiers (M3 namespace per range)\n\n" + "\n".join(lines) + "\n"
         return text
+
+
+@dataclass
+class CloseResult(StepResult):
+    """The close step: the final catch-up, the verification and the cutover decision with its proof
+    (``decision`` stays ``undecided`` when nobody decided before the timeout; then nothing changed)."""
+
+    migration_id: str
+    flow_run_id: str | None
+    replication: PassResult
+    verification: dict[str, Any]
+    verified: bool
+    refusals: int = 0  # decisions refused (invalid input, or a failed verification without override)
+    decision: str = "undecided"
+    approver: str | None = None
+    comment: str | None = None
+    override_failed_verification: bool | None = None
+    decided_at: str | None = None
+    schedule: dict[str, Any] | None = None  # the replicate deployment as read back after the decision
+
+    def figures(self) -> dict[str, Any]:
+        out = {
+            "migration_id": self.migration_id,
+            "flow_run_id": self.flow_run_id,
+            "replication": self.replication,
+            "verification": self.verification,
+            "verified": self.verified,
+            "refusals": self.refusals,
+            "decision": self.decision,
+        }
+        if self.decided_at is not None:
+            out.update(
+                approver=self.approver,
+                comment=self.comment,
+                override_failed_verification=self.override_failed_verification,
+                decided_at=self.decided_at,
+                schedule=self.schedule,
+            )
+        return out
