@@ -22,10 +22,11 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from blocks import M3Source, ThanosTarget
 from m3migrate.errors import ConfigError
-from m3migrate.front import FrontTotals, TransferSummary, plan_segments
+from m3migrate.front import FrontTotals, plan_segments
 from m3migrate.limits import reset_limits
 from m3migrate.plan import Plan
 from m3migrate.progress import PHASES, Progress, lag_seconds
+from m3migrate.report import TransferSummary
 from m3migrate.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
@@ -146,7 +147,7 @@ def transfer_windows(
             window_rows, key=f"{state.migration_id}-{stage}-segments", description="Samples written per segment"
         )
     tasks = sum(len(run) for run in segments)
-    return TransferSummary.of(totals, windows=nw, batches=nb, tasks=tasks, tasks_cached=cached, seconds=elapsed)
+    return totals.summary(windows=nw, batches=nb, tasks=tasks, tasks_cached=cached, seconds=elapsed)
 
 
 def run_transfer(

@@ -23,7 +23,7 @@ from typing import Any
 
 from m3migrate.failpoints import failpoint
 from m3migrate.plan import Batch, Plan, Window
-from m3migrate.report import StepResult
+from m3migrate.report import TransferSummary
 from m3migrate.state import UnitJournal
 from m3migrate.transfer import Transfer, TransferResult
 
@@ -111,53 +111,23 @@ class FrontTotals:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-@dataclass
-class TransferSummary(StepResult):
-    """What a run of a stage's front did (the figures: totals include what earlier runs had done)."""
-
-    series: int
-    samples: int
-    requests: int
-    bytes_read: int
-    bytes_written: int
-    read_retries: int
-    write_retries: int
-    splits: int
-    reconciled_series: int
-    windows: int
-    batches: int
-    tasks: int
-    tasks_cached: int  # segments an earlier run had finished (Prefect's cache)
-    units: int
-    units_skipped: int
-    samples_moved_now: int
-    new_series_after_discovery: int
-    non_utf8_series: int
-    skipped_series: int
-    skipped_series_examples: list[str]
-    seconds: float
-    samples_per_second: int
-
-    @classmethod
-    def of(
-        cls, totals: FrontTotals, *, windows: int, batches: int, tasks: int, tasks_cached: int, seconds: float
-    ) -> TransferSummary:
-        return cls(
-            **{f: getattr(totals, f) for f in UNIT_FIELDS},
+    def summary(self, *, windows: int, batches: int, tasks: int, tasks_cached: int, seconds: float) -> TransferSummary:
+        """A stage run's figures: these totals, the run's shape and its speed."""
+        return TransferSummary(
+            **{f: getattr(self, f) for f in UNIT_FIELDS},
             windows=windows,
             batches=batches,
             tasks=tasks,
             tasks_cached=tasks_cached,
-            units=totals.units,
-            units_skipped=totals.units_skipped,
-            samples_moved_now=totals.samples_moved_now,
-            new_series_after_discovery=len(totals.new_series),
-            non_utf8_series=len(totals.non_utf8_series),
-            skipped_series=len(totals.skipped_series),
-            skipped_series_examples=totals.skipped_series[:SKIPPED_EXAMPLES],
+            units=self.units,
+            units_skipped=self.units_skipped,
+            samples_moved_now=self.samples_moved_now,
+            new_series_after_discovery=len(self.new_series),
+            non_utf8_series=len(self.non_utf8_series),
+            skipped_series=len(self.skipped_series),
+            skipped_series_examples=self.skipped_series[:SKIPPED_EXAMPLES],
             seconds=round(seconds, 3),
-            samples_per_second=round(totals.samples_moved_now / seconds) if seconds else 0,
+            samples_per_second=round(self.samples_moved_now / seconds) if seconds else 0,
         )
 
 
