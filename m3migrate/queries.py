@@ -22,6 +22,7 @@ import yaml
 
 from m3migrate.errors import ConfigError
 from m3migrate.promql import BadQuery, PromQLClient
+from m3migrate.report import md
 
 __all__ = [
     "NameFacts",
@@ -712,16 +713,12 @@ def instants(start_ms: int, cutover_ms: int, now_ms: int) -> tuple[list[int], li
     return before, after
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def check_markdown(rows: list[dict[str, Any]]) -> str:
     """The check report as a markdown table (the flow's artifact, the CLI's --markdown)."""
     lines = ["| file | panel / rule | metric | in target | after cutover |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         cells = (Path(r["file"]).name, r["where"], r["metric"], r["found"], r["verdict"] or "ok")
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(md(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -738,7 +735,7 @@ def verify_markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['rewritten_before']} / {r['rewritten_after']}",
             "yes" if r["ok"] else f"NO: {r['error']}" if r.get("error") else "NO",
         )
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(md(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
