@@ -51,12 +51,12 @@ def _cpu() -> float:
 def child(args: argparse.Namespace) -> None:
     """The measured blocks run (in its own process): plan, then every window, as the flow's task does."""
     t0, c0 = time.perf_counter(), _cpu()
-    from m3migrate.backfill import backfill_from_source, block_windows
-    from m3migrate.bucket import Bucket
-    from m3migrate.config import SourceSettings
-    from m3migrate.migration import build_plan
-    from m3migrate.remote_read import RemoteReadClient
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.backfill.windows import backfill_from_source, block_windows
+    from m3migrate.clients.bucket import Bucket
+    from m3migrate.clients.remote_read import RemoteReadClient
+    from m3migrate.plan.migration import build_plan
+    from m3migrate.settings.endpoints import SourceSettings
+    from m3migrate.settings.spec import MigrationSpec
     from m3migrate.timefmt import iso_ms
 
     t_import = time.perf_counter() - t0
@@ -104,8 +104,8 @@ def raw_read(read_url: str, start: int, end: int, chunk_ms: int, concurrency: in
     """Seconds to read everything (decompressed, discarded), 2 reads in flight as run.py does."""
     from common import ALL, chunks
 
-    from m3migrate.config import SourceSettings
-    from m3migrate.remote_read import RemoteReadClient
+    from m3migrate.clients.remote_read import RemoteReadClient
+    from m3migrate.settings.endpoints import SourceSettings
 
     with RemoteReadClient(SourceSettings(read_url=read_url), max_connections=4) as client:
         t0 = time.perf_counter()

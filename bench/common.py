@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from m3migrate.codec import Matcher, decode_read_response
-from m3migrate.config import SourceSettings
-from m3migrate.remote_read import RemoteReadClient
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.wire.codec import Matcher, decode_read_response
 
 PRESETS: dict[str, dict[str, float]] = {
     "quick": {"series": 200, "days": 1, "interval": 15},

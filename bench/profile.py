@@ -4,7 +4,7 @@
     .venv/bin/python bench/profile.py --preset default --py-spy             # + py-spy profile of the engine
     .venv/bin/python bench/profile.py --preset quick --mode cli --py-spy    # py-spy over the whole CLI (Prefect incl.)
 
-Engine mode plans the migration exactly as the flow does (m3migrate.migration.prepare), then runs the
+Engine mode plans the migration exactly as the flow does (m3migrate.plan.migration.prepare), then runs the
 whole plan through the engine's Front (the code each Prefect segment task runs), so the difference to
 `bench/run.py`'s end-to-end figure is what the orchestration costs. py-spy (from /tmp/benchtools or
 PATH) samples at 100 Hz with --gil, so its top frames are where the tool's own CPU goes; the collapsed
@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_preset_args, count_all, read_chunk_ms, resolve_preset, start_bench_source, wait_quiet
 
-from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.front import Front
-from m3migrate.migration import prepare
+from m3migrate.plan.migration import prepare
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import Transfer
+from m3migrate.transfer.front import Front
+from m3migrate.transfer.unit import Transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {

@@ -11,8 +11,8 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import HttpUrl
 
-from m3migrate.bucket import BucketSettings
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.clients.bucket import BucketSettings
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 
 
 class M3Source(Block, SourceSettings):

@@ -146,7 +146,7 @@ def print_problems(problems: Any, show: int) -> None:
 
 
 def _ts(ms: Any) -> str:
+    from m3migrate.checks.verify import optional_int
     from m3migrate.timefmt import iso_ms
-    from m3migrate.verify import optional_int
 
     return iso_ms(optional_int(ms))

@@ -30,7 +30,7 @@ from cli.console import (
 )
 from cli.options import Inputs, bucket_command, parse_headers, step_command
 from m3migrate.errors import ConfigError, M3MigrateError
-from m3migrate.spec import default_state_dir, format_validation_error, load_config_file
+from m3migrate.settings.spec import default_state_dir, format_validation_error, load_config_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -48,7 +48,7 @@ def validate(
 ) -> None:
     """Check source, target and spec before any data moves; exit 1 if a check fails. Writes only the probe."""
     from flows.validate import validate as validate_flow
-    from m3migrate.validate import ValidationFailed
+    from m3migrate.checks.validate import ValidationFailed
 
     try:
         result = validate_flow(
@@ -84,7 +84,7 @@ def migrate(
 ) -> None:
     """Copy history from the M3 source into the Thanos target. Rerun the same command to resume."""
     from flows.migrate import migrate as migrate_flow
-    from m3migrate.validate import ValidationFailed
+    from m3migrate.checks.validate import ValidationFailed
     from tasks.transfer import PROGRESS_LISTENERS
 
     progress, listener = progress_bar()
@@ -162,7 +162,7 @@ def verify(
 ) -> None:
     """Compare source and target per series and window; exit 1 when anything differs."""
     from flows.verify import verify_flow
-    from m3migrate.verify import VerificationFailed
+    from m3migrate.checks.verify import VerificationFailed
 
     if not inputs.target.query_url:
         raise ConfigError(
@@ -351,7 +351,7 @@ def serve(
     from prefect import serve as prefect_serve
 
     from flows.deployments import wizard_deployments
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.settings.spec import MigrationSpec
 
     try:
         spec = None
@@ -391,7 +391,7 @@ app.add_typer(queries_app, name="queries")
 
 def _queries_inputs(target_query_url, start, end, cutover, user, password, token, tenant, insecure):
     """The client and the instants (ms) the queries commands share; bad values are ConfigErrors."""
-    from m3migrate.queries import target_client
+    from m3migrate.checks.queries import target_client
 
     start_ms, end_ms = (int(_parse_instant(t).timestamp() * 1000) for t in (start, end))
     cut_ms = int(_parse_instant(cutover).timestamp() * 1000) if cutover else end_ms
@@ -408,7 +408,7 @@ def _queries_inputs(target_query_url, start, end, cutover, user, password, token
 
 def _queries_command(fn: Callable[..., None]) -> Callable[..., None]:
     """Shared options of the queries commands; errors print one line and exit 1 (bad input: 2)."""
-    from m3migrate.queries import QueryError
+    from m3migrate.checks.queries import QueryError
 
     @functools.wraps(fn)
     def wrapper(**kw: Any) -> None:
@@ -449,7 +449,7 @@ def _queries_shared(
 
 
 def _queries_run(files: list[Path], kw: dict[str, Any]):
-    from m3migrate.queries import check_files
+    from m3migrate.checks.queries import check_files
 
     client, start_ms, end_ms, cut_ms = _queries_inputs(
         kw["target_query_url"], kw["start"], kw["end"], kw["cutover"], kw["target_user"], kw["target_password"],
@@ -469,7 +469,7 @@ def queries_check(
     files: Annotated[list[Path], typer.Argument(help="Dashboard JSON / rule YAML files.")], **kw: Any
 ) -> None:
     """Report, per panel/rule, each metric name, where it lives in the target and what the query will see."""
-    from m3migrate.queries import check_markdown
+    from m3migrate.checks.queries import check_markdown
 
     client, report, _ = _queries_run(files, kw)
     client.close()
@@ -487,7 +487,7 @@ def queries_rewrite(
     **kw: Any,
 ) -> None:
     """Rewrite each affected selector to cover both names; a unified diff unless --out-dir/--in-place."""
-    from m3migrate.queries import rewrite_files, unified_diff, write_changes
+    from m3migrate.checks.queries import rewrite_files, unified_diff, write_changes
 
     client, report, _ = _queries_run(files, kw)
     client.close()
@@ -507,7 +507,7 @@ def queries_verify(
     **kw: Any,
 ) -> None:
     """Run original and rewritten queries before and after cutover: the rewritten ones must see both."""
-    from m3migrate.queries import instants, load_sites, verify_markdown, verify_queries
+    from m3migrate.checks.queries import instants, load_sites, verify_markdown, verify_queries
 
     client, report, (start_ms, cut_ms, now_ms) = _queries_run(files, kw)
     before, after = instants(start_ms, cut_ms, now_ms)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from cli.console import EXIT_CONFIG, EXIT_FAILED, console
 from m3migrate.errors import ConfigError, M3MigrateError
-from m3migrate.spec import default_state_dir, format_validation_error, load_config_file
+from m3migrate.settings.spec import default_state_dir, format_validation_error, load_config_file
 
 # Options shared by every command that talks to the source and the target.
 SourceReadUrl = Annotated[
@@ -241,8 +241,8 @@ def build_inputs(
     from the saved spec is refused naming it (``replan``, migrate --start-over: the given options win).
     """
     from blocks import M3Source, ThanosTarget
-    from m3migrate.config import settings_from_saved
-    from m3migrate.spec import MigrationSpec, check_same_spec
+    from m3migrate.settings.endpoints import settings_from_saved
+    from m3migrate.settings.spec import MigrationSpec, check_same_spec
     from m3migrate.state import SPEC_FILE, load_saved_spec
 
     file = load_config_file(config) if config else {}
@@ -303,7 +303,7 @@ class Inputs:
 
     source: Any  # blocks.M3Source
     target: Any  # blocks.ThanosTarget
-    spec: Any  # m3migrate.spec.MigrationSpec
+    spec: Any  # m3migrate.settings.spec.MigrationSpec
     state_dir: str | None
     config: Path | None = None  # the config file, for sections only some steps read (bucket)
 
@@ -566,7 +566,7 @@ def bucket_command(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def command(inputs: Inputs, **kwargs: Any) -> None:
         from blocks import ThanosBucket
-        from m3migrate.spec import MigrationSpec
+        from m3migrate.settings.spec import MigrationSpec
 
         opts = _bucket_options(**{p.name: kwargs.pop(p.name) for p in _BUCKET})
         file = load_config_file(inputs.config) if inputs.config else {}

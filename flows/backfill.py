@@ -29,15 +29,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.transfer import dask_task_runner, run_transfer
-from m3migrate.backfill import BackfillResult, BlockWindow, block_windows
-from m3migrate.blockmode import backfill_stage, fix_boundary, mark_migrated, prepare_backfill, prepare_tail
+from m3migrate.backfill.windows import BackfillResult, BlockWindow, block_windows
 from m3migrate.errors import ConfigError
-from m3migrate.plan import Plan
+from m3migrate.plan.batches import Plan
+from m3migrate.plan.blockmode import backfill_stage, fix_boundary, mark_migrated, prepare_backfill, prepare_tail
+from m3migrate.plan.tiers import tier_table
 from m3migrate.progress import PHASES, Progress
 from m3migrate.report import BackfillSummary, MigrationSummary, TransferSummary, figures_markdown
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
-from m3migrate.tiers import tier_table
 from m3migrate.timefmt import iso_ms
 from tasks.backfill import BackfillContext, backfill_block_window, clear_caches, get_bucket
 from tasks.transfer import notify, results_storage

@@ -36,11 +36,11 @@ from pydantic import Field, ValidationError, field_validator
 from blocks import M3Source, ThanosTarget
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
+from m3migrate.checks.verify import VerificationFailed
 from m3migrate.errors import ConfigError
 from m3migrate.report import CloseResult, PassResult, figure_table, md, table
-from m3migrate.spec import MigrationSpec, default_state_dir
+from m3migrate.settings.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, resolve_spec
-from m3migrate.verify import VerificationFailed
 
 REPLICATE_DEPLOYMENT = "replicate/replicate"
 DEFAULT_APPROVAL_HOURS = 72.0

@@ -23,7 +23,7 @@ from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
 from flows.wizard import end_to_end
 from m3migrate.errors import ConfigError
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 
 REPLICATE_EVERY_SECONDS = 300
 

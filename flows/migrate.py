@@ -25,12 +25,12 @@ from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.backfill import migrate_blocks
 from flows.transfer import run_transfer
 from flows.validate import validate
-from m3migrate.migration import prepare
-from m3migrate.plan import Plan
+from m3migrate.plan.batches import Plan
+from m3migrate.plan.migration import prepare
+from m3migrate.plan.tiers import tier_table
 from m3migrate.report import MigrationSummary
-from m3migrate.spec import MigrationSpec, default_state_dir
+from m3migrate.settings.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState
-from m3migrate.tiers import tier_table
 
 
 @task(name="plan-migration", cache_policy=NONE)

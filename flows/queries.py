@@ -18,9 +18,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.promql import PromQLClient
-from m3migrate.queries import check_files, check_markdown, instants, load_sites, verify_markdown, verify_queries
-from m3migrate.spec import MigrationSpec
+from m3migrate.checks.queries import check_files, check_markdown, instants, load_sites, verify_markdown, verify_queries
+from m3migrate.clients.promql import PromQLClient
+from m3migrate.settings.spec import MigrationSpec
 
 
 def _key(migration_id: str, what: str) -> str:

@@ -20,14 +20,14 @@ from blocks import M3Source, ThanosTarget
 from flows.transfer import run_transfer
 from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
-from m3migrate.latewrites import LateWindow, recheck_late_writes, record_late_check
-from m3migrate.plan import Plan
+from m3migrate.plan.batches import Plan
 from m3migrate.progress import duration, lag_seconds
-from m3migrate.replication import finish_pass, namespace_changes, plan_pass, replication_start_ms
 from m3migrate.report import PassResult, figures_markdown
-from m3migrate.spec import MigrationSpec, default_state_dir
+from m3migrate.settings.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationLocked, MigrationState, resolve_spec
 from m3migrate.timefmt import iso_ms
+from m3migrate.transfer.latewrites import LateWindow, recheck_late_writes, record_late_check
+from m3migrate.transfer.replication import finish_pass, namespace_changes, plan_pass, replication_start_ms
 
 DEFAULT_LAG_MINUTES = 15  # more than M3's default bufferPast (10m): late writes are not missed
 

@@ -21,15 +21,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from blocks import M3Source, ThanosTarget
+from m3migrate.clients.limits import reset_limits
 from m3migrate.errors import ConfigError
-from m3migrate.front import FrontTotals, plan_segments
-from m3migrate.limits import reset_limits
-from m3migrate.plan import Plan
+from m3migrate.plan.batches import Plan
 from m3migrate.progress import PHASES, Progress, lag_seconds
 from m3migrate.report import TransferSummary
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
+from m3migrate.transfer.front import FrontTotals, plan_segments
 from tasks.transfer import (
     TransferContext,
     close_transfers,

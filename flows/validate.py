@@ -1,6 +1,6 @@
 """The "Run validation" step: check source, target and spec before any data moves.
 
-Each check of :mod:`m3migrate.validate` runs as its own task (in parallel; transient failures retried).
+Each check of :mod:`m3migrate.checks.validate` runs as its own task (in parallel; transient failures retried).
 The flow writes nothing the migration does not write itself: the target write check sends an empty write
 request and one real sample of the migration, which it writes again later (see docs/validation.md); it
 publishes a markdown table artifact, returns the JSON report, and raises ValidationFailed (flow run
@@ -17,8 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
-from m3migrate.spec import MigrationSpec
-from m3migrate.validate import CHECKS, ValidationFailed, ValidationInput, ValidationReport, checks_for
+from m3migrate.checks.validate import CHECKS, ValidationFailed, ValidationInput, ValidationReport, checks_for
+from m3migrate.settings.spec import MigrationSpec
 from tasks.validate import result_of, validation_check
 
 

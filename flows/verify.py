@@ -20,11 +20,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
+from m3migrate.checks.verify import VerificationFailed, VerificationReport, verify
 from m3migrate.model import DEFAULT_IGNORE_LABELS
-from m3migrate.plan import Plan
-from m3migrate.spec import MigrationSpec, default_state_dir
+from m3migrate.plan.batches import Plan
+from m3migrate.settings.spec import MigrationSpec, default_state_dir
 from m3migrate.state import MigrationState, resolve_spec
-from m3migrate.verify import VerificationFailed, VerificationReport, verify
 
 TABLE_ROWS = 200
 

@@ -14,7 +14,7 @@ from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.close import DEFAULT_APPROVAL_HOURS, REPLICATE_DEPLOYMENT, close
 from flows.migrate import migrate
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 
 
 @flow(name="end-to-end", log_prints=False, timeout_seconds=close.timeout_seconds, persist_result=True)

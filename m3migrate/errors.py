@@ -7,7 +7,7 @@ the server and the answer that stopped it.
 Whether an error is retried is decided here, once, by two class attributes (as Prometheus'
 ``RecoverableError`` and dlt's ``TransientException`` / ``TerminalException`` carry it in the error):
 ``transient`` -- resending the same request may succeed (the clients' per-request backoff,
-:func:`m3migrate.http.retry_transient`); ``terminal`` -- no rerun can succeed until a person changes
+:func:`m3migrate.clients.http.retry_transient`); ``terminal`` -- no rerun can succeed until a person changes
 something (every task's retry condition, :func:`is_terminal`). Anything else a task raises (a killed
 worker, a malformed answer, a full bucket) is rerun by the task's retries, which are safe: every unit is
 journaled and idempotent.

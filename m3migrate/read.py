@@ -2,7 +2,7 @@
 checks (validate, verify) consume it.
 
 Parts come as decompressed ReadResponse bytes, undecoded: the sinks walk them at the wire level
-(m3migrate.wire for remote write, m3migrate.tsdb's kernels for blocks), so samples are never turned
+(m3migrate.wire.walk for remote write, m3migrate.tsdb's kernels for blocks), so samples are never turned
 into Python objects. The stage owns what every reader needs to get right: each tier's part of the range
 pinned to its M3 namespace, exact edges (RemoteReadClient.read_raw), and a source limit answered by
 splitting the read (by series, then by time) instead of accepting a truncated answer. Parts come one at
@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from m3migrate.codec import decode_read_response
+from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.errors import SourceLimitExceeded
-from m3migrate.plan import Batch, split_batch
+from m3migrate.plan.batches import Batch, split_batch
+from m3migrate.plan.tiers import Tier, split_by_tier
 from m3migrate.prompb import QueryResult
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.tiers import Tier, split_by_tier
+from m3migrate.wire.codec import decode_read_response
 
 log = logging.getLogger("m3migrate.read")
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from re2 import _re2  # the binding's core: 4x faster per call than its Python layer, and byte offsets as in Go
 
 from m3migrate.errors import ConfigError
-from m3migrate.selectors import re2_escape
+from m3migrate.plan.selectors import re2_escape
 
 # \Z, not $: Python's $ also matches before a trailing newline, and "job\n" is no label name.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")

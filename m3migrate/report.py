@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from m3migrate.backfill import BackfillResult
+    from m3migrate.backfill.windows import BackfillResult
 
 
 def md(text: Any, *, newline: str = " ") -> str:

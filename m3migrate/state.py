@@ -32,10 +32,10 @@ from typing import Literal, cast
 
 from pydantic import ValidationError
 
-from m3migrate.config import SourceSettings, TargetSettings, saved_settings
 from m3migrate.errors import ConfigError, M3MigrateError
-from m3migrate.plan import PLAN_VERSION, Plan
-from m3migrate.spec import MigrationSpec, check_migration_id, check_same_spec, format_validation_error
+from m3migrate.plan.batches import PLAN_VERSION, Plan
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings, saved_settings
+from m3migrate.settings.spec import MigrationSpec, check_migration_id, check_same_spec, format_validation_error
 
 STATE_VERSION = 1  # progress, replication, boundary, meta and spec files; the journal's header
 JOURNAL_HEADER = {"journal": "m3migrate-units", "version": STATE_VERSION}

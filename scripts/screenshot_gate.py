@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
         from flows.replicate import replicate
         from m3migrate.sandbox.history import HistorySpec, start_source
         from m3migrate.sandbox.servers import start_prometheus
-        from m3migrate.spec import MigrationSpec
+        from m3migrate.settings.spec import MigrationSpec
 
         src = start_source(HistorySpec(series=60, span_s=2 * 3600, interval_s=60), work, tail_minutes=None)
         started.append(src)

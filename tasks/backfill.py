@@ -17,11 +17,11 @@ from pathlib import Path
 from prefect import task
 from prefect.context import TaskRunContext
 
-from m3migrate.backfill import BackfillResult, BlockWindow, backfill_from_source
-from m3migrate.bucket import Bucket, BucketSettings
-from m3migrate.config import SourceSettings
+from m3migrate.backfill.windows import BackfillResult, BlockWindow, backfill_from_source
+from m3migrate.clients.bucket import Bucket, BucketSettings
+from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.relabel import Relabeler
-from m3migrate.remote_read import RemoteReadClient
+from m3migrate.settings.endpoints import SourceSettings
 from m3migrate.state import Stage
 from tasks.retries import TASK_RETRIES, retry_unless_terminal
 from tasks.transfer import forget_plans, saved_plan

@@ -1,6 +1,6 @@
 """The unit of orchestrated work: one segment (a group of batches over a run of windows) of the front.
 
-Inside a segment the engine's :class:`~m3migrate.front.Front` moves batch × window units in parallel and
+Inside a segment the engine's :class:`~m3migrate.transfer.front.Front` moves batch × window units in parallel and
 journals each one, so a Prefect task costs its overhead once per segment, not once per unit, while a
 crash or a retry still resumes at the unit. The segment's result is cached (key: migration, plan,
 generation, stage, segment) under the migration's state directory, so a rerun skips finished segments
@@ -23,17 +23,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import update_progress_artifact
 from prefect.context import TaskRunContext
 
-from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
-from m3migrate.front import Front, FrontTotals, Segment, WindowDone
-from m3migrate.plan import Plan
+from m3migrate.plan.batches import Plan
+from m3migrate.plan.tiers import Tier
 from m3migrate.progress import PHASES, Progress, lag_seconds
 from m3migrate.relabel import Relabeler
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 from m3migrate.state import MigrationState, Stage
-from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import Transfer
+from m3migrate.transfer.front import Front, FrontTotals, Segment, WindowDone
+from m3migrate.transfer.unit import Transfer
 from tasks.retries import TASK_RETRIES, retry_unless_terminal
 
 KEEP_TRANSFERS = 4  # per process: the open connection pools of the most recent runs

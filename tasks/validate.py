@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from m3migrate.validate import CheckResult, ValidationInput, run_check
+from m3migrate.checks.validate import CheckResult, ValidationInput, run_check
 from tasks.retries import retry_unless_terminal
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from m3migrate.backfill import BackfillResult, backfill_from_source, block_windows
-from m3migrate.bucket import MARKER_PREFIX, Bucket
-from m3migrate.config import SourceSettings
+from m3migrate.backfill.windows import BackfillResult, backfill_from_source, block_windows
+from m3migrate.clients.bucket import MARKER_PREFIX, Bucket
+from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.errors import ConfigError
-from m3migrate.migration import build_plan
-from m3migrate.remote_read import RemoteReadClient
+from m3migrate.plan.migration import build_plan
 from m3migrate.sandbox.compare import diff, read_all, with_label
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 from m3migrate.tsdb import BlockMeta
 from m3migrate.tsdb.reader import read_block
@@ -209,12 +209,12 @@ def test_odd_block_duration_is_refused():
 KILL_SCRIPT = r"""
 import sys, time
 from pathlib import Path
-from m3migrate import bucket as bucket_mod
-from m3migrate.backfill import backfill_from_source, block_windows
-from m3migrate.config import SourceSettings
-from m3migrate.migration import build_plan
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.spec import MigrationSpec
+from m3migrate.clients import bucket as bucket_mod
+from m3migrate.backfill.windows import backfill_from_source, block_windows
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.plan.migration import build_plan
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 
 url, bucket_dir, stall_after = sys.argv[1], sys.argv[2], sys.argv[6]

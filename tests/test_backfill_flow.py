@@ -15,18 +15,18 @@ from progress_helpers import assert_advances, read_progress, recording
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from cli.console import progress_bar
-from m3migrate.backfill import block_windows
-from m3migrate.bucket import BucketSettings
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.backfill.windows import block_windows
+from m3migrate.checks.validate import ValidationInput, check_bucket, check_target_write
+from m3migrate.clients.bucket import BucketSettings
 from m3migrate.errors import ConfigError
-from m3migrate.replication import replication_start_ms
 from m3migrate.sandbox.compare import Labels, Samples, diff, diff_target, read_all, with_label
 from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
-from m3migrate.validate import ValidationInput, check_bucket, check_target_write
+from m3migrate.transfer.replication import replication_start_ms
 from tasks.transfer import PROGRESS_LISTENERS
 
 HOUR_MS = 3_600_000
@@ -59,9 +59,9 @@ def _split(data: dict[Labels, Samples], boundary: int) -> tuple[dict, dict]:
 
 def _live_sample(target_url: str) -> None:
     """Make the target one that already receives live data: a sample at now."""
-    from m3migrate.codec import encode_labels, frame_series, single_request
+    from m3migrate.clients.remote_write import RemoteWriteClient
     from m3migrate.prompb import TimeSeries
-    from m3migrate.remote_write import RemoteWriteClient
+    from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
     live = TimeSeries()
     live.samples.add(timestamp=int(time.time() * 1000), value=1.0)
@@ -299,7 +299,7 @@ def test_cli_migrate_blocks_into_a_bucket_dir(prefect_api, source_history, prome
 
 def test_blocks_plan_range_changes_are_refused(tmp_path):
     """A hybrid migration's saved boundary outside a changed range is a ConfigError, not a silent resplit."""
-    from m3migrate.blockmode import fix_boundary
+    from m3migrate.plan.blockmode import fix_boundary
 
     spec = MigrationSpec(start="2025-01-01T00:00:00Z", end="2025-01-03T00:00:00Z", write_mode="hybrid")
     state = MigrationState(tmp_path, "m")

@@ -8,14 +8,14 @@ import struct
 
 import pytest
 
-from m3migrate.backfill import BlockWindow, backfill_window, shared_relabeler
-from m3migrate.bucket import Bucket
-from m3migrate.codec import Matcher
+from m3migrate.backfill.windows import BlockWindow, backfill_window, shared_relabeler
+from m3migrate.clients.bucket import Bucket
 from m3migrate.errors import MalformedResponse
-from m3migrate.plan import Batch
+from m3migrate.plan.batches import Batch
 from m3migrate.prompb import ReadResponse
 from m3migrate.relabel import Relabeler
 from m3migrate.tsdb.reader import read_block
+from m3migrate.wire.codec import Matcher
 
 H = 7_200_000
 T0 = 1_700_000_000_000 // H * H

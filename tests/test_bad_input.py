@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3migrate.codec import Matcher, compress, encode_labels, frame_series, single_request
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.clients.http import RetryPolicy
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import M3MigrateError, MalformedResponse
-from m3migrate.http import RetryPolicy
 from m3migrate.prompb import ReadResponse
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.wire.codec import Matcher, compress, encode_labels, frame_series, single_request
 
 ONE = RetryPolicy(attempts=1, timeout_seconds=5)
 

@@ -16,15 +16,15 @@ import pytest
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.migrate import migrate
-from m3migrate.codec import Matcher, encode_labels, frame_series, single_request
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import ConfigError
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import read_all
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import Matcher, encode_labels, frame_series, single_request
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 ROOT = Path(__file__).parents[1]

@@ -1,4 +1,4 @@
-"""The blocks and hybrid write modes' split of the range (m3migrate/blockmode.py), without servers.
+"""The blocks and hybrid write modes' split of the range (m3migrate/plan/blockmode.py), without servers.
 
 The contract is the module docstring: blocks hold [start, boundary - 1], remote write [boundary, end], no
 gap and no overlap; the hybrid boundary is fixed once from the clock and saved, so a rerun splits at the
@@ -14,15 +14,22 @@ from types import SimpleNamespace
 
 import pytest
 
-from m3migrate import blockmode
-from m3migrate.blockmode import backfill_stage, boundary_ms, fix_boundary, mark_migrated, prepare_backfill, prepare_tail
-from m3migrate.codec import Matcher
-from m3migrate.config import SourceSettings
-from m3migrate.plan import Batch, Plan
-from m3migrate.replication import replication_start_ms
-from m3migrate.spec import MigrationSpec
+from m3migrate.plan import blockmode
+from m3migrate.plan.batches import Batch, Plan
+from m3migrate.plan.blockmode import (
+    backfill_stage,
+    boundary_ms,
+    fix_boundary,
+    mark_migrated,
+    prepare_backfill,
+    prepare_tail,
+)
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
+from m3migrate.transfer.replication import replication_start_ms
+from m3migrate.wire.codec import Matcher
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

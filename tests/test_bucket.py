@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3migrate.bucket import MARKER_PREFIX, Bucket, BucketError, BucketSettings
+from m3migrate.clients.bucket import MARKER_PREFIX, Bucket, BucketError, BucketSettings
 from m3migrate.tsdb import BlockWriter
 
 H = 7_200_000

@@ -19,11 +19,11 @@ from cli_helpers import run_cli
 from test_m3_tiers import cluster as tiered_cluster  # noqa: F401  (a fixture: the sandbox's tiered M3 cluster)
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
-from m3migrate.bucket import BucketSettings
-from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.spec import MigrationSpec
+from m3migrate.checks.validate import ValidationFailed, ValidationInput, check_bucket_retention, run_all
+from m3migrate.clients.bucket import BucketSettings
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
-from m3migrate.validate import ValidationFailed, ValidationInput, check_bucket_retention, run_all
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -25,7 +25,7 @@ import pytest
 from blocks import M3Source, ThanosTarget
 from m3migrate.sandbox.history import HistorySpec, start_source
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms as _iso
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]

@@ -12,8 +12,19 @@ import snappy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3migrate import codec
-from m3migrate.codec import (
+from m3migrate.errors import MalformedResponse
+from m3migrate.prompb import (
+    Label,
+    LabelMatcher,
+    QueryResult,
+    ReadRequest,
+    ReadResponse,
+    Sample,
+    TimeSeries,
+    WriteRequest,
+)
+from m3migrate.wire import codec
+from m3migrate.wire.codec import (
     STALE_NAN_BITS,
     Matcher,
     WriteChain,
@@ -25,17 +36,6 @@ from m3migrate.codec import (
     frame_series,
     pack_write_requests,
     single_request,
-)
-from m3migrate.errors import MalformedResponse
-from m3migrate.prompb import (
-    Label,
-    LabelMatcher,
-    QueryResult,
-    ReadRequest,
-    ReadResponse,
-    Sample,
-    TimeSeries,
-    WriteRequest,
 )
 
 Labels = tuple[tuple[str, str], ...]

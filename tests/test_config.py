@@ -1,4 +1,4 @@
-"""Endpoint settings (m3migrate/config.py): URL checks named by field, secrets that never show, what a
+"""Endpoint settings (m3migrate/settings/endpoints.py): URL checks named by field, secrets that never show, what a
 migration's state keeps of them and how a resumed step gets the rest back. No servers.
 
 Malformed URLs hiding passwords are fuzzed in tests/test_url_secrets.py; here the plain contract. As in
@@ -13,7 +13,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from m3migrate.config import (
+from m3migrate.errors import ConfigError
+from m3migrate.settings.endpoints import (
     AuthSettings,
     SourceSettings,
     TargetSettings,
@@ -23,8 +24,7 @@ from m3migrate.config import (
     saved_settings,
     settings_from_saved,
 )
-from m3migrate.errors import ConfigError
-from m3migrate.spec import format_validation_error
+from m3migrate.settings.spec import format_validation_error
 
 READ = "http://m3:7201/api/v1/prom/remote/read"
 WRITE = "http://receive:19291/api/v1/receive"

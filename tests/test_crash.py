@@ -29,7 +29,7 @@ from flows.migrate import migrate
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, append_minutely, start_source
 from m3migrate.sandbox.m3gateway import READ_PATH, GatewayNamespace, M3Gateway
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]

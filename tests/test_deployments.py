@@ -144,7 +144,7 @@ def test_a_bucket_block_reaches_only_the_steps_that_upload_blocks(prefect_api):
 def test_the_later_steps_deployments_take_the_migration_id_not_the_spec(prefect_api):
     """A replicate run needs the migration id and the blocks, nothing more: the spec is migrate's alone."""
     from flows.deployments import wizard_deployments
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.settings.spec import MigrationSpec
 
     M3Source(read_url="http://m3:7201/api/v1/prom/remote/read").save("src", overwrite=True)
     ThanosTarget(write_url="http://receive:19291/api/v1/receive").save("tgt", overwrite=True)

@@ -18,7 +18,8 @@ from prefect import flow, task
 
 import m3migrate
 from m3migrate import errors
-from m3migrate.bucket import BlockConflict
+from m3migrate.clients.bucket import BlockConflict
+from m3migrate.clients.http import raise_for_common_status, retry_transient
 from m3migrate.errors import (
     ConfigError,
     M3MigrateError,
@@ -27,7 +28,6 @@ from m3migrate.errors import (
     WriteRejected,
     is_terminal,
 )
-from m3migrate.http import raise_for_common_status, retry_transient
 from tasks.retries import retry_unless_terminal
 
 

@@ -21,18 +21,18 @@ import pytest
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
-from m3migrate.codec import encode_labels, frame_series, single_request
-from m3migrate.config import TargetSettings
+from m3migrate.clients.limits import reset_limits
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import TransientError
-from m3migrate.limits import reset_limits
 from m3migrate.prompb import TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.faultproxy import FaultProxy
 from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.m3gateway import READ_PATH
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
 pytestmark = [pytest.mark.servers]
 
@@ -181,7 +181,7 @@ def _one_series(name: str, n: int = 10, t0: int = 1_700_000_000_000):
 
 
 def test_concurrency_cap_holds_and_429s_lower_it_then_successes_raise_it(prometheus_target, proxies, caplog):
-    caplog.set_level(logging.INFO, logger="m3migrate.limits")
+    caplog.set_level(logging.INFO, logger="m3migrate.clients.limits")
     target = prometheus_target()
     proxy = _proxy(proxies, target.url, rate=0.0, latency_seconds=0.2)
     settings = TargetSettings(write_url=f"{proxy.url}/api/v1/write", max_concurrency=4, retry_wait_max_seconds=0.2)
@@ -205,11 +205,11 @@ def test_concurrency_cap_holds_and_429s_lower_it_then_successes_raise_it(prometh
 
 
 def test_stalls_past_the_timeout_lower_the_read_concurrency(source_history, proxies, caplog):
-    from m3migrate.codec import Matcher
-    from m3migrate.config import SourceSettings
-    from m3migrate.remote_read import RemoteReadClient
+    from m3migrate.clients.remote_read import RemoteReadClient
+    from m3migrate.settings.endpoints import SourceSettings
+    from m3migrate.wire.codec import Matcher
 
-    caplog.set_level(logging.INFO, logger="m3migrate.limits")
+    caplog.set_level(logging.INFO, logger="m3migrate.clients.limits")
     proxy = _proxy(proxies, source_history.m3.url, rate=1.0, kinds=["stall"], stall_seconds=3.0)
     settings = SourceSettings(read_url=f"{proxy.url}{READ_PATH}", max_concurrency=4, **FAST)
     start_ms, _ = _range(source_history, 1)

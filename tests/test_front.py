@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from m3migrate.codec import Matcher
-from m3migrate.front import Front, Segment, plan_segments
-from m3migrate.plan import Batch, Plan, make_windows
+from m3migrate.plan.batches import Batch, Plan, make_windows
 from m3migrate.state import UnitJournal
-from m3migrate.transfer import TransferResult
+from m3migrate.transfer.front import Front, Segment, plan_segments
+from m3migrate.transfer.unit import TransferResult
+from m3migrate.wire.codec import Matcher
 
 
 class Boom(Exception):

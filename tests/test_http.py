@@ -1,4 +1,4 @@
-"""HTTP answers and transport failures as typed errors (m3migrate/http.py), and the client it builds.
+"""HTTP answers and transport failures as typed errors (m3migrate/clients/http.py), and the client it builds.
 
 Expectations from Prometheus' remote-write client (storage/remote/client.go): a 5xx answer and a 429
 are recoverable and carry the server's Retry-After (``retryAfterDuration``: an HTTP-date or a number of
@@ -21,9 +21,7 @@ import httpx
 import pytest
 
 from m3migrate import __version__
-from m3migrate.config import AuthSettings, EndpointSettings
-from m3migrate.errors import AuthError, EndpointError, EndpointNotFound, TransientError
-from m3migrate.http import (
+from m3migrate.clients.http import (
     BODY_EXCERPT,
     body_excerpt,
     build_client,
@@ -33,6 +31,8 @@ from m3migrate.http import (
     send,
     unexpected,
 )
+from m3migrate.errors import AuthError, EndpointError, EndpointNotFound, TransientError
+from m3migrate.settings.endpoints import AuthSettings, EndpointSettings
 
 # A URL whose user info and query string must never show: both may carry credentials.
 URL = "http://avnadmin:PWsecret@m3:7201/api/v1/prom/remote/read?access_token=TKsecret"

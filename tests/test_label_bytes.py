@@ -18,21 +18,21 @@ import snappy
 from google.protobuf.message import DecodeError
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.backfill import backfill_from_source, block_windows
-from m3migrate.bucket import Bucket
-from m3migrate.codec import Matcher, _field1, parse_read_response, series_labels, single_request, uvarint
-from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.plan import Batch, Window
+from m3migrate.backfill.windows import backfill_from_source, block_windows
+from m3migrate.clients.bucket import Bucket
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
+from m3migrate.plan.batches import Batch, Window
 from m3migrate.prompb import ReadResponse, TimeSeries, WriteRequest
 from m3migrate.relabel import Relabeler, RelabelRule
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
 from m3migrate.sandbox.servers import start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import Transfer
-from m3migrate.wire import Counters, LabelCache, pack_read_response
+from m3migrate.transfer.unit import Transfer
+from m3migrate.wire.codec import Matcher, _field1, parse_read_response, series_labels, single_request, uvarint
+from m3migrate.wire.walk import Counters, LabelCache, pack_read_response
 
 MIN_MS = 60_000
 BAD, RAW = b"bad0", b"\xffad0"  # the gateway answers RAW where the source holds BAD
@@ -70,7 +70,7 @@ def test_wire_path_passes_non_utf8_labels_byte_exact_in_a_request_of_their_own()
 
 def test_the_samples_per_second_budget_counts_series_with_non_utf8_labels():
     """A source's max_samples_per_second is charged with every sample read, such series' included."""
-    from m3migrate.remote_read import count_samples
+    from m3migrate.clients.remote_read import count_samples
 
     ok = _series([(b"__name__", b"m"), (b"v", b"ok")], 1000, 3)
     bad = _series([(b"__name__", b"m"), (b"v", RAW)], 1000, 4)
@@ -363,7 +363,7 @@ def test_verify_names_a_non_utf8_series_as_not_comparable_and_compares_the_rest(
     """The target's query API answers JSON, where Go's encoding/json writes each byte that is not UTF-8 as
     U+FFFD: such a series cannot be matched by its labels there. verify names it as not comparable,
     counted, and neither crashes nor reports it as missing, mismatching or extra."""
-    from m3migrate.verify import verify
+    from m3migrate.checks.verify import verify
 
     _, m3, spec = m3_with_raw_bytes
     target = prometheus_target()

@@ -8,13 +8,13 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.http import retry_policy
-from m3migrate.limits import AdaptiveLimiter, RateGate
+from m3migrate.clients.http import retry_policy
+from m3migrate.clients.limits import AdaptiveLimiter, RateGate
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 
 
 def test_aimd_halves_once_per_burst_of_failures_and_climbs_back_by_one(caplog):
-    caplog.set_level(logging.INFO, logger="m3migrate.limits")
+    caplog.set_level(logging.INFO, logger="m3migrate.clients.limits")
     limiter = AdaptiveLimiter(8, side="source", op="read")
     slots = [limiter.slot() for _ in range(4)]
     generations = [s.__enter__() for s in slots]

@@ -20,18 +20,18 @@ import pytest
 import snappy
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
-from m3migrate.codec import Matcher, encode_labels, float_bits, pack_write_requests
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import SourceLimitExceeded
-from m3migrate.plan import make_windows
+from m3migrate.plan.batches import make_windows
 from m3migrate.prompb import ReadRequest, ReadResponse, TimeSeries
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import diff, read_all
 from m3migrate.sandbox.m3gateway import LIMITED_VALUE, GatewayNamespace, M3Gateway
 from m3migrate.sandbox.servers import Server, start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import Matcher, encode_labels, float_bits, pack_write_requests
 
 pytestmark = [pytest.mark.servers]
 
@@ -285,7 +285,7 @@ def test_verify_sees_a_missing_sample_on_a_window_edge(prefect_api, edges, sourc
     """The target lacks only the sample on the last millisecond of the first window: an end-exclusive read
     of that window does not see it on the source either, so only an exact read finds the difference."""
     from flows.verify import verify_flow
-    from m3migrate.verify import VerificationFailed
+    from m3migrate.checks.verify import VerificationFailed
 
     target = prometheus_target(ooo_window="30d")
     first = make_windows(edges.start, edges.end, HOUR)[0]

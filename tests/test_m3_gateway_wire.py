@@ -15,12 +15,12 @@ import httpx
 import pytest
 import snappy
 
-from m3migrate.codec import encode_labels, pack_write_requests
-from m3migrate.config import TargetSettings
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.prompb import ReadRequest, ReadResponse, TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.m3gateway import LIMITED_VALUE, GatewayNamespace, M3Gateway
 from m3migrate.sandbox.servers import Server, start_prometheus
+from m3migrate.settings.endpoints import TargetSettings
+from m3migrate.wire.codec import encode_labels, pack_write_requests
 
 pytestmark = [pytest.mark.servers]
 

@@ -20,14 +20,14 @@ import pytest
 from test_m3_edges import write
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.codec import float_bits
-from m3migrate.m3admin import M3Namespace
+from m3migrate.clients.m3admin import M3Namespace
+from m3migrate.plan.tiers import Tier, plan_tiers, split_by_tier
 from m3migrate.sandbox.compare import diff, read_all
 from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway, downsample
 from m3migrate.sandbox.servers import Server, start_prometheus
-from m3migrate.spec import MigrationSpec
-from m3migrate.tiers import Tier, plan_tiers, split_by_tier
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import float_bits
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -82,7 +82,7 @@ def test_a_range_within_the_raw_retention_is_one_pinned_tier_and_unready_namespa
 
 
 def test_an_expired_tier_is_refused_not_read():
-    from m3migrate.tiers import TierExpired
+    from m3migrate.plan.tiers import TierExpired
 
     tier = Tier("default", 0, 48 * HOUR, 0, HOUR)
     tier.check_not_expired(0, now_ms=48 * HOUR)

@@ -10,17 +10,17 @@ import httpx
 import pytest
 import snappy
 
-from m3migrate.config import EndpointSettings
-from m3migrate.errors import AuthError, ConfigError, SourceLimitExceeded, TransientError
-from m3migrate.m3admin import (
+from m3migrate.clients.m3admin import (
     M3AdminClient,
     M3Namespace,
     format_m3_duration,
     parse_m3_duration,
     parse_storage_policy,
 )
+from m3migrate.clients.promql import PromQLClient
+from m3migrate.errors import AuthError, ConfigError, SourceLimitExceeded, TransientError
 from m3migrate.prompb import prompb_pb2
-from m3migrate.promql import PromQLClient
+from m3migrate.settings.endpoints import EndpointSettings
 from tests.fake_m3 import LIMITED_VALUE, FakeM3Coordinator, fake_namespace
 from tests.test_promql import (
     FAST_RETRY,

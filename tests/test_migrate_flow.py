@@ -18,7 +18,7 @@ from flows.migrate import migrate
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import SourceSandbox
 from m3migrate.sandbox.servers import Server, start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms as _iso
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
@@ -71,10 +71,10 @@ def test_fresh_target_without_ooo_window_gets_an_exact_copy(
 def test_ooo_target_holding_recent_data_gets_an_exact_copy(
     prefect_api, source_history, prometheus_target, expected, tmp_path
 ):
-    from m3migrate.codec import encode_labels, frame_series, single_request
-    from m3migrate.config import TargetSettings
+    from m3migrate.clients.remote_write import RemoteWriteClient
     from m3migrate.prompb import TimeSeries
-    from m3migrate.remote_write import RemoteWriteClient
+    from m3migrate.settings.endpoints import TargetSettings
+    from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
     target = prometheus_target(ooo_window="30d")
     live = TimeSeries()

@@ -34,15 +34,15 @@ import pytest
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
-from m3migrate.codec import WriteBody, compress, encode_labels, frame_series, single_request
-from m3migrate.config import TargetSettings
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.model import PROBE_METRIC
 from m3migrate.prompb import TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import read_all, with_label
 from m3migrate.sandbox.history import COST_INSTANCE, PROBE_INSTANCE, PROBES, SourceSandbox, tail_series
 from m3migrate.sandbox.servers import Server, vm_force_flush
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import TargetSettings
+from m3migrate.settings.spec import MigrationSpec
+from m3migrate.wire.codec import WriteBody, compress, encode_labels, frame_series, single_request
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 
@@ -657,7 +657,7 @@ def test_migrate_into_victoriametrics_keeps_exactly_what_vm_keeps(
     expected = with_label(read_all(src, stats.start_ms, stats.end_ms), "_source", "m3db")
     assert sum(len(s) for s in expected.values()) == stats.samples
     # Everything VictoriaMetrics holds, except the one write-probe series the migration's validation step leaves
-    # in the target (m3migrate.validate; sandbox.compare.read_all leaves it out the same way).
+    # in the target (m3migrate.checks.validate; sandbox.compare.read_all leaves it out the same way).
     everything = f'{{__name__=~".+",__name__!="{PROBE_METRIC}"}}'
     exported, scales = export_snapshot(vm, everything, stats.start_ms, stats.end_ms)
 

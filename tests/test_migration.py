@@ -1,4 +1,4 @@
-"""Preparing a run (m3migrate/migration.py): a saved plan is reused only for the same range, window,
+"""Preparing a run (m3migrate/plan/migration.py): a saved plan is reused only for the same range, window,
 selectors and writing settings; a new plan is discovered, checked for relabeling collisions and saved.
 
 The source is a small local PromQL series API (http.server) or, where only the decision around
@@ -16,15 +16,15 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from m3migrate import migration
-from m3migrate.codec import Matcher
-from m3migrate.config import SourceSettings
 from m3migrate.errors import ConfigError
-from m3migrate.migration import build_plan, check_writing, merge_discoveries, prepare, writing_settings
-from m3migrate.plan import Batch, Plan
+from m3migrate.plan import migration
+from m3migrate.plan.batches import Batch, Plan
+from m3migrate.plan.migration import build_plan, check_writing, merge_discoveries, prepare, writing_settings
 from m3migrate.relabel import RelabelRule
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
+from m3migrate.wire.codec import Matcher
 
 HOUR_MS = 3_600_000
 DEAD = SourceSettings(read_url="http://127.0.0.1:9/api/v1/read", namespaces="unpinned")  # never answers

@@ -8,17 +8,17 @@ import time
 import pytest
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.codec import encode_labels, frame_series, single_request
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import ConfigError
-from m3migrate.migration import prepare
+from m3migrate.plan.migration import prepare
 from m3migrate.prompb import TimeSeries
 from m3migrate.relabel import RelabelRule
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import read_all, with_label
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 MIN_MS = 60_000
@@ -67,7 +67,7 @@ def test_series_new_since_discovery_are_migrated_once_and_counted(prefect_api, p
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
-    engine_log = logging.getLogger("m3migrate.transfer")  # whatever logging config earlier tests left
+    engine_log = logging.getLogger("m3migrate.transfer.unit")  # whatever logging config earlier tests left
     engine_log.addHandler(handler)
     try:
         summary = migrate(*blocks, spec, state_dir=str(tmp_path), skip_validation=True)

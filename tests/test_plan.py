@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from m3migrate.codec import Matcher
 from m3migrate.errors import ConfigError, SourceLimitExceeded
-from m3migrate.plan import Batch, Plan, discover, make_batches, make_windows, split_batch
-from m3migrate.selectors import parse_selector
+from m3migrate.plan.batches import Batch, Plan, discover, make_batches, make_windows, split_batch
+from m3migrate.plan.selectors import parse_selector
+from m3migrate.wire.codec import Matcher
 
 
 def _series(n_a: int = 25) -> list[dict[str, str]]:

@@ -7,16 +7,16 @@ import json
 import pytest
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.codec import Matcher
-from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError
-from m3migrate.migration import prepare, writing_settings
-from m3migrate.plan import PLAN_VERSION, Batch, Plan
+from m3migrate.plan.batches import PLAN_VERSION, Batch, Plan
+from m3migrate.plan.migration import prepare, writing_settings
 from m3migrate.relabel import RelabelRule
 from m3migrate.sandbox.compare import read_all
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import Matcher
 from tasks.transfer import TransferContext, close_transfers, get_transfer
 
 HOUR_MS = 3_600_000

@@ -38,7 +38,7 @@ def test_a_replication_pass_reports_its_lag_behind_now(
     from cli.console import progress_bar
     from flows.migrate import migrate
     from flows.replicate import replicate
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.settings.spec import MigrationSpec
     from m3migrate.timefmt import iso_ms
     from tasks.transfer import PROGRESS_LISTENERS
 

@@ -20,11 +20,11 @@ import httpx
 import pytest
 import snappy
 
-from m3migrate.config import EndpointSettings
+from m3migrate.clients.http import RetryPolicy
+from m3migrate.clients.promql import BadQuery, PartialResponse, PromQLClient, format_seconds, parse_sample_value
 from m3migrate.errors import AuthError, EndpointNotFound, MalformedResponse, TransientError
-from m3migrate.http import RetryPolicy
 from m3migrate.prompb import prompb_pb2
-from m3migrate.promql import BadQuery, PartialResponse, PromQLClient, format_seconds, parse_sample_value
+from m3migrate.settings.endpoints import EndpointSettings
 
 FAST_RETRY = RetryPolicy(attempts=2, timeout_seconds=5, wait_initial=0.01, wait_max=0.01, wait_jitter=0)
 STEP_MS = 15_000

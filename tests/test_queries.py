@@ -16,11 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3migrate.codec import encode_labels, pack_write_requests
-from m3migrate.config import EndpointSettings, TargetSettings
-from m3migrate.prompb import TimeSeries
-from m3migrate.promql import PromQLClient
-from m3migrate.queries import (
+from m3migrate.checks.queries import (
     NameFacts,
     QueryError,
     check_files,
@@ -31,7 +27,11 @@ from m3migrate.queries import (
     unified_diff,
     verify_queries,
 )
-from m3migrate.remote_write import RemoteWriteClient
+from m3migrate.clients.promql import PromQLClient
+from m3migrate.clients.remote_write import RemoteWriteClient
+from m3migrate.prompb import TimeSeries
+from m3migrate.settings.endpoints import EndpointSettings, TargetSettings
+from m3migrate.wire.codec import encode_labels, pack_write_requests
 
 DATA = Path(__file__).parent / "data" / "queries"
 MIN = 60_000
@@ -263,7 +263,7 @@ def test_flow_publishes_the_report_as_artifacts(target, prefect_api) -> None:
 
     from blocks import ThanosTarget
     from flows.queries import queries_flow
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.settings.spec import MigrationSpec
     from m3migrate.timefmt import iso_ms
 
     client, start, cut, _ = target
@@ -330,7 +330,7 @@ def test_rewrite_touches_only_the_query_values_not_equal_text_elsewhere(tmp_path
 
 
 def test_verdicts_after_a_merged_migration() -> None:
-    from m3migrate.queries import verdict
+    from m3migrate.checks.queries import verdict
 
     merged_overlap = NameFacts("prometheus_x", "x", False, True, True, True)
     [old] = find_selectors("prometheus_x")
@@ -351,7 +351,7 @@ def test_check_rewrite_and_verify_after_a_real_migration(prefect_api, source_his
     M3-era panel sees only the migrated half until it is rewritten, and then data on both sides."""
     from blocks import M3Source, ThanosTarget
     from flows.migrate import migrate
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.settings.spec import MigrationSpec
     from m3migrate.timefmt import iso_ms
 
     server = prometheus_target()

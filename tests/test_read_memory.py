@@ -8,9 +8,9 @@ import gc
 
 import httpx
 
-from m3migrate.codec import Matcher
-from m3migrate.config import SourceSettings
-from m3migrate.remote_read import RemoteReadClient
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.wire.codec import Matcher
 from tests.fake_m3 import FakeM3Coordinator
 
 
@@ -19,9 +19,10 @@ def test_no_response_outlives_its_read() -> None:
         gc.collect()
         gc.disable()
         try:
+            before = {id(o) for o in gc.get_objects() if isinstance(o, httpx.Response)}  # other tests' leftovers
             for _ in range(3):
                 reader.read_raw([Matcher("__name__", "=", "up")], 1000, 2000)
-            alive = [o for o in gc.get_objects() if isinstance(o, httpx.Response)]
+            alive = [o for o in gc.get_objects() if isinstance(o, httpx.Response) and id(o) not in before]
         finally:
             gc.enable()
     assert alive == []

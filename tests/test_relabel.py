@@ -735,7 +735,7 @@ def test_regexes_re2_rejects_are_config_errors_naming_the_rule(regex: str) -> No
 
 
 def test_invalid_regex_in_a_migration_spec_names_the_rule() -> None:
-    from m3migrate.spec import MigrationSpec, format_validation_error
+    from m3migrate.settings.spec import MigrationSpec, format_validation_error
 
     rules = [
         {"source_labels": ["job"], "regex": "node|api", "action": "keep"},

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import snappy
 
-from m3migrate.codec import Matcher, encode_labels, frame_series, selector_string, single_request
-from m3migrate.codec import float_bits as bits
-from m3migrate.config import AuthSettings, SourceSettings, TargetSettings, TlsSettings
+from m3migrate.clients.http import RetryPolicy
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import (
     AuthError,
     EndpointNotFound,
@@ -25,10 +25,7 @@ from m3migrate.errors import (
     TlsError,
     TransientError,
 )
-from m3migrate.http import RetryPolicy
 from m3migrate.prompb import Label, QueryResult, ReadRequest, ReadResponse, Sample, TimeSeries
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.history import (
     NAN_BITS,
     STALE_NAN_BITS,
@@ -38,6 +35,9 @@ from m3migrate.sandbox.history import (
     tail_series,
 )
 from m3migrate.sandbox.servers import Server, TlsFiles, bcrypt_hash, make_tls_files, start_prometheus
+from m3migrate.settings.endpoints import AuthSettings, SourceSettings, TargetSettings, TlsSettings
+from m3migrate.wire.codec import Matcher, encode_labels, frame_series, selector_string, single_request
+from m3migrate.wire.codec import float_bits as bits
 from tests.fake_m3 import LIMITED_VALUE, FakeM3Coordinator
 
 pytestmark = pytest.mark.timeout(180)

@@ -20,9 +20,8 @@ import httpx
 import pytest
 import snappy
 
-from m3migrate.codec import Matcher, WriteBody, encode_labels, frame_series, pack_write_requests, single_request
-from m3migrate.codec import float_bits as bits
-from m3migrate.config import AuthSettings, TargetSettings, TlsSettings
+from m3migrate.clients.http import RetryPolicy, build_client
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import (
     AuthError,
     EndpointNotFound,
@@ -31,9 +30,7 @@ from m3migrate.errors import (
     TransientError,
     WriteRejected,
 )
-from m3migrate.http import RetryPolicy, build_client
 from m3migrate.prompb import Sample, TimeSeries, WriteRequest
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import read_all
 from m3migrate.sandbox.servers import (
     Server,
@@ -44,6 +41,9 @@ from m3migrate.sandbox.servers import (
     start_prometheus,
     vm_force_flush,
 )
+from m3migrate.settings.endpoints import AuthSettings, TargetSettings, TlsSettings
+from m3migrate.wire.codec import Matcher, WriteBody, encode_labels, frame_series, pack_write_requests, single_request
+from m3migrate.wire.codec import float_bits as bits
 
 pytestmark = pytest.mark.timeout(120)
 

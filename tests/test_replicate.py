@@ -25,7 +25,7 @@ from m3migrate.errors import ConfigError
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.history import HistorySpec, append_minutely, start_source
 from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms as _iso
 

@@ -1,4 +1,4 @@
-"""Replication's bookkeeping (m3migrate/replication.py), without servers: where the next pass starts, which
+"""Replication's bookkeeping (m3migrate/transfer/replication.py), without servers: where the next pass starts, which
 pass runs, and what a finished pass records (watermark, lag, whether the lag grows).
 
 Contract from the module docstring: a pass copies (watermark, until]; it is saved before it starts, so an
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from m3migrate import replication
-from m3migrate.codec import Matcher
-from m3migrate.config import SourceSettings
 from m3migrate.errors import ConfigError
-from m3migrate.migration import writing_settings
-from m3migrate.plan import Batch, Plan
+from m3migrate.plan.batches import Batch, Plan
+from m3migrate.plan.migration import writing_settings
 from m3migrate.relabel import RelabelRule
-from m3migrate.replication import finish_pass, plan_pass, replication_start_ms
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Progress, ReplicationState
+from m3migrate.transfer import replication
+from m3migrate.transfer.replication import finish_pass, plan_pass, replication_start_ms
+from m3migrate.wire.codec import Matcher
 
 HOUR_MS = 3_600_000
 SOURCE = SourceSettings(read_url="http://127.0.0.1:9/api/v1/read")  # never contacted here

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from m3migrate.checks.validate import CheckResult, ValidationReport
+from m3migrate.checks.verify import PROBLEM_COLUMNS, VerificationReport
 from m3migrate.report import StepResult, figure_table, figures_markdown, md, table
-from m3migrate.validate import CheckResult, ValidationReport
-from m3migrate.verify import PROBLEM_COLUMNS, VerificationReport
 
 
 def cells(row: str) -> list[str]:

@@ -23,16 +23,16 @@ import pytest
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
-from m3migrate.codec import Matcher, WriteBody, compress, encode_labels, frame_series
-from m3migrate.config import AuthSettings, SourceSettings, TargetSettings, TlsSettings
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import AuthError, TlsError
 from m3migrate.prompb import TimeSeries
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import diff_target, read_all, with_label
 from m3migrate.sandbox.servers import Server, TlsFiles, bcrypt_hash, make_tls_files, start_prometheus
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import AuthSettings, SourceSettings, TargetSettings, TlsSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import Matcher, WriteBody, compress, encode_labels, frame_series
 
 pytestmark = [pytest.mark.servers, pytest.mark.prefect]
 

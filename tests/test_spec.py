@@ -1,4 +1,4 @@
-"""The migration spec (m3migrate/spec.py): times, window sizes per write mode, the migration id, the check
+"""The migration spec (m3migrate/settings/spec.py): times, window sizes per write mode, the migration id, the check
 that a resumed step reads what was planned, and the relabeling the spec builds. No servers.
 
 Expectations come from the field descriptions and docstrings of MigrationSpec (the contract the Prefect
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from m3migrate.errors import ConfigError
 from m3migrate.relabel import RelabelRule
-from m3migrate.spec import (
+from m3migrate.settings.spec import (
     HYBRID_MARGIN_MS,
     MigrationSpec,
     check_migration_id,

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from m3migrate.codec import Matcher
-from m3migrate.config import AuthSettings, SourceSettings, TargetSettings
 from m3migrate.errors import ConfigError
-from m3migrate.plan import Batch, Plan
-from m3migrate.spec import MigrationSpec
+from m3migrate.plan.batches import Batch, Plan
+from m3migrate.settings.endpoints import AuthSettings, SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import (
     JournalError,
     MigrationState,
@@ -26,6 +25,7 @@ from m3migrate.state import (
     load_saved_spec,
     resolve_spec,
 )
+from m3migrate.wire.codec import Matcher
 
 
 def test_a_record_appended_after_a_torn_last_line_survives_a_reload(tmp_path):

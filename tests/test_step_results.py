@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from cli.console import out, print_summary
-from m3migrate.backfill import BackfillResult
-from m3migrate.front import SKIPPED_EXAMPLES, FrontTotals
+from m3migrate.backfill.windows import BackfillResult
 from m3migrate.report import BackfillSummary, CloseResult, MigrationSummary, PassResult
+from m3migrate.transfer.front import SKIPPED_EXAMPLES, FrontTotals
 
 TIERS = [{"from": "a", "to": "b", "namespace": "agg|1m", "storage_policy": "1m:40d", "resolution": "1m"}]
 

@@ -10,18 +10,18 @@ import struct
 
 import pytest
 
-from m3migrate.codec import encode_labels, frame_series, single_request
-from m3migrate.config import SourceSettings, TargetSettings
+from m3migrate.clients.http import RetryPolicy
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import ConfigError, RejectReason, WriteRejected
-from m3migrate.http import RetryPolicy
-from m3migrate.migration import build_plan
+from m3migrate.plan.migration import build_plan
 from m3migrate.prompb import TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.compare import read_all, with_label
 from m3migrate.sandbox.faultproxy import FaultProxy
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import Transfer
+from m3migrate.transfer.unit import Transfer
+from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
 pytestmark = pytest.mark.servers
 HOUR_MS = 3_600_000

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3migrate.codec import STALE_NAN_BITS
 from m3migrate.prompb import QueryResult, ReadResponse
 from m3migrate.tsdb import (
     BlockWriter,
@@ -27,6 +26,7 @@ from m3migrate.tsdb import (
 )
 from m3migrate.tsdb.reader import read_block
 from m3migrate.tsdb.samples import _slow_arrays, read_response_arrays
+from m3migrate.wire.codec import STALE_NAN_BITS
 
 H = 7_200_000
 T0 = 1_700_000_000_000 // H * H

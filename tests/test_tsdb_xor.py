@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from m3migrate.codec import STALE_NAN_BITS
 from m3migrate.tsdb.xor import chunk_starts, decode_xor_chunk, encode_xor_chunk, encode_xor_chunks
+from m3migrate.wire.codec import STALE_NAN_BITS
 
 
 def _bits(values: list[float]) -> np.ndarray:

@@ -209,7 +209,7 @@ def test_a_running_migrations_progress_artifact_advances_in_the_ui(ui, prometheu
     from blocks import M3Source, ThanosTarget
     from flows.migrate import migrate
     from m3migrate.sandbox.faultproxy import FaultProxy
-    from m3migrate.spec import MigrationSpec
+    from m3migrate.settings.spec import MigrationSpec
     from m3migrate.timefmt import iso_ms
 
     m3_url, _, start, end = ui.source

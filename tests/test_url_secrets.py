@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from m3migrate.config import SourceSettings, TargetSettings, check_http_url, redact_url
 from m3migrate.errors import ConfigError
-from m3migrate.spec import format_validation_error
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings, check_http_url, redact_url
+from m3migrate.settings.spec import format_validation_error
 from tests.cli_helpers import OFFLINE_MIGRATE, run_cli
 
 # Secrets start with upper-case letters that no host or path below contains, so a hit is a leak.

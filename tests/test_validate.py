@@ -20,15 +20,7 @@ import pytest
 
 from blocks import M3Source, ThanosTarget
 from flows.migrate import migrate
-from m3migrate.codec import STALE_NAN_BITS, encode_labels, frame_series, single_request
-from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.prompb import TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.sandbox.compare import diff_target, read_all, with_label
-from m3migrate.sandbox.servers import bcrypt_hash, free_port, make_tls_files, start_prometheus
-from m3migrate.spec import MigrationSpec
-from m3migrate.timefmt import iso_ms as _iso
-from m3migrate.validate import (
+from m3migrate.checks.validate import (
     CheckResult,
     ValidationInput,
     ValidationReport,
@@ -44,6 +36,14 @@ from m3migrate.validate import (
     check_volume,
     run_all,
 )
+from m3migrate.clients.remote_write import RemoteWriteClient
+from m3migrate.prompb import TimeSeries
+from m3migrate.sandbox.compare import diff_target, read_all, with_label
+from m3migrate.sandbox.servers import bcrypt_hash, free_port, make_tls_files, start_prometheus
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
+from m3migrate.timefmt import iso_ms as _iso
+from m3migrate.wire.codec import STALE_NAN_BITS, encode_labels, frame_series, single_request
 from tests.fake_m3 import FakeM3Coordinator, fake_namespace
 
 ROOT = Path(__file__).parents[1]
@@ -431,7 +431,7 @@ def test_flow_makes_the_artifact_and_fails_when_a_check_fails(prefect_api, plain
 
     from blocks import M3Source, ThanosTarget
     from flows.validate import artifact_key, validate
-    from m3migrate.validate import ValidationFailed
+    from m3migrate.checks.validate import ValidationFailed
 
     target = prometheus_target()
     source = M3Source(read_url=f"{plain_prometheus.url}/api/v1/read")

@@ -21,11 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m3migrate.codec import STALE_NAN_BITS
-from m3migrate.plan import make_windows
-from m3migrate.sandbox.m3gateway import READ_PATH
-from m3migrate.timefmt import iso_ms as _iso
-from m3migrate.verify import (
+from m3migrate.checks.verify import (
     CANONICAL_NAN_BITS,
     SeriesData,
     VerificationFailed,
@@ -34,6 +30,10 @@ from m3migrate.verify import (
     sampled,
     series_text,
 )
+from m3migrate.plan.batches import make_windows
+from m3migrate.sandbox.m3gateway import READ_PATH
+from m3migrate.timefmt import iso_ms as _iso
+from m3migrate.wire.codec import STALE_NAN_BITS
 
 ROOT = Path(__file__).parents[1]
 HOUR_MS = 3_600_000
@@ -110,17 +110,17 @@ class Migrated:
         )
 
     def spec(self, **kw):
-        from m3migrate.spec import MigrationSpec
+        from m3migrate.settings.spec import MigrationSpec
 
         return MigrationSpec(start=_iso(self.start_ms), end=_iso(self.end_ms), **kw)
 
 
 def _copy_altered(data: dict, url: str, migrated_labels: list) -> tuple:
     """Write data into the target at url, altering one sample, dropping one series, adding one."""
-    from m3migrate.codec import encode_labels, frame_series, single_request
-    from m3migrate.config import TargetSettings
+    from m3migrate.clients.remote_write import RemoteWriteClient
     from m3migrate.prompb import TimeSeries
-    from m3migrate.remote_write import RemoteWriteClient
+    from m3migrate.settings.endpoints import TargetSettings
+    from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
     plain = [k for k in migrated_labels if len(data[k]) > 60 and all(b >> 52 & 0x7FF != 0x7FF for _, b in data[k])]
     altered_key, dropped_key, template_key = plain[3], plain[7], plain[11]
@@ -198,8 +198,8 @@ def _settings(m: Migrated, target_url: str):
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_clean_migration_verifies_equal(migrated):
+    from m3migrate.checks.verify import verify
     from m3migrate.state import MigrationState
-    from m3migrate.verify import verify
 
     src, tgt = _settings(migrated, migrated.target_url)
     spec = migrated.spec()
@@ -220,7 +220,7 @@ def test_clean_migration_verifies_equal(migrated):
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_altered_target_is_reported_exactly(migrated, tmp_path):
-    from m3migrate.verify import verify
+    from m3migrate.checks.verify import verify
 
     src, tgt = _settings(migrated, migrated.altered_url)
     spec = migrated.spec()
@@ -257,7 +257,7 @@ def test_altered_target_is_reported_exactly(migrated, tmp_path):
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_sampling_mode_checks_a_deterministic_fraction(migrated):
-    from m3migrate.verify import verify
+    from m3migrate.checks.verify import verify
 
     src, tgt = _settings(migrated, migrated.altered_url)
     spec = migrated.spec()
@@ -364,10 +364,10 @@ OTHER = (("__name__", APP), ("_source", "m3db"), ("instance", "c"), ("job", "oth
 
 
 def _write(url: str, series: dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]) -> None:
-    from m3migrate.codec import encode_labels, frame_series, single_request
-    from m3migrate.config import TargetSettings
+    from m3migrate.clients.remote_write import RemoteWriteClient
     from m3migrate.prompb import TimeSeries
-    from m3migrate.remote_write import RemoteWriteClient
+    from m3migrate.settings.endpoints import TargetSettings
+    from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
     with RemoteWriteClient(TargetSettings(write_url=f"{url}/api/v1/write")) as writer:
         for labels, samples in series.items():
@@ -388,7 +388,7 @@ class Strays:
     samples_per_series: int = 0
 
     def settings(self, target_url: str):
-        from m3migrate.config import SourceSettings, TargetSettings
+        from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 
         return (
             SourceSettings(read_url=f"{self.source_url}{READ_PATH}", query_url=self.source_url),
@@ -396,7 +396,7 @@ class Strays:
         )
 
     def spec(self, **kw):
-        from m3migrate.spec import MigrationSpec
+        from m3migrate.settings.spec import MigrationSpec
 
         return MigrationSpec(
             start=_iso(self.start_ms), end=_iso(self.end_ms), match=['{job="app"}'], window_minutes=15, **kw
@@ -461,7 +461,7 @@ def strays(tmp_path_factory) -> Iterator[Strays]:
 
 @pytest.mark.servers
 def test_extras_anywhere_under_the_source_label_are_reported_per_window(strays, tmp_path):
-    from m3migrate.verify import verify
+    from m3migrate.checks.verify import verify
 
     spec = strays.spec()
     report = verify(*strays.settings(strays.copy_url), spec, None, concurrency=2)
@@ -493,7 +493,7 @@ def test_extras_anywhere_under_the_source_label_are_reported_per_window(strays, 
 
 @pytest.mark.servers
 def test_series_differing_only_in_replica_are_compared_as_two(strays):
-    from m3migrate.verify import verify
+    from m3migrate.checks.verify import verify
 
     report = verify(*strays.settings(strays.replica_url), strays.spec(), None)
     t = report.totals

@@ -1,7 +1,7 @@
-"""The wire path (m3migrate.wire): samples passed through as bytes must give exactly the requests the
+"""The wire path (m3migrate.wire.walk): samples passed through as bytes must give exactly the requests the
 decoding path gave, and anything non-canonical must take that exact path (no servers needed).
 
-The reference below is the transfer's data path before m3migrate.wire existed, kept verbatim: decode
+The reference below is the transfer's data path before m3migrate.wire.walk existed, kept verbatim: decode
 the ReadResponse, build sorted label keys, relabel, clear the labels, pack with pack_write_requests.
 """
 
@@ -18,7 +18,9 @@ import snappy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3migrate.codec import (
+from m3migrate.errors import MalformedResponse
+from m3migrate.prompb import ReadResponse, Sample, TimeSeries, WriteRequest
+from m3migrate.wire.codec import (
     STALE_NAN_BITS,
     WriteChain,
     decode_read_response,
@@ -26,9 +28,7 @@ from m3migrate.codec import (
     pack_write_requests,
     series_labels,
 )
-from m3migrate.errors import MalformedResponse
-from m3migrate.prompb import ReadResponse, Sample, TimeSeries, WriteRequest
-from m3migrate.wire import (
+from m3migrate.wire.walk import (
     BATCH_TABLES_MAX,
     Counters,
     LabelCache,
@@ -442,7 +442,7 @@ def test_fuzz_mutated_responses_raise_only_malformed_and_never_differ(data) -> N
 
 
 def test_malloc_tuning_is_once_per_process_and_yields_to_the_users_settings(monkeypatch) -> None:
-    from m3migrate import wire
+    from m3migrate.wire import walk as wire
 
     monkeypatch.setattr(wire, "_malloc_tuned", None)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")

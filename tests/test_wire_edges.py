@@ -1,4 +1,4 @@
-"""m3migrate.wire.cut_after: a read of [start, end + 1] cut to [start, end] at the wire level, so reads are
+"""m3migrate.wire.walk.cut_after: a read of [start, end + 1] cut to [start, end] at the wire level, so reads are
 exact on an end-exclusive source (M3: [start, end)) and an end-inclusive one (Prometheus: [start, end]).
 
 The expectation is the definition: every sample with t <= end, in order, bit for bit; a series left without
@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_wire import NOW_MS, bits_of, label_field, response, sample_field, values, wrap
 
-from m3migrate.codec import decode_read_response
 from m3migrate.prompb import ReadResponse
-from m3migrate.wire import cut_after, series_spans
+from m3migrate.wire.codec import decode_read_response
+from m3migrate.wire.walk import cut_after, series_spans
 
 EP = "http://source/api/v1/read"
 

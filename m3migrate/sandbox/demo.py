@@ -33,14 +33,14 @@ from typing import cast
 import httpx
 import yaml
 
-from m3migrate.codec import encode_labels, frame_series, single_request
-from m3migrate.config import TargetSettings
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.prompb import TimeSeries
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.history import HistorySpec, start_source
 from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
 from m3migrate.sandbox.servers import free_port, start_prometheus
+from m3migrate.settings.endpoints import TargetSettings
 from m3migrate.timefmt import iso_ms
+from m3migrate.wire.codec import encode_labels, frame_series, single_request
 
 LIVE_SERIES = [
     (("__name__", "demo_live_requests_total"), ("instance", f"web-{i}:8080"), ("job", "web")) for i in range(3)

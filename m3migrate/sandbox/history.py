@@ -30,12 +30,12 @@ import httpx
 import numpy as np
 import snappy
 
-from m3migrate.codec import STALE_NAN_BITS, encode_labels, float_bits, pack_write_requests
-from m3migrate.config import TargetSettings
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.prompb import prompb_pb2
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.sandbox.m3gateway import M3Gateway
 from m3migrate.sandbox.servers import Server, find_binary, start_prometheus
+from m3migrate.settings.endpoints import TargetSettings
+from m3migrate.wire.codec import STALE_NAN_BITS, encode_labels, float_bits, pack_write_requests
 
 __all__ = [
     "LIVE_TAIL_MINUTES",

@@ -43,9 +43,9 @@ from typing import Any, Self
 
 import snappy
 
-from m3migrate.codec import uvarint
 from m3migrate.prompb import prompb_pb2
-from m3migrate.wire import _samples_start, series_spans
+from m3migrate.wire.codec import uvarint
+from m3migrate.wire.walk import _samples_start, series_spans
 
 NS_PER_S = 1_000_000_000
 LIMITED_VALUE = "max_fetch_series_limit_applied"
@@ -521,7 +521,7 @@ def downsample(
     of M3's downsampler). Prometheus stale markers are not data points and are left out."""
     import numpy as np
 
-    from m3migrate.codec import STALE_NAN_BITS
+    from m3migrate.wire.codec import STALE_NAN_BITS
 
     out = {}
     for labels, samples in data.items():

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import google_crc32c
 
-from m3migrate.codec import uvarint
+from m3migrate.wire.codec import uvarint
 
 __all__ = ["crc32c", "has_raw_bytes", "label_bytes", "labels_order", "read_uvarint", "read_varint", "uvarint", "varint"]
 

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from m3migrate.failpoints import failpoint
-from m3migrate.plan import Batch, Plan, Window
+from m3migrate.plan.batches import Batch, Plan, Window
 from m3migrate.report import TransferSummary
 from m3migrate.state import UnitJournal
-from m3migrate.transfer import Transfer, TransferResult
+from m3migrate.transfer.unit import Transfer, TransferResult
 
-log = logging.getLogger("m3migrate.front")
+log = logging.getLogger("m3migrate.transfer.front")
 
 PER_BATCH_IN_FLIGHT = 2  # one unit writing + the next window of the same batch reading ahead
 READ_AHEAD_WINDOWS = 1  # reads may run this many windows past the depth; only writes are held to it

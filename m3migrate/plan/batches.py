@@ -17,10 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-from m3migrate.codec import Matcher, selector_string
 from m3migrate.errors import ConfigError, SourceLimitExceeded
-from m3migrate.selectors import re2_escape
-from m3migrate.tiers import Tier
+from m3migrate.plan.selectors import re2_escape
+from m3migrate.plan.tiers import Tier
+from m3migrate.wire.codec import Matcher, selector_string
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -104,7 +104,7 @@ class Plan:
     # What changes what is written (relabeling, source label, write mode); None: a version-1 plan,
     # saved before plans recorded it.
     writing: dict | None = None
-    # The M3 namespace each part of the range is read from (m3migrate.tiers); empty: reads are not pinned
+    # The M3 namespace each part of the range is read from (m3migrate.plan.tiers); empty: reads are not pinned
     # by the plan (a Prometheus source, or one namespace pinned by the source settings).
     tiers: list[Tier] = field(default_factory=list)
 

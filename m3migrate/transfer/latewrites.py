@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from m3migrate.config import SourceSettings, TargetSettings
 from m3migrate.errors import WriteRejected
-from m3migrate.migration import build_plan
-from m3migrate.plan import Plan, Window
-from m3migrate.spec import MigrationSpec
+from m3migrate.plan.batches import Plan, Window
+from m3migrate.plan.migration import build_plan
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, UnitJournal
-from m3migrate.transfer import Transfer
+from m3migrate.transfer.unit import Transfer
 
 
 @dataclass

@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from m3migrate.clients.m3admin import M3Namespace, format_m3_duration
 from m3migrate.errors import ConfigError
-from m3migrate.m3admin import M3Namespace, format_m3_duration
 from m3migrate.timefmt import iso_ms
 
 HOUR_MS = 3_600_000

@@ -14,7 +14,14 @@ from typing import Any, Literal
 
 import httpx
 
-from m3migrate.config import EndpointSettings, api_base, redact_url
+from m3migrate.clients.http import (
+    EndpointClient,
+    RetryPolicy,
+    raise_for_common_status,
+    retry_transient,
+    unexpected,
+)
+from m3migrate.clients.promql import PromQLClient
 from m3migrate.errors import (
     AuthError,
     ConfigError,
@@ -23,14 +30,7 @@ from m3migrate.errors import (
     TlsError,
     TransientError,
 )
-from m3migrate.http import (
-    EndpointClient,
-    RetryPolicy,
-    raise_for_common_status,
-    retry_transient,
-    unexpected,
-)
-from m3migrate.promql import PromQLClient
+from m3migrate.settings.endpoints import EndpointSettings, api_base, redact_url
 
 __all__ = [
     "M3AdminClient",

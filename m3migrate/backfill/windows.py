@@ -24,22 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from m3migrate.bucket import BlockConflict, Bucket, ranges_cover
-from m3migrate.codec import decode_read_response, show_labels
+from m3migrate.clients.bucket import BlockConflict, Bucket, ranges_cover
+from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.errors import ConfigError, MalformedResponse
-from m3migrate.plan import Batch
+from m3migrate.plan.batches import Batch
+from m3migrate.plan.tiers import Tier
 from m3migrate.prompb import QueryResult
 from m3migrate.read import read_batch_window_raw
 from m3migrate.relabel import Relabeler
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.tiers import Tier
 from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock
 from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
 from m3migrate.tsdb.samples import ReadArrays, read_response_arrays, series_arrays
+from m3migrate.wire.codec import decode_read_response, show_labels
 
-log = logging.getLogger("m3migrate.backfill")
+log = logging.getLogger("m3migrate.backfill.windows")
 
 HOUR_MS = 3_600_000
 BLOCK_DURATIONS_MS = (2 * HOUR_MS, 8 * HOUR_MS, 48 * HOUR_MS)  # Thanos compactor ranges a block may have

@@ -42,23 +42,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3migrate.codec import STALE_NAN_BITS, Matcher, selector_string, series_labels, show_labels
-from m3migrate.config import SourceSettings, TargetSettings, redact_url
+from m3migrate.clients.promql import PromQLClient
+from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
 from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC
-from m3migrate.plan import Batch, Plan, Window, make_windows, split_batch
-from m3migrate.promql import PromQLClient
+from m3migrate.plan.batches import Batch, Plan, Window, make_windows, split_batch
+from m3migrate.plan.selectors import re2_escape
+from m3migrate.plan.tiers import Tier
 from m3migrate.read import read_batch_window
 from m3migrate.relabel import Relabeler
-from m3migrate.remote_read import RemoteReadClient
 from m3migrate.report import figure_table, md, table
-from m3migrate.selectors import re2_escape
-from m3migrate.spec import MigrationSpec
-from m3migrate.tiers import Tier
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings, redact_url
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import TransferResult
+from m3migrate.transfer.unit import TransferResult
+from m3migrate.wire.codec import STALE_NAN_BITS, Matcher, selector_string, series_labels, show_labels
 
-log = logging.getLogger("m3migrate.verify")
+log = logging.getLogger("m3migrate.checks.verify")
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -725,7 +725,7 @@ def verify(
     t0 = time.monotonic()
     migration_id = migration_id or (plan.migration_id if plan else spec.resolved_id(source.read_url, target.write_url))
     if plan is None:
-        from m3migrate.migration import build_plan
+        from m3migrate.plan.migration import build_plan
 
         plan = build_plan(source, spec, migration_id)
     windows = make_windows(plan.start_ms, plan.end_ms, window_ms or plan.window_ms)

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from m3migrate.config import SourceSettings
+from m3migrate.clients.m3admin import M3AdminClient
 from m3migrate.errors import ConfigError
-from m3migrate.m3admin import M3AdminClient
-from m3migrate.migration import build_plan, check_writing
-from m3migrate.plan import Plan
+from m3migrate.plan.batches import Plan
+from m3migrate.plan.migration import build_plan, check_writing
 from m3migrate.progress import lag_seconds
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, ReplicationState
 
 

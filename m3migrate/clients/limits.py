@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from pyrate_limiter import Duration, Limiter, Rate, StateBucket, TokenBucket
 
-log = logging.getLogger("m3migrate.limits")
+log = logging.getLogger("m3migrate.clients.limits")
 
 
 class AdaptiveLimiter:

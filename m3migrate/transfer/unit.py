@@ -1,7 +1,7 @@
 """Moves one batch × window: remote read, relabel, pack, remote write, exactly.
 
 The batch's series are the only ones written; samples pass through as the bytes the source sent
-(m3migrate.wire walks the read response per series, never per sample); a source limit
+(m3migrate.wire.walk walks the read response per series, never per sample); a source limit
 splits the read (by series, then by time) instead of truncating it; refusals from data the target
 already holds (a resumed window) are reconciled series by series instead of failing the migration.
 """
@@ -21,7 +21,20 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from m3migrate.codec import (
+from m3migrate.clients.http import RetryPolicy
+from m3migrate.clients.promql import PromQLClient
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
+from m3migrate.errors import ConfigError, RejectReason, WriteRejected
+from m3migrate.failpoints import failpoint
+from m3migrate.model import DEFAULT_IGNORE_LABELS
+from m3migrate.plan.batches import Batch, Labels, Plan, Window
+from m3migrate.plan.tiers import Tier
+from m3migrate.prompb import QueryResult, TimeSeries, WriteRequest
+from m3migrate.read import read_batch_window_raw
+from m3migrate.relabel import Relabeler
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.wire.codec import (
     STALE_NAN_BITS,
     Matcher,
     WriteBody,
@@ -30,22 +43,9 @@ from m3migrate.codec import (
     selector_string,
     single_request,
 )
-from m3migrate.config import SourceSettings, TargetSettings
-from m3migrate.errors import ConfigError, RejectReason, WriteRejected
-from m3migrate.failpoints import failpoint
-from m3migrate.http import RetryPolicy
-from m3migrate.model import DEFAULT_IGNORE_LABELS
-from m3migrate.plan import Batch, Labels, Plan, Window
-from m3migrate.prompb import QueryResult, TimeSeries, WriteRequest
-from m3migrate.promql import PromQLClient
-from m3migrate.read import read_batch_window_raw
-from m3migrate.relabel import Relabeler
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
-from m3migrate.tiers import Tier
-from m3migrate.wire import Counters, LabelCache, pack_query_result, pack_read_response, tune_malloc
+from m3migrate.wire.walk import Counters, LabelCache, pack_query_result, pack_read_response, tune_malloc
 
-log = logging.getLogger("m3migrate.transfer")
+log = logging.getLogger("m3migrate.transfer.unit")
 
 ReadPart = bytes | QueryResult  # a decompressed ReadResponse (the transfer's own reads) or a decoded result
 
@@ -164,7 +164,7 @@ class Transfer:
     # -- read side ------------------------------------------------------------------------------
 
     def _reads(self, batch: Batch, start_ms: int, end_ms: int, result: TransferResult) -> Iterator[bytes]:
-        """Decompressed ReadResponses, left undecoded: the write side walks them (m3migrate.wire)."""
+        """Decompressed ReadResponses, left undecoded: the write side walks them (m3migrate.wire.walk)."""
         return read_batch_window_raw(self.reader, batch, start_ms, end_ms, result, self._tiers)
 
     # -- write side -----------------------------------------------------------------------------

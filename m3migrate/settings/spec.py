@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m3migrate.errors import ConfigError
+from m3migrate.plan.selectors import ALL_SERIES, parse_selector
 from m3migrate.relabel import Relabeler, RelabelRule, merge_prometheus_prefix_rule
-from m3migrate.selectors import ALL_SERIES, parse_selector
 
 WriteMode = Literal["in_order", "out_of_order", "blocks", "hybrid"]
 BLOCK_MODES = ("blocks", "hybrid")  # write modes that upload TSDB blocks into the Thanos bucket

@@ -33,10 +33,13 @@ from typing import Any, Literal
 
 import httpx
 
-from m3migrate.backfill import block_windows
-from m3migrate.bucket import Bucket, BucketError, BucketSettings
-from m3migrate.codec import STALE_NAN_BITS, Matcher, WriteBody, float_bits, frame_series, single_request
-from m3migrate.config import SourceSettings, TargetSettings, origin, redact_url
+from m3migrate.backfill.windows import block_windows
+from m3migrate.clients.bucket import Bucket, BucketError, BucketSettings
+from m3migrate.clients.http import RetryPolicy, build_client
+from m3migrate.clients.m3admin import M3AdminClient, M3Namespace
+from m3migrate.clients.promql import PromQLClient
+from m3migrate.clients.remote_read import RemoteReadClient
+from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.errors import (
     AuthError,
     ConfigError,
@@ -50,23 +53,20 @@ from m3migrate.errors import (
     TransientError,
     WriteRejected,
 )
-from m3migrate.http import RetryPolicy, build_client
-from m3migrate.m3admin import M3AdminClient, M3Namespace
-from m3migrate.migration import source_tiers
 from m3migrate.model import PROBE_METRIC
-from m3migrate.plan import Batch, Labels, Window, make_windows
+from m3migrate.plan.batches import Batch, Labels, Window, make_windows
+from m3migrate.plan.migration import source_tiers
+from m3migrate.plan.tiers import Tier
 from m3migrate.prompb import Sample, TimeSeries
-from m3migrate.promql import PromQLClient
 from m3migrate.read import read_batch_window
-from m3migrate.remote_read import RemoteReadClient
-from m3migrate.remote_write import RemoteWriteClient
 from m3migrate.report import table
-from m3migrate.spec import MigrationSpec
+from m3migrate.settings.endpoints import SourceSettings, TargetSettings, origin, redact_url
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, UnitJournal
-from m3migrate.tiers import Tier
 from m3migrate.timefmt import iso_ms
-from m3migrate.transfer import TransferResult
-from m3migrate.wire import LabelCache
+from m3migrate.transfer.unit import TransferResult
+from m3migrate.wire.codec import STALE_NAN_BITS, Matcher, WriteBody, float_bits, frame_series, single_request
+from m3migrate.wire.walk import LabelCache
 
 __all__ = [
     "CHECKS",
@@ -513,8 +513,8 @@ def check_source_namespaces(inp: ValidationInput, *, now_ms: int | None = None) 
 def _check_tiers(name: str, inp: ValidationInput, namespaces: list[M3Namespace], now_ms: int) -> CheckResult:
     """The tier table a migration with namespaces=auto will plan: range, namespace, resolution and the
     most samples an aggregated tier can hold per series; a warning when history comes back downsampled."""
-    from m3migrate.migration import spec_tiers
-    from m3migrate.tiers import tier_table
+    from m3migrate.plan.migration import spec_tiers
+    from m3migrate.plan.tiers import tier_table
 
     spec = inp.spec
     tiers = spec_tiers(namespaces, spec, spec.start_ms, spec.end_ms, now_ms=now_ms)

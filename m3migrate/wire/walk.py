@@ -12,7 +12,7 @@ they are, never decoded, and the work is per series, not per sample:
 
 Anything else in a series (a label after a sample, exemplars, histograms, unknown fields, a framing that
 does not add up) sends that series down the exact path: a upb parse, labels from the message, samples
-re-serialized, i.e. what :func:`m3migrate.codec.pack_write_requests` does, so output never differs.
+re-serialized, i.e. what :func:`m3migrate.wire.codec.pack_write_requests` does, so output never differs.
 A response not in the canonical one-result shape is decoded whole (which reports what is wrong).
 Sample bodies are not inspected on the fast path: a malformed one is forwarded and refused by the target.
 """
@@ -31,7 +31,10 @@ from typing import Any, Literal
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.protobuf.message import DecodeError
 
-from m3migrate.codec import (
+from m3migrate.errors import ConfigError, MalformedResponse
+from m3migrate.prompb import QueryResult, Sample, TimeSeries
+from m3migrate.relabel import Relabeler
+from m3migrate.wire.codec import (
     MAX_SAMPLE_BYTES,
     WriteChain,
     _Packer,
@@ -45,9 +48,6 @@ from m3migrate.codec import (
     show_labels,
     uvarint,
 )
-from m3migrate.errors import ConfigError, MalformedResponse
-from m3migrate.prompb import QueryResult, Sample, TimeSeries
-from m3migrate.relabel import Relabeler
 
 Labels = tuple[tuple[str, str], ...]
 Decision = bytes | Literal[False]

@@ -17,9 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from m3migrate.config import EndpointSettings, api_base, redact_url
-from m3migrate.errors import EndpointError, EndpointNotFound, MalformedResponse, SourceLimitExceeded
-from m3migrate.http import (
+from m3migrate.clients.http import (
     EndpointClient,
     RetryPolicy,
     body_excerpt,
@@ -27,6 +25,8 @@ from m3migrate.http import (
     retry_transient,
     unexpected,
 )
+from m3migrate.errors import EndpointError, EndpointNotFound, MalformedResponse, SourceLimitExceeded
+from m3migrate.settings.endpoints import EndpointSettings, api_base, redact_url
 
 __all__ = [
     "BadQuery",

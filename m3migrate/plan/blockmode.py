@@ -6,7 +6,7 @@ so replication continues from the range's end exactly as after a remote-write mi
 ``hybrid``: the history before a boundary goes as blocks (its own plan, stage ``backfill``), the tail from
 the boundary to the end by remote write (the migrate stage's plan, run by the ordinary transfer front).
 The boundary is computed once, at the first run, from the clock (see
-:meth:`~m3migrate.spec.MigrationSpec.hybrid_boundary_ms`) and saved, so reruns split the range at the same
+:meth:`~m3migrate.settings.spec.MigrationSpec.hybrid_boundary_ms`) and saved, so reruns split the range at the same
 instant: blocks hold [start, boundary - 1], remote write [boundary, end], no gap and no overlap. A tail
 must be written soon after its boundary was fixed (the target's accept window moves with its clock), so
 the flow writes the tail first and plans the backfill after it. Engine code: no Prefect here.
@@ -18,15 +18,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from m3migrate.config import SourceSettings
 from m3migrate.errors import ConfigError
-from m3migrate.migration import PreparedMigration, prepare
-from m3migrate.plan import Plan
-from m3migrate.spec import MigrationSpec
+from m3migrate.plan.batches import Plan
+from m3migrate.plan.migration import PreparedMigration, prepare
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
 
-log = logging.getLogger("m3migrate.blockmode")
+log = logging.getLogger("m3migrate.plan.blockmode")
 
 
 def boundary_ms(spec: MigrationSpec, state: MigrationState | None = None, now_ms: int | None = None) -> int:

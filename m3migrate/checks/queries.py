@@ -20,8 +20,8 @@ from typing import Any
 import promql_parser
 import yaml
 
+from m3migrate.clients.promql import BadQuery, PromQLClient
 from m3migrate.errors import ConfigError
-from m3migrate.promql import BadQuery, PromQLClient
 from m3migrate.report import md
 
 __all__ = [
@@ -692,7 +692,7 @@ def target_client(
     """A PromQL client for the target's query API (Thanos Query: partial responses refused)."""
     from pydantic import SecretStr
 
-    from m3migrate.config import AuthSettings, EndpointSettings, TlsSettings
+    from m3migrate.settings.endpoints import AuthSettings, EndpointSettings, TlsSettings
 
     settings = EndpointSettings(
         auth=AuthSettings(

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from m3migrate.codec import Matcher, decode_read_response, decompress, encode_read_request, parse_read_response
-from m3migrate.config import SourceSettings, redact_url
-from m3migrate.errors import MalformedResponse, SourceLimitExceeded
-from m3migrate.http import (
+from m3migrate.clients.http import (
     EndpointClient,
     RetryPolicy,
     body_excerpt,
@@ -24,8 +21,11 @@ from m3migrate.http import (
     retry_transient,
     unexpected,
 )
+from m3migrate.errors import MalformedResponse, SourceLimitExceeded
 from m3migrate.prompb import QueryResult
-from m3migrate.wire import cut_after
+from m3migrate.settings.endpoints import SourceSettings, redact_url
+from m3migrate.wire.codec import Matcher, decode_read_response, decompress, encode_read_request, parse_read_response
+from m3migrate.wire.walk import cut_after
 
 LIMIT_MARKERS = ("query exceeded limit", "exceeded sample limit", "exceeded limit", "too many series")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import promql_parser
 
-from m3migrate.codec import Matcher
 from m3migrate.errors import ConfigError
+from m3migrate.wire.codec import Matcher
 
 _OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
 ALL_SERIES = '{__name__=~".+"}'

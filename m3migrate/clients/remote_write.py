@@ -14,10 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from m3migrate import __version__
-from m3migrate.codec import WriteBody
-from m3migrate.config import TargetSettings, redact_url
-from m3migrate.errors import MalformedResponse, RejectReason, TransientError, WriteRejected
-from m3migrate.http import (
+from m3migrate.clients.http import (
     EndpointClient,
     RetryPolicy,
     body_excerpt,
@@ -25,8 +22,11 @@ from m3migrate.http import (
     retry_transient,
     unexpected,
 )
+from m3migrate.errors import MalformedResponse, RejectReason, TransientError, WriteRejected
+from m3migrate.settings.endpoints import TargetSettings, redact_url
+from m3migrate.wire.codec import WriteBody
 
-log = logging.getLogger("m3migrate.remote_write")
+log = logging.getLogger("m3migrate.clients.remote_write")
 
 # Substrings of the receivers' error texts (Prometheus tsdb/storage errors, Thanos receive) -> reason.
 REASON_MARKERS: tuple[tuple[str, RejectReason], ...] = (

@@ -36,7 +36,7 @@ from ulid import ULID
 from m3migrate.errors import M3MigrateError
 from m3migrate.tsdb.meta import META_FILENAME, BlockMeta
 
-log = logging.getLogger("m3migrate.bucket")
+log = logging.getLogger("m3migrate.clients.bucket")
 
 MARKER_PREFIX = "m3migrate/uploads/"
 CHECK_PREFIX = "m3migrate/checks/"

@@ -7,17 +7,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from m3migrate.config import SourceSettings
+from m3migrate.clients.m3admin import M3AdminClient, M3Namespace
+from m3migrate.clients.promql import PromQLClient
 from m3migrate.errors import ConfigError
-from m3migrate.m3admin import M3AdminClient, M3Namespace
-from m3migrate.plan import DAY_MS, Labels, Plan, discover, make_batches
-from m3migrate.promql import PromQLClient
-from m3migrate.spec import MigrationSpec
+from m3migrate.plan.batches import DAY_MS, Labels, Plan, discover, make_batches
+from m3migrate.plan.tiers import Tier, plan_tiers, split_by_tier
+from m3migrate.settings.endpoints import SourceSettings
+from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
-from m3migrate.tiers import Tier, plan_tiers, split_by_tier
 from m3migrate.timefmt import iso_ms
 
-log = logging.getLogger("m3migrate.migration")
+log = logging.getLogger("m3migrate.plan.migration")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def build_plan(
 
 
 def source_tiers(source: SourceSettings, spec: MigrationSpec, start_ms: int, end_ms: int) -> list[Tier]:
-    """The M3 namespace of each part of [start, end] (m3migrate.tiers), fixed now for the whole run; []
+    """The M3 namespace of each part of [start, end] (m3migrate.plan.tiers), fixed now for the whole run; []
     when one namespace is pinned, namespaces=unpinned, or the source has no M3 namespace API."""
     if source.namespaces != "auto" or source.metrics_type:
         return []

@@ -14,9 +14,9 @@ import httpx
 import stamina
 
 from m3migrate import __version__
-from m3migrate.config import EndpointSettings, SourceSettings, TargetSettings, origin, redact_url
+from m3migrate.clients.limits import EndpointLimits, limits_for
 from m3migrate.errors import AuthError, EndpointError, EndpointNotFound, TlsError, TransientError
-from m3migrate.limits import EndpointLimits, limits_for
+from m3migrate.settings.endpoints import EndpointSettings, SourceSettings, TargetSettings, origin, redact_url
 
 USER_AGENT = f"m3migrate/{__version__}"
 BODY_EXCERPT = 300

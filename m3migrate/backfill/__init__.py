@@ -1,0 +1,2 @@
+"""The blocks sink: block windows read through the read stage and written as TSDB blocks (m3migrate.tsdb) into
+the bucket."""
