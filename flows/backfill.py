@@ -40,6 +40,7 @@ from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
 from tasks.backfill import BackfillContext, backfill_block_window, clear_caches, get_bucket
+from tasks.context import unit_fields
 from tasks.transfer import notify, results_storage
 
 BLOCKS_PHASE = PHASES["backfill"]
@@ -121,18 +122,10 @@ def backfill_context(
     stage: Stage,
     labels: dict[str, str],
 ) -> BackfillContext:
-    """What every window's task needs (small and picklable for Dask workers)."""
-    relabel = spec.relabeler()
+    """What every window's task needs."""
     return BackfillContext(
-        migration_id=state.migration_id,
-        plan_id=plan.id,
-        generation=state.generation,
-        stage=stage,
-        state_root=str(state.dir.parent),
-        source=source.settings(),
+        **unit_fields(spec, state, plan, stage, source.settings()),
         bucket=bucket.settings(),
-        relabeler_rules=tuple(relabel.rules),
-        add_labels=tuple(relabel.add_labels.items()),
         external_labels=tuple(sorted(labels.items())),
     )
 

@@ -30,6 +30,7 @@ from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer.front import FrontTotals, plan_segments
+from tasks.context import unit_fields
 from tasks.transfer import (
     TransferContext,
     close_transfers,
@@ -178,17 +179,9 @@ def _transfer_context(
     stage: Stage,
     artifact_id: Any,
 ) -> TransferContext:
-    relabel = spec.relabeler()
     return TransferContext(
-        migration_id=state.migration_id,
-        plan_id=plan.id,
-        generation=state.generation,
-        stage=stage,
-        state_root=str(state.dir.parent),
-        source=source.settings(),
+        **unit_fields(spec, state, plan, stage, source.settings()),
         target=target.settings(),
-        relabeler_rules=tuple(relabel.rules),
-        add_labels=tuple(relabel.add_labels.items()),
         write_concurrency=spec.write_concurrency,
         units_in_flight=units_in_flight(spec),
         depth=spec.windows_in_flight,

@@ -21,25 +21,16 @@ from m3migrate.backfill.windows import BackfillResult, BlockWindow, backfill_fro
 from m3migrate.clients.bucket import Bucket, BucketSettings
 from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.relabel import Relabeler
-from m3migrate.settings.endpoints import SourceSettings
-from m3migrate.state import Stage
+from tasks.context import UnitContext
 from tasks.retries import TASK_RETRIES, retry_unless_terminal
 from tasks.transfer import forget_plans, saved_plan
 
 
 @dataclass(frozen=True)
-class BackfillContext:
-    """What every window task needs besides its window (small and picklable for Dask workers)."""
+class BackfillContext(UnitContext):
+    """What every window task needs besides its window."""
 
-    migration_id: str
-    plan_id: str
-    generation: int
-    stage: Stage
-    state_root: str
-    source: SourceSettings
     bucket: BucketSettings
-    relabeler_rules: tuple
-    add_labels: tuple[tuple[str, str], ...]
     external_labels: tuple[tuple[str, str], ...]
     work_dir: str | None = None
 

@@ -29,11 +29,12 @@ from m3migrate.plan.batches import Plan
 from m3migrate.plan.tiers import Tier
 from m3migrate.progress import PHASES, Progress, lag_seconds
 from m3migrate.relabel import Relabeler
-from m3migrate.settings.endpoints import SourceSettings, TargetSettings
+from m3migrate.settings.endpoints import TargetSettings
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer.front import Front, FrontTotals, Segment, WindowDone
 from m3migrate.transfer.unit import Transfer
+from tasks.context import UnitContext
 from tasks.retries import TASK_RETRIES, retry_unless_terminal
 
 KEEP_TRANSFERS = 4  # per process: the open connection pools of the most recent runs
@@ -52,18 +53,10 @@ def notify(event: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class TransferContext:
-    """Everything a segment task needs besides its segment (small and picklable for Dask workers)."""
+class TransferContext(UnitContext):
+    """Everything a segment task needs besides its segment."""
 
-    migration_id: str
-    plan_id: str
-    generation: int
-    stage: Stage
-    state_root: str
-    source: SourceSettings
     target: TargetSettings
-    relabeler_rules: tuple
-    add_labels: tuple[tuple[str, str], ...]
     write_concurrency: int
     units_in_flight: int
     depth: int
@@ -76,10 +69,6 @@ class TransferContext:
         and write mode) and the relabeler itself, so a changed rule never reuses an old label cache."""
         rules = tuple(json.dumps(r.model_dump(mode="json"), sort_keys=True) for r in self.relabeler_rules)
         return (self.migration_id, self.plan_id, self.generation, rules, self.add_labels)
-
-    @property
-    def state(self) -> MigrationState:
-        return MigrationState(Path(self.state_root), self.migration_id)
 
 
 _transfers: dict[tuple, Transfer] = {}

@@ -8,7 +8,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, TypedDict
 
 import httpx
 import stamina
@@ -75,6 +75,14 @@ def retry_transient(exc: Exception) -> bool | float:
     return False
 
 
+class ClientOptions(TypedDict, total=False):
+    """What a protocol client passes on to EndpointClient unchanged."""
+
+    retry: RetryPolicy | None
+    client: httpx.Client | None
+    max_connections: int
+
+
 class EndpointClient:
     """Base of the protocol clients: owns (or borrows) an httpx client and its retry policy.
 
@@ -87,11 +95,14 @@ class EndpointClient:
         self,
         settings: EndpointSettings,
         *,
+        url: str = "",
         retry: RetryPolicy | None = None,
         client: httpx.Client | None = None,
         max_connections: int = 16,
     ) -> None:
         self.settings = settings
+        self.url = url  # the protocol's one URL (remote read/write); the PromQL and admin clients build theirs
+        self.endpoint = redact_url(url)
         self.retry = retry or retry_policy(settings)
         self._client = client if client is not None else build_client(settings, max_connections=max_connections)
         self._owns_client = client is None

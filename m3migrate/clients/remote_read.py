@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 import httpx
 
 from m3migrate.clients.http import (
+    ClientOptions,
     EndpointClient,
-    RetryPolicy,
     body_excerpt,
     raise_for_common_status,
     retry_transient,
@@ -23,7 +24,7 @@ from m3migrate.clients.http import (
 )
 from m3migrate.errors import MalformedResponse, SourceLimitExceeded
 from m3migrate.prompb import QueryResult
-from m3migrate.settings.endpoints import SourceSettings, redact_url
+from m3migrate.settings.endpoints import SourceSettings
 from m3migrate.wire.codec import Matcher, decode_read_response, decompress, encode_read_request, parse_read_response
 from m3migrate.wire.walk import cut_after
 
@@ -40,17 +41,8 @@ class ReadStats:
 class RemoteReadClient(EndpointClient):
     """Reads one matcher set over an inclusive millisecond range, exactly or not at all."""
 
-    def __init__(
-        self,
-        settings: SourceSettings,
-        *,
-        retry: RetryPolicy | None = None,
-        client: httpx.Client | None = None,
-        max_connections: int = 16,
-    ) -> None:
-        super().__init__(settings, retry=retry, client=client, max_connections=max_connections)
-        self.url = settings.read_url
-        self.endpoint = redact_url(self.url)
+    def __init__(self, settings: SourceSettings, **options: Unpack[ClientOptions]) -> None:
+        super().__init__(settings, url=settings.read_url, **options)
         self.stats = ReadStats()
         self.headers = self.request_headers(settings)
 

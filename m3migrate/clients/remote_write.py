@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import httpx
+from typing import Unpack
 
 from m3migrate import __version__
 from m3migrate.clients.http import (
+    ClientOptions,
     EndpointClient,
-    RetryPolicy,
     body_excerpt,
     raise_for_common_status,
     retry_transient,
     unexpected,
 )
 from m3migrate.errors import MalformedResponse, RejectReason, TransientError, WriteRejected
-from m3migrate.settings.endpoints import TargetSettings, redact_url
+from m3migrate.settings.endpoints import TargetSettings
 from m3migrate.wire.codec import WriteBody
 
 log = logging.getLogger("m3migrate.clients.remote_write")
@@ -66,17 +65,8 @@ class WriteStats:
 class RemoteWriteClient(EndpointClient):
     """Sends snappy WriteRequests (remote write 1.0) and raises typed errors for every refusal."""
 
-    def __init__(
-        self,
-        settings: TargetSettings,
-        *,
-        retry: RetryPolicy | None = None,
-        client: httpx.Client | None = None,
-        max_connections: int = 16,
-    ) -> None:
-        super().__init__(settings, retry=retry, client=client, max_connections=max_connections)
-        self.url = settings.write_url
-        self.endpoint = redact_url(self.url)
+    def __init__(self, settings: TargetSettings, **options: Unpack[ClientOptions]) -> None:
+        super().__init__(settings, url=settings.write_url, **options)
         self.stats = WriteStats()
         self.headers = {
             "Content-Type": "application/x-protobuf",
