@@ -70,6 +70,17 @@ def _put_uvarint(buf, pos, u):
     return pos + 1
 
 
+@njit(cache=True, inline="always")
+def _put_crc(out, pos, crc):
+    """Finish a CRC-32C and write it big-endian, as Prometheus' chunk records and index sections end."""
+    crc ^= np.uint32(0xFFFFFFFF)
+    out[pos] = np.uint8(crc >> np.uint32(24))
+    out[pos + 1] = np.uint8((crc >> np.uint32(16)) & np.uint32(0xFF))
+    out[pos + 2] = np.uint8((crc >> np.uint32(8)) & np.uint32(0xFF))
+    out[pos + 3] = np.uint8(crc & np.uint32(0xFF))
+    return pos + 4
+
+
 @njit(cache=True)
 def _encode_chunk(t, v, lo, hi, buf):
     """One XOR chunk of samples [lo, hi) into buf; returns its length in bytes."""
@@ -198,12 +209,7 @@ def encode_records(t, v, offsets, per_chunk, crc_table):
                 out[pos + b] = byte
                 crc = crc_table[(crc ^ np.uint32(byte)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
             pos += size
-            crc ^= np.uint32(0xFFFFFFFF)
-            out[pos] = np.uint8(crc >> np.uint32(24))
-            out[pos + 1] = np.uint8((crc >> np.uint32(16)) & np.uint32(0xFF))
-            out[pos + 2] = np.uint8((crc >> np.uint32(8)) & np.uint32(0xFF))
-            out[pos + 3] = np.uint8(crc & np.uint32(0xFF))
-            pos += 4
+            pos = _put_crc(out, pos, crc)
             c += 1
     rec[nchunks] = pos
     return out[:pos], rec, owner, mint, maxt, data_at, data_len
@@ -452,12 +458,7 @@ def encode_series_entries(label_refs, label_offsets, chunk_offsets, mint, maxt, 
             out[pos + k] = byte
             crc = crc_table[(crc ^ np.uint32(byte)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
         pos += b
-        crc ^= np.uint32(0xFFFFFFFF)
-        out[pos] = np.uint8(crc >> np.uint32(24))
-        out[pos + 1] = np.uint8((crc >> np.uint32(16)) & np.uint32(0xFF))
-        out[pos + 2] = np.uint8((crc >> np.uint32(8)) & np.uint32(0xFF))
-        out[pos + 3] = np.uint8(crc & np.uint32(0xFF))
-        pos += 4
+        pos = _put_crc(out, pos, crc)
         if pos - entry > largest:
             largest = pos - entry
     return out[:pos], ids, largest
@@ -518,12 +519,7 @@ def encode_postings(sids, list_offsets, start, crc_table):
         crc = np.uint32(0xFFFFFFFF)
         for k in range(body, pos):
             crc = crc_table[(crc ^ np.uint32(out[k])) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
-        crc ^= np.uint32(0xFFFFFFFF)
-        out[pos] = np.uint8(crc >> np.uint32(24))
-        out[pos + 1] = np.uint8((crc >> np.uint32(16)) & np.uint32(0xFF))
-        out[pos + 2] = np.uint8((crc >> np.uint32(8)) & np.uint32(0xFF))
-        out[pos + 3] = np.uint8(crc & np.uint32(0xFF))
-        pos += 4
+        pos = _put_crc(out, pos, crc)
     return out[:pos], where
 
 
