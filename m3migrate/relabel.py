@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from re2 import _re2  # the binding's core: 4x faster per call than its Python layer, and byte offsets as in Go
 
 from m3migrate.errors import ConfigError
+from m3migrate.model import Labels
 from m3migrate.plan.selectors import re2_escape
 
 # \Z, not $: Python's $ also matches before a trailing newline, and "job\n" is no label name.
@@ -34,7 +35,6 @@ RELABEL_TARGET = re2.compile(r"^(?:(?:[a-zA-Z_]|\$(?:\{\w+\}|\w+))+\w*)+$", _RE2
 _UNANCHORED = _re2.RE2.Anchor.UNANCHORED
 Spans = list[tuple[int, int]]
 
-Labels = tuple[tuple[str, str], ...]
 
 Action = Literal[
     "replace",

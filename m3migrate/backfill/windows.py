@@ -27,6 +27,7 @@ import numpy as np
 from m3migrate.clients.bucket import BlockConflict, Bucket, ranges_cover
 from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.errors import ConfigError, MalformedResponse
+from m3migrate.model import HOUR_MS, Labels
 from m3migrate.plan.batches import Batch
 from m3migrate.plan.tiers import Tier
 from m3migrate.prompb import QueryResult
@@ -41,11 +42,9 @@ from m3migrate.wire.codec import decode_read_response, show_labels
 
 log = logging.getLogger("m3migrate.backfill.windows")
 
-HOUR_MS = 3_600_000
 BLOCK_DURATIONS_MS = (2 * HOUR_MS, 8 * HOUR_MS, 48 * HOUR_MS)  # Thanos compactor ranges a block may have
 DEFAULT_BLOCK_MS = 2 * HOUR_MS
 
-Labels = tuple[tuple[str, str], ...]
 SourcePart = tuple[Batch | None, QueryResult | bytes]  # bytes: a decompressed ReadResponse
 
 

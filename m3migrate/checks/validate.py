@@ -53,7 +53,7 @@ from m3migrate.errors import (
     TransientError,
     WriteRejected,
 )
-from m3migrate.model import PROBE_METRIC
+from m3migrate.model import DAY_MS, HOUR_MS, PROBE_METRIC
 from m3migrate.plan.batches import Batch, Labels, Window, make_windows
 from m3migrate.plan.migration import source_tiers
 from m3migrate.plan.tiers import Tier
@@ -99,9 +99,7 @@ __all__ = [
 
 Status = Literal["pass", "warn", "fail"]
 M3_DEFAULT_SERIES_LIMIT = 100_000
-HOUR_MS = 3_600_000
 MIN_PROBE_MS = 60_000  # the volume probe shrinks to this under a source limit, like the transfer's time splits
-DAY_MS = 24 * HOUR_MS
 # One attempt per call: the Prefect task retries transient failures, so a dead endpoint fails fast.
 ONE_TRY = RetryPolicy(attempts=1, timeout_seconds=30)
 STATUS_ORDER = {"fail": 0, "warn": 1, "pass": 2}

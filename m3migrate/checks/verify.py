@@ -45,7 +45,7 @@ import pandas as pd
 from m3migrate.clients.promql import PromQLClient
 from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
-from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC
+from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC, Labels
 from m3migrate.plan.batches import Batch, Plan, Window, make_windows, split_batch
 from m3migrate.plan.selectors import re2_escape
 from m3migrate.plan.tiers import Tier
@@ -60,7 +60,6 @@ from m3migrate.wire.codec import STALE_NAN_BITS, Matcher, selector_string, serie
 
 log = logging.getLogger("m3migrate.checks.verify")
 
-Labels = tuple[tuple[str, str], ...]
 
 CANONICAL_NAN_BITS = 0x7FF8000000000001  # every NaN but the stale marker compares as this
 NOT_UTF8 = "not comparable: label bytes not UTF-8"

@@ -26,6 +26,7 @@ from m3migrate.clients.http import (
     unexpected,
 )
 from m3migrate.errors import EndpointError, EndpointNotFound, MalformedResponse, SourceLimitExceeded
+from m3migrate.model import SeriesKey
 from m3migrate.settings.endpoints import EndpointSettings, api_base, redact_url
 
 __all__ = [
@@ -47,9 +48,6 @@ _LIMIT_TEXT = re.compile(
     re.IGNORECASE,
 )
 _QUERY_EXCERPT = 200
-
-SeriesKey = frozenset[tuple[str, str]]
-"""A series identity: the set of its (label name, label value) pairs, ``__name__`` included."""
 
 
 class BadQuery(EndpointError):

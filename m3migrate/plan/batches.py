@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 from m3migrate.errors import ConfigError, SourceLimitExceeded
+from m3migrate.model import DAY_MS, Labels
 from m3migrate.plan.selectors import re2_escape
 from m3migrate.plan.tiers import Tier
 from m3migrate.wire.codec import Matcher, selector_string
 
-Labels = tuple[tuple[str, str], ...]
-
-DAY_MS = 86_400_000
 MAX_SPLIT_DEPTH = 4
 PLAN_VERSION = 2  # 2: the plan records what changes what is written (`writing`)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from m3migrate.clients.m3admin import M3Namespace, format_m3_duration
 from m3migrate.errors import ConfigError
+from m3migrate.model import HOUR_MS
 from m3migrate.timefmt import iso_ms
 
-HOUR_MS = 3_600_000
 DEFAULT_MARGIN_HOURS = 6
 _MS = 1_000_000  # nanoseconds per millisecond
 

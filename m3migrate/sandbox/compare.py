@@ -7,12 +7,11 @@ import time
 from collections.abc import Iterable
 
 from m3migrate.clients.remote_read import RemoteReadClient
-from m3migrate.model import PROBE_METRIC
+from m3migrate.model import PROBE_METRIC, Labels
 from m3migrate.sandbox.servers import Server
 from m3migrate.settings.endpoints import SourceSettings
 from m3migrate.wire.codec import Matcher, float_bits
 
-Labels = tuple[tuple[str, str], ...]
 Samples = list[tuple[int, int]]  # (timestamp ms, IEEE-754 bits of the value)
 ALL = [Matcher("__name__", "=~", ".+")]
 log = logging.getLogger("m3migrate.sandbox")

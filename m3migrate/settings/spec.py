@@ -15,13 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m3migrate.errors import ConfigError
+from m3migrate.model import HOUR_MS
 from m3migrate.plan.selectors import ALL_SERIES, parse_selector
 from m3migrate.relabel import Relabeler, RelabelRule, merge_prometheus_prefix_rule
 
 WriteMode = Literal["in_order", "out_of_order", "blocks", "hybrid"]
 BLOCK_MODES = ("blocks", "hybrid")  # write modes that upload TSDB blocks into the Thanos bucket
 BACKFILL_LABEL = "m3migrate_backfill"  # default external label of the backfill's blocks (value: the migration id)
-HOUR_MS = 3_600_000
 # The hybrid boundary stays this far inside the target's accept window, so the remote-write tail is still
 # accepted after planning and writing it took a while (and across a small clock skew).
 HYBRID_MARGIN_MS = 15 * 60_000

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from ulid import ULID
 
+from m3migrate.model import Labels
 from m3migrate.tsdb.chunks import MAX_SEGMENT_BYTES, SegmentWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes, labels_order
 from m3migrate.tsdb.errors import EmptyBlock, InvalidSeries, OverlappingParts, SampleOutOfRange, TsdbError
@@ -29,8 +30,6 @@ from m3migrate.tsdb.index import write_index
 from m3migrate.tsdb.kernels import xor_records
 from m3migrate.tsdb.meta import META_FILENAME, THANOS_SOURCE, meta_json, write_meta
 from m3migrate.tsdb.xor import SAMPLES_PER_CHUNK, check_increasing
-
-Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)

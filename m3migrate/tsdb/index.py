@@ -21,12 +21,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from m3migrate.model import Labels
 from m3migrate.tsdb.encoding import crc32c, has_raw_bytes, label_bytes, uvarint
 from m3migrate.tsdb.kernels import postings_sections, postings_table, series_entries
 
 INDEX_MAGIC = bytes.fromhex("BAAAD700")
 INDEX_VERSION = 2
-Labels = tuple[tuple[str, str], ...]
 _U32 = struct.Struct(">I")
 
 

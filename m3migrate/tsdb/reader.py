@@ -11,14 +11,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from m3migrate.model import Labels
 from m3migrate.tsdb.chunks import SEGMENT_HEADER
 from m3migrate.tsdb.encoding import crc32c, label_bytes, labels_order, read_uvarint, read_varint
 from m3migrate.tsdb.errors import TsdbError
 from m3migrate.tsdb.index import INDEX_MAGIC, INDEX_VERSION
 from m3migrate.tsdb.meta import META_FILENAME, BlockMeta
 from m3migrate.tsdb.xor import ENCODING_XOR, decode_xor_chunk
-
-Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from m3migrate.model import Labels
 from m3migrate.prompb import QueryResult, TimeSeries
 from m3migrate.tsdb.kernels import scan_read_response
 from m3migrate.wire.codec import BytesQueryResult, uvarint
 
-Labels = tuple[tuple[str, str], ...]
 SeriesArrays = tuple[Labels, np.ndarray, np.ndarray]  # labels as sent, int64 ms, uint64 value bits
 
 

@@ -32,6 +32,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, un
 from google.protobuf.message import DecodeError
 
 from m3migrate.errors import ConfigError, MalformedResponse
+from m3migrate.model import Labels
 from m3migrate.prompb import QueryResult, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 from m3migrate.wire.codec import (
@@ -49,7 +50,6 @@ from m3migrate.wire.codec import (
     uvarint,
 )
 
-Labels = tuple[tuple[str, str], ...]
 Decision = bytes | Literal[False]
 """A batch's decision on a label prefix: target label bytes (b"": dropped by relabeling) or False (not its series)."""
 
