@@ -38,7 +38,7 @@ from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock
 from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
 from m3migrate.tsdb.samples import ReadArrays, read_response_arrays, series_arrays
-from m3migrate.wire.codec import decode_read_response, show_labels
+from m3migrate.wire.codec import decode_read_response, show_labels, source_key
 
 log = logging.getLogger("m3migrate.backfill.windows")
 
@@ -339,14 +339,9 @@ def _target_labels(
     """The labels a read series is written with, or None when it is not written (counted in result).
     ``utf8``: the part's labels are known to be UTF-8 text (none holds raw bytes to look for);
     ``canonical``: the plan's label tuples, used in place of equal ones decoded from the read."""
-    key = tuple(sorted(labels))
+    key = source_key(labels, endpoint="remote read")
     if canonical:
         key = canonical.get(key, key)
-    if len(key) != len({name for name, _ in key}):
-        raise MalformedResponse(
-            f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
-            endpoint="remote read",
-        )
     if (
         keys is not None
         and key not in keys

@@ -17,6 +17,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from m3migrate.errors import MalformedResponse
+from m3migrate.model import Labels
 from m3migrate.prompb import Label, LabelMatcher, Query, QueryResult, ReadRequest, ReadResponse, TimeSeries, prompb_pb2
 
 STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker
@@ -229,6 +230,16 @@ def encode_raw_labels(labels: Iterable[tuple[str, str]]) -> bytes:
         )
         out.append(b"\x0a" + uvarint(len(body)) + body)
     return b"".join(out)
+
+
+def source_key(labels: Iterable[tuple[str, str]], *, endpoint: str) -> Labels:
+    """A read series' labels sorted by name; a source that sends one name twice answered malformed."""
+    key = tuple(sorted(labels))
+    if len(key) != len({name for name, _ in key}):
+        raise MalformedResponse(
+            f"remote read: the source sent a series with duplicate label names: {dict(key)}", endpoint=endpoint
+        )
+    return key
 
 
 def show_labels(labels: Iterable[tuple[str, str]]) -> str:

@@ -47,6 +47,7 @@ from m3migrate.wire.codec import (
     parse_series,
     series_labels,
     show_labels,
+    source_key,
     uvarint,
 )
 
@@ -183,13 +184,7 @@ class LabelCache:
 
     def key(self, labels: Labels) -> Labels:
         """Sorted labels; the source must not send two labels with one name."""
-        key = tuple(sorted(labels))
-        if len(key) != len({n for n, _ in key}):
-            raise MalformedResponse(
-                f"remote read: the source sent a series with duplicate label names: {dict(labels)}",
-                endpoint=self.endpoint,
-            )
-        return key
+        return source_key(labels, endpoint=self.endpoint)
 
     def target(self, key: Labels) -> bytes:
         """Relabeled, encoded target labels of a (sorted) source label set; b"" if relabeling drops it."""
