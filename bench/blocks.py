@@ -31,16 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))
 
-
-def _hwm(pid: int | str = "self") -> int:
-    """Peak RSS (VmHWM) of a process in bytes."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+from common import high_water_rss  # noqa: E402 (bench/ goes on the path first)
 
 
 def _cpu() -> float:
@@ -94,7 +85,7 @@ def child(args: argparse.Namespace) -> None:
                 "read_s": read,
                 "encode_s": encode,
                 "cpu_s": _cpu() - c0,
-                "peak_rss": _hwm(),
+                "peak_rss": high_water_rss(),
             }
         )
     )
@@ -116,7 +107,7 @@ def raw_read(read_url: str, start: int, end: int, chunk_ms: int, concurrency: in
 
 def _poll_hwm(pid: int, out: list[int], stop: threading.Event) -> None:
     while not stop.is_set():
-        out[0] = max(out[0], _hwm(pid))
+        out[0] = max(out[0], high_water_rss(pid))
         stop.wait(0.2)
 
 

@@ -148,3 +148,15 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "prometheus": prom,
     }
+
+
+def high_water_rss(pid: int | str = "self") -> int:
+    """The process's own peak RSS so far (VmHWM, kept by the kernel per address space, so a peak between
+    two polls is not missed, and unlike wait4's ru_maxrss it does not inherit the parent's before exec)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0

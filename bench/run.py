@@ -46,6 +46,7 @@ from common import (
     add_preset_args,
     chunks,
     count_all,
+    high_water_rss,
     machine_info,
     read_chunk_ms,
     resolve_preset,
@@ -271,18 +272,6 @@ def raw_ingest(target_url: str, target_pid: int, index: list[list], spool: Path,
 # -- 3. m3migrate -------------------------------------------------------------------------------------
 
 
-def _high_water_rss(pid: int) -> int:
-    """The process's own peak RSS so far (VmHWM, kept by the kernel per address space, so a peak between
-    two polls is not missed, and unlike wait4's ru_maxrss it does not inherit the parent's before exec)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 class TreeSampler:
     """Polls a process tree: last CPU times per pid (so exited children count), peak RSS per role."""
 
@@ -321,7 +310,7 @@ class TreeSampler:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
-                    rss = max(p.memory_info().rss, _high_water_rss(p.pid))
+                    rss = max(p.memory_info().rss, high_water_rss(p.pid))
             except self.psutil.Error:
                 continue
             if p.pid not in self.role:
