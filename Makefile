@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/python -m m3migrate.sandbox.demo $(ARGS)
+	.venv/bin/python -m sandbox.demo $(ARGS)
 
 test: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider

@@ -176,7 +176,7 @@ def main() -> None:
         gateway = None
         try:
             if a.m3:
-                from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
+                from sandbox.m3gateway import GatewayNamespace, M3Gateway
 
                 gateway = M3Gateway({"default": GatewayNamespace(src.server.url, retention="3650d")}).__enter__()
                 src.m3 = gateway
@@ -188,12 +188,12 @@ def main() -> None:
             rate = samples / raw_s / 1e6
             print(f"raw remote read: {rate:.2f} M samples/s ({raw_s:.1f} s, {nbytes / samples:.1f} B/sample)")
             if a.cli:
-                from m3migrate.sandbox.servers import start_prometheus
+                from sandbox.servers import start_prometheus
 
                 target = start_prometheus(tmp, name="target", remote_write_receiver=True)
                 try:
                     if a.prefect_server:
-                        from m3migrate.sandbox.demo import prefect_server
+                        from sandbox.demo import prefect_server
 
                         with prefect_server(tmp) as server:
                             os.environ["PREFECT_API_URL"] = server.api_url

@@ -50,7 +50,7 @@ def stable_end_ms(interval_s: int) -> int:
 
 
 def history_spec(p: dict[str, Any]):
-    from m3migrate.sandbox.history import HistorySpec
+    from sandbox.history import HistorySpec
 
     return HistorySpec(
         series=int(p["series"]),
@@ -62,7 +62,7 @@ def history_spec(p: dict[str, Any]):
 
 def start_bench_source(p: dict[str, Any], workdir: Path):
     """The source Prometheus on cached promtool blocks (no live tail: the data set is exactly the spec)."""
-    from m3migrate.sandbox.history import start_source
+    from sandbox.history import start_source
 
     spec = history_spec(p)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ import psutil
 from common import ALL, add_preset_args, chunks, read_chunk_ms, resolve_preset, start_bench_source, wait_quiet
 
 from m3migrate.clients.remote_read import RemoteReadClient, count_samples
-from m3migrate.sandbox.servers import start_m3_gateway
 from m3migrate.settings.endpoints import SourceSettings
+from sandbox.servers import start_m3_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 

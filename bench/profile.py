@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_preset_args, count_all, read_chunk_ms, resolve_preset, start_bench_source, wait_quiet
 
 from m3migrate.plan.migration import prepare
-from m3migrate.sandbox.servers import start_prometheus
 from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer.front import Front
 from m3migrate.transfer.unit import Transfer
+from sandbox.servers import start_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {

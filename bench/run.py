@@ -56,11 +56,11 @@ from common import (
 
 from m3migrate.clients.remote_read import RemoteReadClient
 from m3migrate.clients.remote_write import RemoteWriteClient
-from m3migrate.sandbox.demo import RunningPrefect, prefect_server
-from m3migrate.sandbox.servers import Server, start_m3_gateway, start_prometheus
 from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 from m3migrate.timefmt import iso_ms
 from m3migrate.wire.codec import WriteBody, decode_read_response, encode_labels, pack_write_requests
+from sandbox.demo import RunningPrefect, prefect_server
+from sandbox.servers import Server, start_m3_gateway, start_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_READ_PATH = "/api/v1/prom/remote/read"  # M3 Coordinator's remote-read path

@@ -5,9 +5,3 @@ test and reusable; the Prefect flows in ``flows/`` and tasks in ``tasks/`` orche
 """
 
 __version__ = "0.1.0"
-
-import os as _os
-
-# Prefect's local server phones home with usage telemetry; a migration tool runs next to production
-# databases, often without internet access, and must not make outbound calls of its own.
-_os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

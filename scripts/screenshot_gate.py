@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from m3migrate.sandbox.browser import FIND, Chromium  # noqa: E402
+from sandbox.browser import FIND, Chromium  # noqa: E402
 
 
 def _free_port() -> int:
@@ -124,9 +124,9 @@ def main(argv: list[str]) -> int:
         from flows.close import close
         from flows.migrate import migrate
         from flows.replicate import replicate
-        from m3migrate.sandbox.history import HistorySpec, start_source
-        from m3migrate.sandbox.servers import start_prometheus
         from m3migrate.settings.spec import MigrationSpec
+        from sandbox.history import HistorySpec, start_source
+        from sandbox.servers import start_prometheus
 
         src = start_source(HistorySpec(series=60, span_s=2 * 3600, interval_s=60), work, tail_minutes=None)
         started.append(src)

@@ -21,4 +21,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import m3migrate, flows, tasks, blocks; print('m3migrate', m3migrate.__version__, 'ready in .venv')"
+.venv/bin/python -c "import m3migrate, flows, tasks, blocks, cli, sandbox; print('m3migrate', m3migrate.__version__, 'ready in .venv')"

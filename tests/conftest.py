@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real servers from :mod:`m3migrate.sandbox`.
+"""Shared pytest fixtures: real servers from :mod:`sandbox`.
 
 Every server a fixture starts is stopped at teardown, also when the test fails.  Set
 ``M3MIGRATE_SANDBOX_CACHE=<dir>`` to keep the source's pristine blocks between runs (developers);
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from m3migrate.sandbox.history import HistorySpec, SourceSandbox, start_source
-from m3migrate.sandbox.m3gateway import GatewayNamespace, M3Gateway
-from m3migrate.sandbox.servers import Server, start_prometheus, start_victoriametrics
+from sandbox.history import HistorySpec, SourceSandbox, start_source
+from sandbox.m3gateway import GatewayNamespace, M3Gateway
+from sandbox.servers import Server, start_prometheus, start_victoriametrics
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,7 +55,7 @@ def source_history(sandbox_workdir: Path) -> Iterator[SourceSandbox]:
     read through it ([start, end) reads, M3's limits and namespace API), while expectations are read
     from the Prometheus itself ([start, end]). Samples lie on the minute, so a range starting 1 ms after
     one ends on one (the sample an M3 read of [start, end) loses) and every aligned window's first
-    millisecond holds one; tests/test_m3_edges.py covers every other edge."""
+    millisecond holds one; tests/integration/test_m3_edges.py covers every other edge."""
     cache = os.environ.get("M3MIGRATE_SANDBOX_CACHE")
     source = start_source(
         HistorySpec(series=200, span_s=7 * 86400, interval_s=60),

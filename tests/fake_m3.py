@@ -1,5 +1,5 @@
 """FAKE M3 Coordinator for tests: canned namespace documents, placements, /ready states and limit answers
-(m3migrate.sandbox.m3gateway models the data path in front of real TSDBs; this fake, what no data shows).
+(sandbox.m3gateway models the data path in front of real TSDBs; this fake, what no data shows).
 
 It serves the namespace API (jsonpb, int64 as JSON strings), /ready, /health, the placement, and the
 M3 remote-read path. Data comes from a real Prometheus when ``upstream_read_url`` /
@@ -20,7 +20,7 @@ from typing import Any
 import snappy
 
 from m3migrate.prompb import prompb_pb2
-from m3migrate.sandbox.m3gateway import (
+from sandbox.m3gateway import (
     LIMITED_VALUE,
     LocalService,
     ServiceHandler,
