@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import google_crc32c
 
-from m3migrate.wire.codec import uvarint
+from m3migrate.wire.codec import uvarint, uvarint_at
 
 __all__ = ["crc32c", "has_raw_bytes", "label_bytes", "labels_order", "read_uvarint", "read_varint", "uvarint", "varint"]
 
@@ -49,17 +49,12 @@ def varint(n: int) -> bytes:
 
 
 def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Decode a uvarint at pos; returns (value, position after it)."""
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("uvarint longer than 10 bytes")
+    """Decode a uvarint at pos; returns (value, position after it). A block is our own output or
+    promtool's: bytes that are not a uvarint there mean a corrupt block, so this raises."""
+    value, after = uvarint_at(buf, pos)
+    if value < 0:
+        raise ValueError(f"not a uvarint at byte {pos} (cut short or longer than 10 bytes)")
+    return value, after
 
 
 def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:

@@ -170,6 +170,28 @@ def uvarint(n: int) -> bytes:
     return bytes(out)
 
 
+def uvarint_at(buf: bytes | bytearray | memoryview, p: int, end: int | None = None) -> tuple[int, int]:
+    """The uvarint at buf[p:] (before ``end``, default the buffer's end) and the position after it;
+    (-1, end) if the bytes there are not one (cut short, or longer than 10 bytes).
+
+    The one decoder of the project: the wire walk uses the sentinel (a frame that does not parse is
+    handed to the full decoder, which says what is wrong), the block reader raises on it
+    (:func:`m3migrate.tsdb.encoding.read_uvarint`). The numba kernels keep their own compiled copy."""
+    if end is None:
+        end = len(buf)
+    value = shift = 0
+    while p < end and shift < 64:
+        byte = buf[p]
+        p += 1
+        if shift == 63 and byte > 1:
+            return -1, end  # past 2**64 - 1 (Go's binary.Uvarint: overflow)
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, p
+        shift += 7
+    return -1, end
+
+
 def _field1(payload: bytes) -> bytes:
     """Frame bytes as field 1 (length-delimited): a TimeSeries inside a WriteRequest."""
     return b"\x0a" + uvarint(len(payload)) + payload

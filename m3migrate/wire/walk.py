@@ -49,6 +49,7 @@ from m3migrate.wire.codec import (
     show_labels,
     source_key,
     uvarint,
+    uvarint_at,
 )
 
 Decision = bytes | Literal[False]
@@ -317,19 +318,6 @@ def tune_malloc() -> bool:
 # -- walking the wire ---------------------------------------------------------------------------------
 
 
-def _uvarint_at(buf: bytes, p: int, end: int) -> tuple[int, int]:
-    """The varint at buf[p:] (before `end`) and the position after it; (-1, end) if it is not one."""
-    value = shift = 0
-    while p < end and shift < 64:
-        byte = buf[p]
-        p += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, p
-        shift += 7
-    return -1, end
-
-
 def series_spans(raw: bytes) -> list[tuple[int, int]] | None:
     """[start, end) of each TimeSeries of a ReadResponse that holds exactly one QueryResult made only of
     TimeSeries fields; None for any other shape (the caller then decodes it whole, which says what is
@@ -337,7 +325,7 @@ def series_spans(raw: bytes) -> list[tuple[int, int]] | None:
     end = len(raw)
     if end < 2 or raw[0] != _LABEL_TAG:
         return None
-    length, p = _uvarint_at(raw, 1, end)
+    length, p = uvarint_at(raw, 1, end)
     if p + length != end:
         return None  # not exactly one QueryResult (or something beside it)
     spans: list[tuple[int, int]] = []
@@ -353,7 +341,7 @@ def series_spans(raw: bytes) -> list[tuple[int, int]] | None:
                 length = (length & 0x7F) | raw[p + 2] << 7
                 p += 3
             else:
-                length, p = _uvarint_at(raw, p + 1, end)
+                length, p = uvarint_at(raw, p + 1, end)
                 if length < 0:
                     return None
             append((p, p + length))
@@ -529,7 +517,7 @@ def pack_read_response(
                 if length < 0x80:
                     p += 2 + length
                 else:
-                    length, p = _uvarint_at(raw, p + 1, b)
+                    length, p = uvarint_at(raw, p + 1, b)
                     p = b + 1 if length < 0 else p + length
         except IndexError:
             p = b + 1
@@ -644,7 +632,7 @@ def _samples_start(raw: bytes, a: int, b: int) -> int:
             if length < 0x80:
                 p += 2 + length
             else:
-                length, p = _uvarint_at(raw, p + 1, b)
+                length, p = uvarint_at(raw, p + 1, b)
                 if length < 0:
                     return -1
                 p += length

@@ -407,3 +407,42 @@ def test_stale_marker_bits_survive_packing() -> None:
     (ts,) = decoded(chains[0].requests[0].body).timeseries
     assert [bits(s.value) for s in ts.samples] == [bits(1.0), STALE_NAN_BITS]
     assert codec.float_bits(ts.samples[1].value) == STALE_NAN_BITS
+
+
+# Go's encoding/binary varint_test.go: every value round-trips through PutUvarint/Uvarint, and the
+# decoder refuses a cut-short buffer and one past 2**64 - 1 (TestOverflow: ten bytes whose last is 2).
+GO_UVARINT_VALUES = [0, 1, 2, 10, 20, 63, 64, 65, 127, 128, 129, 255, 256, 257, (1 << 63) - 1, (1 << 64) - 1]
+
+
+@pytest.mark.parametrize("value", GO_UVARINT_VALUES)
+def test_uvarint_at_reads_back_what_uvarint_wrote(value: int) -> None:
+    encoded = b"\xff" + codec.uvarint(value) + b"\x05"
+    assert codec.uvarint_at(encoded, 1) == (value, len(encoded) - 1)
+    assert codec.uvarint_at(encoded, 1, len(encoded) - 1) == (value, len(encoded) - 1)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x80",  # cut short
+        b"\xff\xff",
+        b"\x80" * 9 + b"\x02",  # Go: overflow (more than 64 bits)
+        b"\xff" * 9 + b"\x80\x01",  # eleven bytes
+    ],
+)
+def test_uvarint_at_refuses_what_go_refuses(raw: bytes) -> None:
+    assert codec.uvarint_at(raw, 0) == (-1, len(raw))
+
+
+def test_uvarint_at_stops_at_the_given_end() -> None:
+    encoded = codec.uvarint(300)  # two bytes
+    assert codec.uvarint_at(encoded + b"\x00", 0, 1) == (-1, 1)
+
+
+def test_block_reader_raises_on_a_corrupt_uvarint() -> None:
+    from m3migrate.tsdb.encoding import read_uvarint
+
+    assert read_uvarint(memoryview(b"\xac\x02"), 0) == (300, 2)
+    with pytest.raises(ValueError, match="not a uvarint at byte 1"):
+        read_uvarint(b"\x00\x80", 1)
