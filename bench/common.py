@@ -160,3 +160,28 @@ def high_water_rss(pid: int | str = "self") -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces): field 3 (state) comes first."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def stat_cpu_s(pid: int) -> float:
+    """CPU seconds (utime + stime) the kernel has charged to one process so far, from /proc/<pid>/stat."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
+
+
+def boottime() -> float:
+    """Seconds since boot on the clock /proc/<pid>/stat's starttime counts in (CLOCK_BOOTTIME)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def process_start_boottime(pid: int) -> float:
+    """When the kernel created the process (field 22 of /proc/<pid>/stat, 1/CLK_TCK resolution)."""
+    return int(_stat_fields(pid)[19]) / CLOCK_TICKS

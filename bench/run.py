@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,13 +45,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     ALL,
     add_preset_args,
+    boottime,
     chunks,
     count_all,
     high_water_rss,
     machine_info,
+    process_start_boottime,
     read_chunk_ms,
     resolve_preset,
     start_bench_source,
+    stat_cpu_s,
     wait_quiet,
 )
 
@@ -124,12 +128,11 @@ def _tree(pid: int) -> list:
 
 def cpu_of(pid: int) -> float:
     """CPU seconds a server and its child processes have used so far (Prometheus is one process, a
-    Prefect server a few)."""
+    Prefect server a few), as /proc/<pid>/stat counts them."""
     total = 0.0
     for p in _tree(pid):
         with contextlib.suppress(Exception):  # a child that just exited
-            t = p.cpu_times()
-            total += t.user + t.system
+            total += stat_cpu_s(p.pid)
     return total
 
 
@@ -335,6 +338,68 @@ class TreeSampler:
         return out
 
 
+class WriteTimer:
+    """A loopback TCP relay in front of the receiver's write endpoint: it passes the bytes on unchanged and
+    notes, on CLOCK_BOOTTIME (the clock of a process's start time in /proc/<pid>/stat), when the tool's
+    first request byte arrived and when the receiver's last response byte left. Only the write URL goes
+    through it, so every byte it sees is a write (the target's queries go to the receiver directly)."""
+
+    def __init__(self, target_url: str) -> None:
+        host, port = target_url.rsplit("//", 1)[1].rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self.reset()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.first_request: float | None = None
+            self.last_response: float | None = None
+            self.request_bytes = 0
+            self.connections = 0
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self.upstream)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, is_request: bool) -> None:
+        buf = bytearray(1 << 18)
+        view = memoryview(buf)
+        try:
+            while n := src.recv_into(buf):
+                now = boottime()
+                with self._lock:
+                    if is_request:
+                        self.request_bytes += n
+                        if self.first_request is None:
+                            self.first_request = now
+                dst.sendall(view[:n])
+                if not is_request:
+                    with self._lock:
+                        self.last_response = boottime()
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                src.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
 def prefect_env(tmp: Path, api_url: str | None = None) -> dict[str, str]:
     """One PREFECT_HOME for every measured run. Without ``api_url`` each CLI run starts its own ephemeral
     API server, on a database that already exists (creating it is a one-time ~7 s, paid in
@@ -372,16 +437,17 @@ def run_m3migrate(
     tmp: Path,
     samples: int,
     endpoints: dict[str, int],
+    timer: WriteTimer,
     server: RunningPrefect | None = None,
 ) -> dict:
     """One CLI run; ``source`` is (read URL, query URL); ``endpoints`` names the source's, gateway's and
-    target's pids, whose CPU is measured too."""
+    target's pids, whose CPU is measured too; the writes go through ``timer`` (the fixed costs)."""
     env = prefect_env(tmp, server.api_url if server else None)
     run_id = f"{name}-{'server' if server else 'ephemeral'}"
     argv = [
         str(ROOT / ".venv/bin/python"), "-m", "cli", "migrate",
         "--source-read-url", source[0], "--source-query-url", source[1],
-        "--target-write-url", f"{target_url}/api/v1/write", "--target-query-url", target_url,
+        "--target-write-url", f"{timer.url}/api/v1/write", "--target-query-url", target_url,
         "--start", iso_ms(start_ms), "--end", iso_ms(end_ms),
         "--migration-id", f"bench-{run_id}", "--skip-validation", "--state-dir", str(tmp / f"state-{run_id}"),
         *cfg["args"],
@@ -389,11 +455,14 @@ def run_m3migrate(
     log_path = tmp / f"m3migrate-{run_id}.log"
     server_cpu0 = cpu_of(server.pid) if server else 0.0
     endpoint_cpu0 = {role: cpu_of(pid) for role, pid in endpoints.items()}
+    timer.reset()
     with open(log_path, "wb") as logf:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
+        started = process_start_boottime(proc.pid)  # the child exists until wait4 reaps it
         sampler = TreeSampler(proc.pid)
         _, status, ru = os.wait4(proc.pid, 0)
+        exited = boottime()
         wall = time.perf_counter() - t0
         sampler.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -432,6 +501,7 @@ def run_m3migrate(
         "peak_rss_mb_prefect_server": round(sampler.peak_rss.get("prefect-server", 0) / 2**20, 1),
         "peak_rss_mb_dask_worker": round(sampler.peak_rss.get("dask-worker", 0) / 2**20, 1),
         "log": str(log_path),
+        **fixed_costs(timer, started, exited),
     }
     text = log_path.read_text(encoding="utf-8", errors="replace")
     for key in ("seconds", "samples_per_second", "windows", "batches", "requests"):
@@ -443,6 +513,43 @@ def run_m3migrate(
     if proc.returncode != 0:
         tail = text[-3000:]
         log(f"m3migrate {name} FAILED (exit {proc.returncode}):\n{tail}")
+    return out
+
+
+def fixed_costs(timer: WriteTimer, started: float, exited: float) -> dict[str, Any]:
+    """Process start (kernel, 10 ms ticks) to the first write request's first byte at the receiver, and
+    the receiver's last response byte to the process's exit (seen by wait4)."""
+    if timer.first_request is None or timer.last_response is None:
+        return {"write_bytes": timer.request_bytes}
+    return {
+        "start_to_first_write_s": round(timer.first_request - started, 2),
+        "last_write_to_exit_s": round(exited - timer.last_response, 2),
+        "writing_s": round(timer.last_response - timer.first_request, 3),
+        "write_bytes": timer.request_bytes,
+        "write_connections": timer.connections,
+    }
+
+
+def replication_passes(
+    run_id: str, state_dir: Path, until_ms: int, env: dict[str, str], timer: WriteTimer, passes: int = 2
+) -> list[dict[str, Any]]:
+    """`m3migrate replicate` right after the migration, up to its end: a pass with nothing new (the saved
+    spec gives the endpoints; no write must reach the receiver)."""
+    argv = [
+        str(ROOT / ".venv/bin/python"), "-m", "cli", "replicate", "--migration-id", f"bench-{run_id}",
+        "--state-dir", str(state_dir), "--until", iso_ms(until_ms),
+    ]  # fmt: skip
+    out = []
+    for _ in range(passes):
+        timer.reset()
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        up_to_date = proc.returncode == 0 and "up-to-date" in proc.stdout
+        if not up_to_date:
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            log(f"replication pass {run_id}: exit {proc.returncode}, not up to date:\n{tail}")
+        out.append({"seconds": round(wall, 2), "up_to_date": up_to_date, "write_bytes": timer.request_bytes})
     return out
 
 
@@ -567,6 +674,12 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "ingest.spool").unlink()
             results["raw_ingest"] = {**max(runs, key=lambda r: r["samples_per_s"]), "runs": runs, "encode": enc}
 
+        results["limit"] = machine_limit(rr, results.get("raw_ingest", {}).get("runs", []))
+        if results["limit"]:
+            lim = results["limit"]
+            log(f"limit of the machine: {lim['cores']} cores x 1e9 / ({lim['source_ns_per_sample']} source + "
+                f"{lim['receiver_ns_per_sample']} receiver ns/sample) = {lim['samples_per_s']:,}/s")  # fmt: skip
+
         # 3. m3migrate end to end
         baseline = min(results["raw_read"]["samples_per_s"], results.get("raw_ingest", {}).get("samples_per_s", 1e18))
         results["baseline_samples_per_s"] = baseline
@@ -583,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     r = measure_config(name, p, source.server, gateway, st, tmp, samples, server, chunk_ms, expected)
                     r["ratio_to_baseline"] = round(r["samples_per_s"] / baseline, 3)
+                    r.update(ratios_to_limit(r, results["limit"], samples))
                     ok_all &= r["verified"]
                     log(
                         f"m3migrate {name} ({mode} API): {r['samples_per_s']:,} samples/s "
@@ -607,6 +721,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok_all else 1
 
 
+def machine_limit(raw_reads: list[dict], ingests: list[dict]) -> dict[str, Any]:
+    """What the machine can move when it runs nothing but the two servers: cores x 1e9 / (the source's CPU
+    ns per sample at its cheapest read shape + the receiver's at its cheapest write shape). The cheapest
+    run of each phase (day-long reads through the gateway; pre-encoded 60 min windows) counts: that is
+    the highest limit these runs support."""
+    if not raw_reads or not ingests:
+        return {}
+    source_ns = min(r["source_cpu_ns_per_sample"] for r in raw_reads)
+    receiver_ns = min(r["target_cpu_ns_per_sample"] for r in ingests)
+    cores = os.cpu_count() or 1
+    return {
+        "cores": cores,
+        "source_ns_per_sample": source_ns,
+        "source_read_hours": raw_reads[0]["chunk_hours"],
+        "receiver_ns_per_sample": receiver_ns,
+        "samples_per_s": round(cores * 1e9 / (source_ns + receiver_ns)),
+    }
+
+
+def ratios_to_limit(run: dict, limit: dict, samples: int) -> dict[str, float]:
+    """A run's wall rate and transfer rate (the flow's own seconds) as shares of the machine's limit."""
+    if not limit:
+        return {}
+    out = {"wall_of_limit": round(run["samples_per_s"] / limit["samples_per_s"], 3)}
+    if run.get("flow_seconds"):
+        out["transfer_samples_per_s"] = round(samples / run["flow_seconds"])
+        out["transfer_of_limit"] = round(out["transfer_samples_per_s"] / limit["samples_per_s"], 3)
+    return out
+
+
 def measure_config(
     name: str,
     p: dict,
@@ -623,15 +767,21 @@ def measure_config(
     cfg = M3MIGRATE_CONFIGS[name]
     ooo = f"{max(30, math.ceil(p['days']) + 2)}d" if cfg["ooo"] else None
     target = start_prometheus(tmp, name=f"target-{name}", remote_write_receiver=True, ooo_window=ooo)
+    timer = WriteTimer(target.url)
     try:
         log(f"m3migrate {name} {' '.join(cfg['args'])} ({'server' if server else 'ephemeral'} API) ...")
         endpoints = {"source": source.pid, "gateway": gateway.pid, "target": target.pid}
         urls = (gateway.url + GATEWAY_READ_PATH, gateway.url)
-        r = run_m3migrate(name, cfg, urls, target.url, st.start_ms, st.end_ms, tmp, samples, endpoints, server)
+        r = run_m3migrate(name, cfg, urls, target.url, st.start_ms, st.end_ms, tmp, samples, endpoints, timer, server)
+        if r["exit_code"] == 0:
+            run_id = f"{name}-{'server' if server else 'ephemeral'}"
+            env = prefect_env(tmp, server.api_url if server else None)
+            r["replication_passes"] = replication_passes(run_id, tmp / f"state-{run_id}", st.end_ms, env, timer)
         r["verified"] = r["exit_code"] == 0 and verify(
             target, st.start_ms, st.end_ms, chunk_ms, expected, f"m3migrate {name}"
         )
     finally:
+        timer.close()
         target.stop()
         shutil.rmtree(tmp / f"target-{name}", ignore_errors=True)
     return r
@@ -671,6 +821,30 @@ def print_table(r: dict) -> None:
             }
         )
     print(f"\n{r['preset']}: {d['series']} series, {d['samples']:,} samples; baseline min(read, ingest) = {base:,}/s")
+    print_rows(hdr, rows)
+    lim = r.get("limit")
+    if lim:
+        print(f"\nlimit = {lim['cores']} x 1e9 / ({lim['source_ns_per_sample']} + {lim['receiver_ns_per_sample']}) "
+              f"= {lim['samples_per_s']:,} samples/s")  # fmt: skip
+    hdr = ("run", "wall of limit", "transfer of limit", "start → first write s", "last write → exit s",
+           "replication pass, nothing new s")  # fmt: skip
+    rows = []
+    for m in r["m3migrate"]:
+        passes = m.get("replication_passes", [])
+        rows.append(
+            {
+                0: f"m3migrate {m['name']} ({m['prefect_api']})",
+                1: f"{m['wall_of_limit']:.2f}" if "wall_of_limit" in m else "",
+                2: f"{m['transfer_of_limit']:.2f}" if "transfer_of_limit" in m else "",
+                3: f"{m['start_to_first_write_s']:.2f}" if "start_to_first_write_s" in m else "",
+                4: f"{m['last_write_to_exit_s']:.2f}" if "last_write_to_exit_s" in m else "",
+                5: ", ".join(f"{p['seconds']:.2f}" + ("" if p["up_to_date"] else " (!)") for p in passes),
+            }
+        )
+    print_rows(hdr, rows)
+
+
+def print_rows(hdr: tuple[str, ...], rows: list[dict[int, Any]]) -> None:
     print("| " + " | ".join(hdr) + " |")
     print("|---|" + "--:|" * (len(hdr) - 1))
     for row in rows:
