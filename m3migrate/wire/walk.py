@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.protobuf.message import DecodeError
 
@@ -595,32 +596,59 @@ def cut_after(raw: bytes, end_ms: int) -> bytes:
     empty: what an end-inclusive read of [start, end_ms] returns, from a read of [start, end_ms + 1].
 
     M3 reads [start, end) (m3 src/query/storage/index.go FetchOptionsToM3Options: EndExclusive) and
-    Prometheus [start, end]: asking both for end_ms + 1 and cutting here is exact on either. Samples of
-    a series come in time order, so only a tail is cut; the work is per series, never per kept sample,
-    and a response holding no sample at end_ms + 1 (always so from M3) is returned as it is.
+    Prometheus [start, end]: asking both for end_ms + 1 and cutting here is exact on either (a source
+    once proven end-inclusive is asked for end_ms: RemoteReadClient). Samples of a series come in time
+    order, so only a tail is cut; the work is per series, never per kept sample, and a response holding
+    no sample at end_ms + 1 (always so from M3) is returned as it is.
     """
-    if end_ms >= 0 and raw.find(b"\x10" + uvarint(end_ms + 1)) < 0:
-        return raw  # the read asked for [.., end_ms + 1]: nothing later can be in it
+    return cut_after_edge(raw, end_ms)[0]
+
+
+def cut_after_edge(raw: bytes, end_ms: int) -> tuple[bytes, bool]:
+    """cut_after, and whether it cut a sample stamped end_ms + 1: from a read that asked for end_ms + 1,
+    that proves the source end-inclusive (an end-exclusive source never answers its asked end)."""
+    if end_ms >= 0 and not _holds(raw, b"\x10" + uvarint(end_ms + 1)):
+        return raw, False  # the read asked for [.., end_ms + 1] at most: nothing later can be in it
     spans = series_spans(raw)
     if spans is None:
         return _cut_decoded(raw, end_ms)
     kept: list[tuple[int, int]] = []
-    changed = False
+    changed = edge = False
     for a, b in spans:
         p = _samples_start(raw, a, b)
-        cut = _cut_samples(raw, p, b, end_ms) if p >= 0 else -1
+        cut, edge_cut = _cut_samples(raw, p, b, end_ms) if p >= 0 else (-1, False)
         if cut < 0:
             return _cut_decoded(raw, end_ms)
+        edge |= edge_cut
         if cut != b:
             changed = True
             if cut == p and p != b:
                 continue  # every sample was after end_ms: the series is not in the answer
         kept.append((a, cut))
     if not changed:
-        return raw
+        return raw, False
     series = [b"".join((b"\x0a", uvarint(b - a), raw[a:b])) for a, b in kept]
     body = b"".join(series)
-    return b"".join((b"\x0a", uvarint(len(body)), body))
+    return b"".join((b"\x0a", uvarint(len(body)), body)), edge
+
+
+def _holds(raw: bytes, needle: bytes) -> bool:
+    """Whether needle (>= 4 bytes: a timestamp record of a recent millisecond) occurs in raw, as raw.find
+    would say, ~4x cheaper on a large answer and outside the GIL: its first 4 bytes compared as uint32
+    words at each of the 4 alignments (numpy), each hit checked in full. Every answer is searched
+    once, so this is the guard's whole cost per sample (bytes.find: ~0.5 ns/byte, ~9 ns/sample)."""
+    if len(needle) < 4 or len(raw) < _WORD_SEARCH_MIN_BYTES:
+        return raw.find(needle) >= 0
+    key = int.from_bytes(needle[:4], "little")
+    for offset in range(4):
+        words = np.frombuffer(raw, "<u4", count=(len(raw) - offset) // 4, offset=offset)
+        match = words == key
+        if match.any() and any(raw.startswith(needle, 4 * int(i) + offset) for i in np.flatnonzero(match)):
+            return True
+    return False
+
+
+_WORD_SEARCH_MIN_BYTES = 1 << 12  # below this numpy's per-call overhead exceeds what it saves
 
 
 def _samples_start(raw: bytes, a: int, b: int) -> int:
@@ -641,20 +669,24 @@ def _samples_start(raw: bytes, a: int, b: int) -> int:
     return p if p <= b else -1
 
 
-def _cut_samples(raw: bytes, p: int, b: int, end_ms: int) -> int:
-    """The end of the samples of buf[p:b] at or before end_ms; -1 if they are not canonical records."""
+def _cut_samples(raw: bytes, p: int, b: int, end_ms: int) -> tuple[int, bool]:
+    """The end of the samples of buf[p:b] at or before end_ms (-1 if they are not canonical records), and
+    whether a sample stamped end_ms + 1 was among those after it."""
+    edge = False
     while p < b:
         last = _last_record(raw, p, b)
         if last is None:
-            return -1
+            return -1, False
         start, body = last
         try:
-            if Sample.FromString(body).timestamp <= end_ms:
-                return b
+            timestamp = Sample.FromString(body).timestamp
         except DecodeError:
-            return -1
+            return -1, False
+        if timestamp <= end_ms:
+            return b, edge
+        edge |= timestamp == end_ms + 1
         b = start
-    return b
+    return b, edge
 
 
 def _last_record(raw: bytes, p: int, b: int) -> tuple[int, bytes] | None:
@@ -673,22 +705,24 @@ def _last_record(raw: bytes, p: int, b: int) -> tuple[int, bytes] | None:
     return b - len(body) - 1 - len(uvarint(len(body))), body
 
 
-def _cut_decoded(raw: bytes, end_ms: int) -> bytes:
-    """cut_after for a response not in the canonical shape: decoded, cut series by series, re-encoded
+def _cut_decoded(raw: bytes, end_ms: int) -> tuple[bytes, bool]:
+    """cut_after_edge for a response not in the canonical shape: decoded, cut series by series, re-encoded
     (a body that does not parse is left for decoding to report)."""
     try:
         response = parse_read_response(raw)  # labels as bytes when they are not UTF-8
     except DecodeError:
-        return raw
+        return raw, False
+    edge = False
     for result in response.results:
         kept = []
         for ts in result.timeseries:
             had = len(ts.samples)
             while ts.samples and ts.samples[-1].timestamp > end_ms:
+                edge |= ts.samples[-1].timestamp == end_ms + 1
                 del ts.samples[-1]
             if ts.samples or not had:
                 kept.append(ts)
         if len(kept) != len(result.timeseries):
             del result.timeseries[:]
             result.timeseries.extend(kept)
-    return response.SerializeToString()
+    return response.SerializeToString(), edge
