@@ -22,9 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
-from flows.backfill import migrate_blocks
 from flows.transfer import run_transfer
-from flows.validate import validate
 from m3migrate.plan.batches import Plan
 from m3migrate.plan.migration import prepare
 from m3migrate.plan.tiers import tier_table
@@ -90,11 +88,15 @@ def migrate(
         # hybrid: the remote-write tail starts at the saved boundary.
         boundary = None if start_over or spec.write_mode != "hybrid" else state.load_boundary()
         resume_from = None if start_over else str(state_root)
+        from flows.validate import validate  # here: building a flow (its parameter schema) is ~0.1 s of start-up
+
         validate(source, target, spec, probe_at_ms=boundary, bucket=bucket, state_dir=resume_from)
     with state.lock():
         # the later steps (replicate, verify, close) then need only the migration id; no secret is saved
         state.save_spec(spec, source.settings(), target.settings(), replace=start_over)
         if spec.uses_blocks:
+            from flows.backfill import migrate_blocks  # only the blocks and hybrid modes need it
+
             summary = migrate_blocks(source, target, spec, state, bucket, start_over)
         else:
             plan = plan_migration(source, spec, state, start_over)

@@ -12,12 +12,13 @@ that run on separate workers and meet at the segment's end. Used by flows.migrat
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from blocks import M3Source, ThanosTarget
@@ -68,7 +69,6 @@ def dask_task_runner(spec: MigrationSpec):
     return DaskTaskRunner(cluster_kwargs=cluster)
 
 
-@flow(name="transfer-windows", log_prints=False)
 def transfer_windows(
     source: M3Source,
     target: ThanosTarget,
@@ -79,9 +79,9 @@ def transfer_windows(
 ) -> TransferSummary:
     """Run the front segment by segment (one task per batch group) and record the watermark after each.
 
-    A subflow on Dask (it carries the Dask task runner); with threads, run_transfer calls it inside the
-    calling flow. Its parameters stay small: the plan of the stage (bulk migration or replication pass)
-    is read from the migration's state, not passed through the Prefect API.
+    A subflow on Dask (it carries the Dask task runner: transfer_windows_flow); with threads, run_transfer
+    calls it inside the calling flow. Its parameters stay small: the plan of the stage (bulk migration or
+    replication pass) is read from the migration's state, not passed through the Prefect API.
     """
     logger = get_run_logger()
     state = MigrationState(Path(state_dir), migration_id)
@@ -151,6 +151,13 @@ def transfer_windows(
     return totals.summary(windows=nw, batches=nb, tasks=tasks, tasks_cached=cached, seconds=elapsed)
 
 
+@functools.cache
+def transfer_windows_flow() -> Flow[..., TransferSummary]:
+    """The subflow "transfer-windows", built on first use: Prefect builds a flow's parameter schema when the
+    flow is made (~0.1 s of start-up), and only the Dask runner needs this one."""
+    return flow(name="transfer-windows", log_prints=False)(transfer_windows)
+
+
 def run_transfer(
     source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, stage: Stage
 ) -> TransferSummary:
@@ -164,8 +171,8 @@ def run_transfer(
         if spec.task_runner == "thread":
             # Segments run one after another in the calling flow (the engine's Front moves task_concurrency
             # units in parallel inside each): a subflow would only add ~1 s of bookkeeping per run and pass.
-            return transfer_windows.fn(*args)
-        return transfer_windows.with_options(task_runner=dask_task_runner(spec))(*args)
+            return transfer_windows(*args)
+        return transfer_windows_flow().with_options(task_runner=dask_task_runner(spec))(*args)
     finally:
         close_transfers()
 
