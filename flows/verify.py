@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
-from m3migrate.checks.verify import VerificationFailed, VerificationReport, verify
+from m3migrate.checks.verify import DEFAULT_SAMPLES_FRACTION, VerificationFailed, VerificationReport, verify
 from m3migrate.model import DEFAULT_IGNORE_LABELS
 from m3migrate.plan.batches import Plan
 from m3migrate.settings.spec import MigrationSpec, default_state_dir
@@ -54,6 +54,8 @@ def run_verification(
     seed: int,
     window_minutes: int | None,
     ignore_labels: list[str],
+    evidence: str = "figures",
+    samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
 ) -> VerificationReport:
     logger = get_run_logger()
     src, tgt = source.settings(), target.settings()
@@ -82,6 +84,8 @@ def run_verification(
         ignore_labels=ignore_labels,
         migration_id=migration_id,
         on_progress=progress,
+        evidence=evidence,
+        samples_fraction=samples_fraction,
     )
 
 
@@ -113,11 +117,15 @@ def verify_flow(
     ignore_labels: list[str] | None = None,
     migration_id: str | None = None,
     until: datetime | None = None,
+    evidence: str = "figures",
+    samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
 ) -> dict[str, Any]:
     """Compare the migrated range of source and target; Failed when anything differs.
 
     ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it);
-    ``until``: verify up to this instant instead of the spec's end (what replication added since).
+    ``until``: verify up to this instant instead of the spec's end (what replication added since);
+    ``evidence``/``samples_fraction``: see docs/verification.md ("samples": every series × window
+    sample by sample).
     """
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
@@ -135,6 +143,8 @@ def verify_flow(
         seed,
         window_minutes,
         list(DEFAULT_IGNORE_LABELS if ignore_labels is None else ignore_labels),
+        evidence,
+        samples_fraction,
     )
     mid = report.migration_id
     out_dir = Path(report_dir) if report_dir else Path(tempfile.mkdtemp(prefix=f"m3migrate-verify-{mid}-"))

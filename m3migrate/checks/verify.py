@@ -1,10 +1,19 @@
 """Verification: compare the source and the target, per series and per time window, after a migration.
 
 The source is read by remote read (the batch's matchers, as the migration read it), the target through
-its PromQL API (Thanos Query, Prometheus): ``{__name__=~"a|b",_source="m3db"}[Rms]`` evaluated at the
-window's end returns the raw samples of the window (see docs/verification.md). For every series and
-window both sides are reduced to a count, the first and last timestamp and a hash over the
-(timestamp, value bits) pairs; a differing hash yields the first differing sample.
+its PromQL API (Thanos Query, Prometheus). Two levels of evidence per series × window (docs/verification.md):
+
+* **figures** (the default): the target's engine computes count, sum and last value of each series in
+  the window (one instant query per batch × window, m3migrate.checks.aggregates), compared exactly with
+  the same figures computed from the source's samples. Cheap (one JSON entry per figure, not per sample),
+  but equal figures are evidence, not proof: equal sums do not prove equal values;
+* **samples**: ``{__name__=~"a|b",_source="m3db"}[Rms]`` evaluated at the window's end returns the raw
+  samples of the window; both sides are reduced to a count, the first and last timestamp and a hash over
+  the (timestamp, value bits) pairs; a differing hash yields the first differing sample. Series × windows
+  whose figures differ, are ambiguous, or fall in the deterministic ``samples_fraction`` get this level;
+  ``evidence="samples"`` gives it to all (the proof, at ~5 µs of CPU per target sample).
+
+Missing and extra series are exact at both levels (a series is on the target in a window or not).
 
 Rules that make both sides comparable:
 
@@ -22,8 +31,9 @@ series carrying the migration's added label (``_source="m3db"``) that is not pla
 an added label (source label disabled) only the batches' selectors can be searched.
 
 Memory is bounded by one batch × window per worker; ``concurrency`` workers run in parallel. A sampling
-mode checks a deterministic fraction of the series (every window). No Prefect here: flows/verify.py and
-the CLI wrap this module.
+mode checks a deterministic fraction of the series (every window). The source is read as arrays from
+the remote-read wire bytes (m3migrate.tsdb.samples), never as a Python object per sample. No Prefect
+here: flows/verify.py and the CLI wrap this module.
 """
 
 from __future__ import annotations
@@ -42,21 +52,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3migrate.clients.promql import PromQLClient
+from m3migrate.checks.aggregates import Figures, TargetFigures, figures_expression, parse_figures
+from m3migrate.clients.promql import PartialResponse, PromQLClient
 from m3migrate.clients.remote_read import RemoteReadClient
-from m3migrate.errors import ConfigError, M3MigrateError, SourceLimitExceeded
+from m3migrate.errors import ConfigError, M3MigrateError, MalformedResponse, SourceLimitExceeded
 from m3migrate.model import DEFAULT_IGNORE_LABELS, PROBE_METRIC, Labels
 from m3migrate.plan.batches import Batch, Plan, Window, make_windows, split_batch
 from m3migrate.plan.selectors import re2_escape
 from m3migrate.plan.tiers import Tier
-from m3migrate.read import read_batch_window
+from m3migrate.read import read_batch_window_raw
 from m3migrate.relabel import Relabeler
 from m3migrate.report import figure_table, md, table
 from m3migrate.settings.endpoints import SourceSettings, TargetSettings, redact_url
 from m3migrate.settings.spec import MigrationSpec
 from m3migrate.timefmt import iso_ms
 from m3migrate.transfer.unit import TransferResult
-from m3migrate.wire.codec import STALE_NAN_BITS, Matcher, selector_string, series_labels, show_labels
+from m3migrate.wire.codec import STALE_NAN_BITS, Matcher, decode_read_response, selector_string, show_labels
 
 log = logging.getLogger("m3migrate.checks.verify")
 
@@ -69,6 +80,10 @@ SCAN_NAMES_PER_QUERY = 50  # unplanned metric names per raw-samples query of the
 SCAN_SERIES_PER_LISTING = 10_000  # planned series (by name) per series-API listing of the extras scan
 SCAN_EXACT_PER_NAME = 20  # stray series of a planned name read one by one; more: the whole name
 KINDS = ("missing", "extra", "mismatch")
+EVIDENCE = ("figures", "samples")  # cheapest first; see the module docstring
+DEFAULT_SAMPLES_FRACTION = 0.01  # series × windows compared sample by sample although their figures agree
+KEYED_SAMPLE_READS = 16  # series of a batch × window read one by one at the samples level (at least; see below)
+KEYED_READS_SHARE = 8  # ... or up to 1/8 of the batch's series (a read per series costs ~200 samples' JSON)
 
 PROBLEM_COLUMNS = [
     "kind",
@@ -95,6 +110,9 @@ WINDOW_COLUMNS = [
     "source_samples",
     "target_samples",
     "stale_markers_skipped",
+    "by_figures",
+    "by_samples",
+    "figures_differed",
     "mismatches",
     "missing",
     "extra",
@@ -130,13 +148,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def sampled(labels: Labels, fraction: float, seed: int = 0) -> bool:
-    """Deterministic choice of a series: a hash of (seed, labels) below ``fraction``."""
+def sampled(labels: Labels, fraction: float, seed: int = 0, salt: tuple[object, ...] = ()) -> bool:
+    """Deterministic choice of a series: a hash of (seed, labels) below ``fraction``; a ``salt`` (e.g. the
+    window) makes another choice, independent of the one without it."""
     if fraction >= 1.0:
         return True
     if fraction <= 0.0:
         return False
-    h = hashlib.blake2b(repr((seed, labels)).encode(), digest_size=8).digest()
+    h = hashlib.blake2b(repr((seed, *salt, labels)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "big") / 2**64 < fraction
 
 
@@ -353,6 +372,9 @@ class _TaskResult:
     source_samples: int = 0
     target_samples: int = 0
     stale_skipped: int = 0
+    by_figures: int = 0  # series × windows whose figures agreed (evidence level "figures")
+    by_samples: int = 0  # series × windows compared sample by sample
+    figures_differed: int = 0  # of those, the ones whose figures differed or were ambiguous
     seen_on_target: set[Labels] = field(default_factory=set)
     rows: list[dict[str, Any]] = field(default_factory=list)
     not_comparable: set[str] = field(default_factory=set)  # source series with label bytes not UTF-8 (escaped)
@@ -370,8 +392,17 @@ class _Verifier:
         all_expected: set[Labels],
         source_label: tuple[str, str] | None,
         tiers: Sequence[Tier] = (),
+        *,
+        evidence: str = "figures",
+        samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
+        seed: int = 0,
+        target_endpoint: str = "",
     ) -> None:
         self.reader = reader
+        self.target_endpoint = target_endpoint  # redacted, for error messages
+        self.evidence = evidence
+        self.samples_fraction = samples_fraction
+        self.seed = seed
         self.tiers = tuple(tiers)  # each part of a window is compared with the namespace it was read from
         self.query = query
         self.relabeler = relabeler
@@ -422,11 +453,16 @@ class _Verifier:
     def selector_for(self, batch: Batch, expected: dict[Labels, Labels]) -> str:
         """Names of the expected series, the source label, and every batch matcher relabeling keeps valid."""
         names = sorted({dict(key).get("__name__", "") for key in expected.values()})
-        matchers = [
-            Matcher("__name__", "=", names[0])
-            if len(names) == 1
-            else Matcher("__name__", "=~", "|".join(re2_escape(n) for n in names))
-        ]
+        return selector_string([_name_matcher(names), *self._label_matchers(batch, expected)])
+
+    def name_selectors(self, batch: Batch, expected: dict[Labels, Labels]) -> dict[str, str]:
+        """selector_for split by metric name: name -> the selector of that one name."""
+        rest = self._label_matchers(batch, expected)
+        names = sorted({dict(key).get("__name__", "") for key in expected.values()})
+        return {name: selector_string([Matcher("__name__", "=", name), *rest]) for name in names}
+
+    def _label_matchers(self, batch: Batch, expected: dict[Labels, Labels]) -> list[Matcher]:
+        matchers: list[Matcher] = []
         if self.source_label:
             matchers.append(Matcher(*self.source_label[:1], "=", self.source_label[1]))
         for m in batch.matchers:
@@ -436,14 +472,18 @@ class _Verifier:
                 continue
             if all(dict(src).get(m.name, "") == dict(key).get(m.name, "") for src, key in expected.items()):
                 matchers.append(m)
-        return selector_string(matchers)
+        return matchers
 
     # -- one batch × window ------------------------------------------------------------------------
 
     def check(self, view: _BatchView, window: Window, depth: int = 0) -> _TaskResult:
         try:
             source = self._read_source(view, window)
-            target = self._read_target(view, window)
+            if self.evidence == "samples":
+                return self._compare(view, window, *source, self._read_target(view, window))
+            figures, merged = self._read_figures(view, window)
+            agreed, need, differed = self._by_figures(view, window, source[0], source[3], figures, merged)
+            target = self._read_target_keys(view, window, need)
         except SourceLimitExceeded:
             if depth >= MAX_SPLIT_DEPTH or len(view.batch.series) < 2:
                 raise
@@ -457,7 +497,7 @@ class _Verifier:
                     )
                     _merge_into(result, part)
             return result
-        return self._compare(view, window, *source, target)
+        return self._compare(view, window, *source, target, agreed=agreed, compared=need, differed=differed)
 
     def _as_json(self, key: Labels) -> Labels | None:
         """The target key a series with label bytes that are not UTF-8 shows in the query API: Go's
@@ -476,35 +516,32 @@ class _Verifier:
     ) -> tuple[dict[Labels, SeriesData], int, set[str], set[Labels]]:
         # split by series, then by time, under a source limit (M3's series or range limit), as the transfer
         tally = TransferResult(batch_id=view.batch.id, window=window.index)
-        parts = read_batch_window(self.reader, view.batch, window.start_ms, window.end_ms, tally, self.tiers)
+        parts = read_batch_window_raw(self.reader, view.batch, window.start_ms, window.end_ms, tally, self.tiers)
         out: dict[Labels, SeriesData] = {}
         stale = 0
         aside: set[str] = set()
         hidden: set[Labels] = set()
-        for ts in (ts for qr in parts for ts in qr.timeseries):
-            key = tuple(sorted(series_labels(ts)))
-            expected = view.expected.get(key)
-            if expected is None and ts.samples and _ESCAPED.search("".join(n + v for n, v in key)):
-                aside.add(show_labels(key))  # any batch reading it names it: the report lists each once
-                shown = self._as_json(key)
-                if shown is not None:
-                    hidden.add(shown)
-                continue
-            if expected is None or not ts.samples:
-                continue  # another batch's series, a dropped one, or not sampled
-            n = len(ts.samples)
-            t = np.fromiter((s.timestamp for s in ts.samples), dtype=np.int64, count=n)
-            v = np.fromiter((s.value for s in ts.samples), dtype=np.float64, count=n)
-            not_stale = v.view(np.uint64) != np.uint64(STALE_NAN_BITS)
-            stale += int(n - not_stale.sum())
-            in_window = not_stale & (t >= window.start_ms) & (t <= window.end_ms)
-            if not in_window.any():
-                continue
-            data = SeriesData.build(t[in_window], v[in_window])
-            if expected in out:  # a later part of a time split, or two series relabeled to one: merge
-                prev = out[expected]
-                data = SeriesData.build(np.concatenate([prev.ts, data.ts]), np.concatenate([prev.values, data.values]))
-            out[expected] = data
+        for raw in parts:
+            for labels, data, skipped in _window_series(raw, window, self.reader.endpoint):
+                key = tuple(sorted(labels))
+                expected = view.expected.get(key)
+                if expected is None and (data.count or skipped) and _ESCAPED.search("".join(n + v for n, v in key)):
+                    aside.add(show_labels(key))  # any batch reading it names it: the report lists each once
+                    shown = self._as_json(key)
+                    if shown is not None:
+                        hidden.add(shown)
+                    continue
+                if expected is None:
+                    continue  # another batch's series, a dropped one, or not sampled
+                stale += skipped
+                if not data.count:
+                    continue
+                if expected in out:  # a later part of a time split, or two series relabeled to one: merge
+                    prev = out[expected]
+                    data = SeriesData.build(
+                        np.concatenate([prev.ts, data.ts]), np.concatenate([prev.values, data.values])
+                    )
+                out[expected] = data
         return out, stale, aside, hidden
 
     def _read_target(self, view: _BatchView, window: Window) -> dict[Labels, SeriesData]:
@@ -537,17 +574,31 @@ class _Verifier:
         aside: set[str],
         hidden: set[Labels],
         target: dict[Labels, SeriesData],
+        *,
+        agreed: dict[Labels, int] | None = None,
+        compared: set[Labels] | None = None,
+        differed: int = 0,
     ) -> _TaskResult:
+        """Problem rows of one batch × window; ``agreed``: keys whose figures matched (-> target samples),
+        not compared again; every other key's target samples are in ``target`` (if it has any), those of
+        ``compared`` read for it (None: every key with samples on either side)."""
+        agreed = agreed or {}
         result = _TaskResult(window.index, stale_skipped=stale, not_comparable=aside, hidden=hidden)
         expected_keys = set(view.expected.values()) - hidden
         target = {k: v for k, v in target.items() if k not in hidden} if hidden else target
         result.series = len(source)
         result.source_samples = sum(d.count for d in source.values())
+        result.by_figures, result.figures_differed = len(agreed), differed
+        for key, count in agreed.items():
+            result.target_samples += count
+            result.seen_on_target.add(key)
         # with an added label, extras come from the whole-target scan (scan_extras), not from here
         extras = set() if self.source_label else target.keys() - self.all_expected
-        for key in sorted(expected_keys | extras):
+        for key in sorted((expected_keys | extras) - agreed.keys()):
             src = source.get(key)
             tgt = target.get(key)
+            if (src is not None or tgt is not None) if compared is None else key in compared:
+                result.by_samples += 1
             if tgt is not None:
                 result.target_samples += tgt.count
                 if key in expected_keys:
@@ -564,6 +615,83 @@ class _Verifier:
                     continue
             result.rows.append(_row(kind, key, window, src, tgt))
         return result
+
+    # -- evidence level "figures" ------------------------------------------------------------------
+
+    def _read_figures(self, view: _BatchView, window: Window) -> tuple[dict[Labels, TargetFigures], set[Labels]]:
+        """The target's figures of the batch's series in the window, by planned key; and the keys that
+        several target series stand for (replicas differing in ignored labels: merged at the samples level)."""
+        # as _read_target_selector: R = window + 1 ms, exact on both range conventions but for a sample at
+        # start - 1 ms, which the "edge" figure reveals
+        expr = figures_expression(self.name_selectors(view.batch, view.expected), window.end_ms - window.start_ms + 1)
+        answer = self.query.query(expr, window.end_ms)
+        endpoint = self.target_endpoint
+        if answer.warnings:
+            raise PartialResponse(
+                "PromQL figures: the server answered with warnings, the result may be incomplete",
+                endpoint=endpoint,
+                status=200,
+                body="; ".join(answer.warnings)[:300],
+                hint="Thanos: send partial_response=false and check the health of its stores",
+            )
+        if answer.result_type != "vector":
+            raise MalformedResponse(f"PromQL figures: expected a vector, got {answer.result_type!r}", endpoint=endpoint)
+        out: dict[Labels, TargetFigures] = {}
+        merged: set[Labels] = set()
+        for labels, figures in parse_figures(answer.result, endpoint=endpoint).items():
+            key = self.target_key(labels)
+            if key in out:
+                merged.add(key)
+            out[key] = figures
+        return out, merged
+
+    def _by_figures(
+        self,
+        view: _BatchView,
+        window: Window,
+        source: dict[Labels, SeriesData],
+        hidden: set[Labels],
+        figures: dict[Labels, TargetFigures],
+        merged: set[Labels],
+    ) -> tuple[dict[Labels, int], set[Labels], int]:
+        """(keys proven equal by figures -> target samples, keys to compare by samples, how many of those
+        because their figures differed or were ambiguous). A missing series needs no samples of the target."""
+        expected_keys = set(view.expected.values()) - hidden
+        extras = set() if self.source_label else figures.keys() - self.all_expected - hidden
+        agreed: dict[Labels, int] = {}
+        need: set[Labels] = set()
+        differed = 0
+        for key in expected_keys | extras:
+            src, tgt = source.get(key), figures.get(key)
+            if tgt is not None and (tgt.edge_ms == window.start_ms - 1 or key in merged):
+                need.add(key)  # a sample at start - 1 ms counts on Prometheus 2 only; replicas merge by samples
+                differed += 1
+            elif tgt is None or not tgt.count:
+                continue  # missing (if the source has it), or on neither side
+            elif src is None or key not in expected_keys or not Figures.of(src.values).matches(tgt.figures()):
+                need.add(key)
+                differed += 1
+            elif sampled(key, self.samples_fraction, self.seed, ("samples", window.index)):
+                need.add(key)
+            else:
+                agreed[key] = tgt.count
+        return agreed, need, differed
+
+    def _read_target_keys(self, view: _BatchView, window: Window, keys: set[Labels]) -> dict[Labels, SeriesData]:
+        """The target's samples of ``keys``: one read per key (a selector of its labels), or of the whole
+        batch when there are many (or a label PromQL cannot select)."""
+        if not keys:
+            return {}
+        many = len(keys) > max(KEYED_SAMPLE_READS, len(view.expected) // KEYED_READS_SHARE)
+        if many or any("\ufffd" in n + v for key in keys for n, v in key):
+            found = self._read_target(view, window)
+            return {k: found[k] for k in keys if k in found}
+        out: dict[Labels, SeriesData] = {}
+        for key in sorted(keys):
+            data = self._read_target_selector(selector_string(Matcher(n, "=", v) for n, v in key), window).get(key)
+            if data is not None:
+                out[key] = data
+        return out
 
     # -- extras on the whole target (one task per window) ------------------------------------------
 
@@ -616,6 +744,48 @@ class _Verifier:
         return result
 
 
+def _window_series(raw: bytes, window: Window, endpoint: str) -> Iterator[tuple[Labels, SeriesData, int]]:
+    """Each series of a decompressed ReadResponse: its labels as sent, its samples in the window (stale
+    markers left out) and how many stale markers it held. The part's samples are decoded and filtered as
+    whole arrays; each series gets views of them (sorted and deduplicated only where it needs it)."""
+    from m3migrate.tsdb.samples import read_response_arrays, series_arrays  # numba: loaded when first read
+
+    arrays = read_response_arrays(raw)
+    if arrays is None:  # not canonically framed: decoded whole
+        decoded = list(series_arrays(decode_read_response(raw, endpoint=endpoint)))
+        labels = [lb for lb, _, _ in decoded]
+        counts = np.array([len(t) for _, t, _ in decoded], np.int64)
+        t = np.concatenate([t for _, t, _ in decoded]) if decoded else np.empty(0, np.int64)
+        bits = np.concatenate([b for _, _, b in decoded]) if decoded else np.empty(0, np.uint64)
+    else:
+        labels, counts, t, bits = arrays.labels, arrays.counts, arrays.timestamps, arrays.bits
+    n = len(labels)
+    if not n:
+        return
+    owner = np.repeat(np.arange(n), counts)
+    stale = bits == np.uint64(STALE_NAN_BITS)
+    keep = ~stale & (t >= window.start_ms) & (t <= window.end_ms)
+    stale_per = np.bincount(owner[stale], minlength=n)
+    kept_per = np.bincount(owner[keep], minlength=n)
+    kt, kept_owner = t[keep], owner[keep]
+    values = bits[keep].view(np.float64)
+    canonical = canonical_bits(values)
+    unsorted = np.zeros(n, dtype=bool)
+    if len(kt) > 1:
+        step = np.flatnonzero(kt[1:] <= kt[:-1]) + 1  # not after the sample before it
+        inside = kept_owner[step] == kept_owner[step - 1]
+        unsorted[kept_owner[step[inside]]] = True
+    bounds = np.concatenate(([0], np.cumsum(kept_per))).tolist()
+    stale_list, unsorted_list = stale_per.tolist(), unsorted.tolist()
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        if unsorted_list[i]:
+            data = SeriesData.build(kt[a:b], values[a:b])
+        else:
+            data = SeriesData(kt[a:b], canonical[a:b], values[a:b])
+        yield labels[i], data, stale_list[i]
+
+
 def _name_matcher(names: Sequence[str]) -> Matcher:
     if len(names) == 1:
         return Matcher("__name__", "=", names[0])
@@ -665,6 +835,9 @@ def _merge_into(result: _TaskResult, part: _TaskResult) -> None:
     result.source_samples += part.source_samples
     result.target_samples += part.target_samples
     result.stale_skipped += part.stale_skipped
+    result.by_figures += part.by_figures
+    result.by_samples += part.by_samples
+    result.figures_differed += part.figures_differed
     result.seen_on_target |= part.seen_on_target
     result.rows.extend(part.rows)
     result.not_comparable |= part.not_comparable
@@ -705,15 +878,24 @@ def verify(
     ignore_labels: Iterable[str] = DEFAULT_IGNORE_LABELS,
     migration_id: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    evidence: str = "figures",
+    samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
 ) -> VerificationReport:
     """Compare source and target over the spec's range; never raises for differences (see ``.ok``).
 
     ``plan``: the migration's saved plan (its batches are reused); None discovers the series again.
     ``window_ms``: comparison window (default: the plan's/spec's window). ``sample_fraction`` < 1 checks
     that deterministic share of the series (by a hash of their labels and ``seed``), in every window.
+    ``evidence``: "figures" (count, sum, last per series × window from the target's engine; the samples
+    where they differ and for the deterministic ``samples_fraction`` of series × windows) or "samples"
+    (every series × window sample by sample: the proof, ~5 µs of CPU per target sample).
     """
     if not 0.0 < sample_fraction <= 1.0:
         raise ConfigError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
+    if evidence not in EVIDENCE:
+        raise ConfigError(f"evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
+    if not 0.0 <= samples_fraction <= 1.0:
+        raise ConfigError(f"samples_fraction must be in [0, 1], got {samples_fraction}")
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
     if not target.promql_base:
@@ -743,7 +925,19 @@ def verify(
                 out = relabeler(labels)
                 if out is not None:
                     all_expected.add(tuple(sorted(out)))
-        verifier = _Verifier(reader, query, relabeler, ignore, all_expected, source_label, plan.tiers)
+        verifier = _Verifier(
+            reader,
+            query,
+            relabeler,
+            ignore,
+            all_expected,
+            source_label,
+            plan.tiers,
+            evidence=evidence,
+            samples_fraction=samples_fraction,
+            seed=seed,
+            target_endpoint=redact_url(target.promql_base),
+        )
         views = [v for v in (verifier.view(b, sample_fraction, seed) for b in plan.batches) if v is not None]
         series_checked = len({k for v in views for k in v.expected.values()})
         tasks: list[tuple[_BatchView | None, Window]] = [(view, window) for window in windows for view in views]
@@ -794,6 +988,10 @@ def verify(
         "samples_source": int(window_frame["source_samples"].sum()),
         "samples_target": int(window_frame["target_samples"].sum()),
         "stale_markers_skipped": int(window_frame["stale_markers_skipped"].sum()),
+        "evidence": _evidence_text(evidence, samples_fraction),
+        "checked_by_figures": int(window_frame["by_figures"].sum()),
+        "checked_by_samples": int(window_frame["by_samples"].sum()),
+        "figures_differed": int(window_frame["figures_differed"].sum()),
         "mismatches": len(mismatches),
         "mismatched_series": int(mismatches["series"].nunique()),
         "missing": int((problems["kind"] == "missing").sum()),
@@ -806,6 +1004,16 @@ def verify(
     }
     return VerificationReport(
         totals, window_frame, problems, migration_id=migration_id, not_comparable=sorted(not_comparable)
+    )
+
+
+def _evidence_text(evidence: str, samples_fraction: float) -> str:
+    """What the report's evidence figures mean, in one line."""
+    if evidence == "samples":
+        return "samples: every series × window compared sample by sample"
+    return (
+        "figures: count, sum and last value per series × window from the target's engine, equal to the "
+        f"source's (evidence, not proof); samples where they differ and for {samples_fraction:.2%} of series × windows"
     )
 
 
@@ -883,6 +1091,9 @@ def _windows_frame(
                 "source_samples": r.source_samples,
                 "target_samples": r.target_samples,
                 "stale_markers_skipped": r.stale_skipped,
+                "by_figures": r.by_figures,
+                "by_samples": r.by_samples,
+                "figures_differed": r.figures_differed,
                 "mismatches": int(counts["mismatch"].get(w.index, 0)),
                 "missing": int(counts["missing"].get(w.index, 0)),
                 "extra": int(counts["extra"].get(w.index, 0)),

@@ -215,18 +215,35 @@ def test_clean_migration_verifies_equal(migrated):
     assert report.problems.empty
     assert len(report.windows) == len(make_windows(migrated.start_ms, migrated.end_ms, spec.window_ms))
     assert (report.windows["source_samples"] == report.windows["target_samples"]).all()
+    assert t["evidence"].startswith("figures")
+
+    # the figures alone agree for every series × window (NaN, ±Inf and full-precision values included:
+    # the target's Kahan sum is reproduced bit for bit), but where a sample lies on a window's last
+    # millisecond (the next window's edge, counted by Prometheus 2 only): those go sample by sample
+    by_figures = verify(src, tgt, spec, plan, concurrency=3, samples_fraction=0.0)
+    b = by_figures.totals
+    assert by_figures.ok, by_figures.to_markdown()
+    assert b["checked_by_figures"] + b["checked_by_samples"] == int(report.windows["series"].sum())
+    assert b["checked_by_samples"] == b["figures_differed"] < b["checked_by_figures"] / 10
+    by_samples = verify(src, tgt, spec, plan, concurrency=3, evidence="samples")
+    assert by_samples.ok and by_samples.totals["checked_by_figures"] == 0
+    assert by_samples.totals["checked_by_samples"] == int(report.windows["series"].sum())
 
 
 @pytest.mark.servers
 @pytest.mark.prefect
-def test_altered_target_is_reported_exactly(migrated, tmp_path):
+@pytest.mark.parametrize("evidence", ["figures", "samples"])
+def test_altered_target_is_reported_exactly(migrated, tmp_path, evidence):
     from m3migrate.checks.verify import verify
 
     src, tgt = _settings(migrated, migrated.altered_url)
     spec = migrated.spec()
-    report = verify(src, tgt, spec, None, concurrency=4)  # no saved plan: discovers the series
+    # no saved plan: discovers the series; no sampled share: the figures alone must find the mismatch
+    report = verify(src, tgt, spec, None, concurrency=4, evidence=evidence, samples_fraction=0.0)
     assert not report.ok
     t = report.totals
+    if evidence == "figures":
+        assert t["figures_differed"] >= 1 and t["checked_by_samples"] == t["figures_differed"]
     assert (t["mismatches"], t["mismatched_series"], t["missing"], t["extra"]) == (1, 1, 1, 1)
     p = report.problems
     mismatch = p[p["kind"] == "mismatch"].iloc[0]
@@ -352,6 +369,49 @@ def test_cli_prints_the_three_series_and_exits_1(migrated, prefect_api, tmp_path
     )
     assert no_query.returncode == 2
     assert "target query URL" in no_query.stderr
+
+
+@pytest.mark.servers
+def test_figures_are_the_target_engines_own(tmp_path):
+    """count, sum, last and the edge as Prometheus 2.42 computes them: a range [T-R, T] closed on the left
+    (promql/engine.go matrixIterSlice keeps t >= maxt - range), stale markers not counted, sum_over_time
+    the Kahan-Neumaier sum (functions.go kahanSumInc) that aggregates.kahan_sum reproduces bit for bit,
+    and two metric names with otherwise equal labels kept apart by the `or`s."""
+    from m3migrate.checks.aggregates import Figures, figures_expression, parse_figures
+    from m3migrate.clients.promql import PromQLClient
+    from m3migrate.settings.endpoints import TargetSettings
+    from sandbox.servers import start_prometheus
+
+    server = start_prometheus(tmp_path, name="figures", remote_write_receiver=True)
+    try:
+        a = (int(pd.Timestamp.now(tz="UTC").timestamp() * 1000) - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+        b = a + 10 * MINUTE_MS - 1
+        kahan = [1e16, 1.0, -1e16, 3.5, 0.1, 0.2, 1e-300]
+        assert sum(kahan) != 4.8  # a plain sum loses the 1.0
+        stale = _float(STALE_NAN_BITS)
+        _write(
+            server.url,
+            {
+                (("__name__", "k"), ("case", "kahan")): [(a + i * 1000, v) for i, v in enumerate(kahan)],
+                (("__name__", "m"), ("case", "kahan")): [(a + i * 1000, -v) for i, v in enumerate(kahan)],
+                (("__name__", "k"), ("case", "edge")): [(a - 1, 1.0), (a, 2.0), (b, 3.0), (b + 1, 4.0)],
+                (("__name__", "k"), ("case", "stale")): [(a, 1.0), (a + 1000, stale), (a + 2000, math.nan)],
+            },
+        )
+        settings = TargetSettings(write_url=f"{server.url}/api/v1/write", query_url=server.url)
+        with PromQLClient(server.url, settings) as query:
+            expr = figures_expression({"k": '{__name__="k"}', "m": '{__name__="m"}'}, b - a + 1)
+            figures = parse_figures(query.query(expr, b).result, endpoint=server.url)
+    finally:
+        server.stop()
+    k = figures[(("__name__", "k"), ("case", "kahan"))]
+    assert k.figures() == Figures.of(np.array(kahan)) and k.total == 4.8 and k.edge_ms is None
+    assert figures[(("__name__", "m"), ("case", "kahan"))].figures() == Figures.of(-np.array(kahan))
+    edge = figures[(("__name__", "k"), ("case", "edge"))]
+    assert (edge.count, edge.total, edge.last, edge.edge_ms) == (3, 6.0, 3.0, a - 1)  # a - 1 is in [T-R, T]
+    gone = figures[(("__name__", "k"), ("case", "stale"))]
+    assert gone.count == 2 and math.isnan(gone.total) and math.isnan(gone.last)
+    assert gone.figures().matches(Figures.of(np.array([1.0, math.nan])))
 
 
 # ---------------------------------------------------------------------------------------------------
