@@ -33,7 +33,7 @@ from typing import Literal, cast
 from pydantic import ValidationError
 
 from m3migrate.errors import ConfigError, M3MigrateError
-from m3migrate.plan.batches import PLAN_VERSION, Plan
+from m3migrate.plan.batches import PLAN_VERSION, Plan, read_plan_object
 from m3migrate.settings.endpoints import SourceSettings, TargetSettings, saved_settings
 from m3migrate.settings.spec import MigrationSpec, check_migration_id, check_same_spec, format_validation_error
 
@@ -122,7 +122,8 @@ class UnitJournal:
         self.windows = windows  # only these windows' units are held in memory (a segment's), else all
         self._lock = threading.Lock()
         self._started: set[str] = set()
-        self._done: dict[str, dict] = {}
+        # each done unit's result as compact JSON text (a quarter of the dict's memory), decoded on request
+        self._done: dict[str, str] = {}
         self.reload()
 
     @staticmethod
@@ -138,30 +139,36 @@ class UnitJournal:
         """Read what every process recorded so far."""
         if not self.path.exists():
             return
-        for line in self.path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash (the next record starts on a line of its own)
-            if isinstance(entry, dict) and "journal" in entry:
-                check_version(self.path, entry)  # the header: an unknown version is never misread
-                continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("unit"), str):
-                continue
-            if self.windows is not None and self.window_of(entry["unit"]) not in self.windows:
-                continue  # another segment's unit: memory stays bounded by the segment, not the migration
-            if entry.get("event") == "start":
-                self._started.add(entry["unit"])
-            elif entry.get("event") == "done":
-                self._done[entry["unit"]] = entry.get("result", {})
+        with open(self.path, encoding="utf-8", errors="replace") as lines:  # line by line: never the whole file
+            for line in lines:
+                self._read_line(line)
+
+    def _read_line(self, line: str) -> None:
+        """One journal line: a record, the header, or a line torn by a crash (skipped)."""
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return  # a line torn by a crash (the next record starts on a line of its own)
+        if isinstance(entry, dict) and "journal" in entry:
+            check_version(self.path, entry)  # the header: an unknown version is never misread
+            return
+        if not isinstance(entry, dict) or not isinstance(entry.get("unit"), str):
+            return
+        if self.windows is not None and self.window_of(entry["unit"]) not in self.windows:
+            return  # another segment's unit: memory stays bounded by the segment, not the migration
+        if entry.get("event") == "start":
+            self._started.add(entry["unit"])
+        elif entry.get("event") == "done":
+            self._done[entry["unit"]] = _compact(entry.get("result", {}))
 
     def done(self, key: str) -> dict | None:
         """The recorded result of a finished unit, or None."""
-        return self._done.get(key)
+        text = self._done.get(key)
+        return None if text is None else json.loads(text)
 
     def done_units(self) -> dict[str, dict]:
         """Every finished unit held (see ``windows``) and its recorded result."""
-        return dict(self._done)
+        return {key: json.loads(text) for key, text in self._done.items()}
 
     def started(self, key: str) -> bool:
         return key in self._started
@@ -173,7 +180,7 @@ class UnitJournal:
 
     def mark_done(self, key: str, result: dict) -> None:
         self._append({"event": "done", "unit": key, "result": result}, sync=False)
-        self._done[key] = result
+        self._done[key] = _compact(result)
 
     def _append(self, entry: dict, *, sync: bool) -> None:
         """One whole line per record, in one write when the OS allows, and never glued onto a torn line:
@@ -200,6 +207,10 @@ class UnitJournal:
                 ) from None
             finally:
                 os.close(fd)
+
+
+def _compact(result: object) -> str:
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
 
 
 class JournalError(M3MigrateError):
@@ -339,7 +350,10 @@ class MigrationState:
         path = self.plan_path(stage)
         if not path.exists():
             return None
-        data = _load_json(path)
+        try:  # batch by batch: a plan of 10^6 series is never held as one tree of Python objects
+            data = read_plan_object(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateError(f"state file {path} cannot be read: {exc}", hint="restore it, or --start-over") from None
         check_version(path, data, known=tuple(range(1, PLAN_VERSION + 1)))
         return Plan.from_json(cast(dict, data))  # an object (check_version says so), with its version
 

@@ -9,13 +9,16 @@ two places at once.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from m3migrate.errors import ConfigError, SourceLimitExceeded
 from m3migrate.model import DAY_MS, Labels
@@ -24,6 +27,7 @@ from m3migrate.plan.tiers import Tier
 from m3migrate.wire.codec import Matcher, selector_string
 
 MAX_SPLIT_DEPTH = 4
+DISCOVERY_CONCURRENCY = 3  # metrics queried at once: the source works while an answer is batched
 PLAN_VERSION = 2  # 2: the plan records what changes what is written (`writing`)
 
 
@@ -36,13 +40,42 @@ class Window:
     end_ms: int
 
 
-@dataclass
 class Batch:
-    """A set of series read together: the matchers select them, the series list bounds them."""
+    """A set of series read together: the matchers select them, the series list bounds them.
 
-    id: str
-    matchers: tuple[Matcher, ...]
-    series: tuple[Labels, ...]
+    The series are held as their JSON text (the plan file's form, ~4x smaller than tuples of str: a
+    plan of 10^6 series holds ~0.2 GB, not ~0.9 GB) and decoded when the batch is first read.
+    """
+
+    __slots__ = ("__dict__", "id", "matchers", "series_text", "size")
+
+    def __init__(
+        self,
+        id: str,
+        matchers: Sequence[Matcher],
+        series: Iterable[Labels] = (),
+        *,
+        series_text: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        self.id = id
+        self.matchers = tuple(matchers)
+        if series_text is None:
+            listed = tuple(series)
+            series_text, size = _series_text(listed), len(listed)
+            self.__dict__["series"] = listed  # given as tuples: the caller's own objects are the batch's
+        self.series_text = series_text
+        self.size = len(json.loads(series_text)) if size is None else size
+
+    @cached_property
+    def series(self) -> tuple[Labels, ...]:
+        """The series, decoded on first use and then kept: a batch being transferred holds its label tuples
+        once, so caches keyed on them (the relabeler's) hold no copies."""
+        return self.decoded()
+
+    def decoded(self) -> tuple[Labels, ...]:
+        """The series decoded anew, not kept (a pass over every batch of a plan)."""
+        return tuple(tuple(map(tuple, labels)) for labels in json.loads(self.series_text))
 
     @cached_property
     def keys(self) -> frozenset[Labels]:
@@ -52,28 +85,50 @@ class Batch:
     def selector(self) -> str:
         return selector_string(self.matchers)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return (self.id, self.matchers, self.series_text) == (other.id, other.matchers, other.series_text)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"Batch(id={self.id!r}, selector={self.selector!r}, series={self.size})"
+
     def to_json(self) -> dict:
-        return {
-            "id": self.id,
-            "matchers": [[m.name, m.op, m.value] for m in self.matchers],
-            "series": [list(map(list, s)) for s in self.series],
-        }
+        return {"id": self.id, "matchers": _matchers_json(self.matchers), "series": json.loads(self.series_text)}
+
+    def json_text(self) -> str:
+        """The batch as :meth:`to_json` would be dumped, without decoding its series."""
+        head = json.dumps({"id": self.id, "matchers": _matchers_json(self.matchers)}, ensure_ascii=False)
+        return f'{head[:-1]}, "series": {self.series_text}}}'
 
     @classmethod
     def from_json(cls, data: dict) -> Batch:
+        series = data["series"]
         return cls(
             id=data["id"],
             matchers=tuple(Matcher(*m) for m in data["matchers"]),
-            series=tuple(tuple((n, v) for n, v in s) for s in data["series"]),
+            series_text=_series_text(series),
+            size=len(series),
         )
 
     @classmethod
     def create(cls, matchers: Sequence[Matcher], series: Iterable[Labels]) -> Batch:
-        series = tuple(sorted(series))
-        digest = hashlib.sha256(
-            json.dumps([[[m.name, m.op, m.value] for m in matchers], series], ensure_ascii=False).encode()
-        ).hexdigest()
-        return cls(id=digest[:16], matchers=tuple(matchers), series=series)
+        ordered = sorted(series)
+        text = _series_text(ordered)
+        # the id hashes json.dumps([matchers, series]): the same ids as plans saved before series were text
+        matchers_text = json.dumps(_matchers_json(matchers), ensure_ascii=False)
+        digest = hashlib.sha256(f"[{matchers_text}, {text}]".encode()).hexdigest()
+        return cls(id=digest[:16], matchers=tuple(matchers), series_text=text, size=len(ordered))
+
+
+def _matchers_json(matchers: Iterable[Matcher]) -> list[list[str]]:
+    return [[m.name, m.op, m.value] for m in matchers]
+
+
+def _series_text(series: Sequence[Labels] | list) -> str:
+    return json.dumps(series, ensure_ascii=False)
 
 
 def make_windows(start_ms: int, end_ms: int, window_ms: int) -> list[Window]:
@@ -124,9 +179,12 @@ class Plan:
 
     @property
     def series_count(self) -> int:
-        return sum(len(b.series) for b in self.batches)
+        return sum(b.size for b in self.batches)
 
     def to_json(self) -> dict:
+        return {**self._head(), "batches": [b.to_json() for b in self.batches], **self._tail()}
+
+    def _head(self) -> dict:
         return {
             "version": PLAN_VERSION,
             "migration_id": self.migration_id,
@@ -135,13 +193,14 @@ class Plan:
             "end_ms": self.end_ms,
             "window_ms": self.window_ms,
             "selectors": self.selectors,
-            "batches": [b.to_json() for b in self.batches],
-            "writing": self.writing,
-            "tiers": [t.to_json() for t in self.tiers],
         }
+
+    def _tail(self) -> dict:
+        return {"writing": self.writing, "tiers": [t.to_json() for t in self.tiers]}
 
     @classmethod
     def from_json(cls, data: dict) -> Plan:
+        """From the saved object; its batches as dicts, or as Batches (:func:`read_plan_object`)."""
         version = data.get("version")
         if version not in (1, PLAN_VERSION):
             raise ConfigError(
@@ -154,7 +213,7 @@ class Plan:
             start_ms=data["start_ms"],
             end_ms=data["end_ms"],
             window_ms=data["window_ms"],
-            batches=[Batch.from_json(b) for b in data["batches"]],
+            batches=[b if isinstance(b, Batch) else Batch.from_json(b) for b in data["batches"]],
             selectors=data.get("selectors", []),
             writing=data.get("writing") if version >= 2 else None,
             tiers=[Tier.from_json(t) for t in data.get("tiers") or []],
@@ -164,15 +223,68 @@ class Plan:
         return plan
 
     def save(self, path: Path) -> None:
-        """Write atomically, so a kill never leaves half a plan."""
+        """Write atomically, so a kill never leaves half a plan; batch by batch, as json.dumps(to_json())
+        would, without building the whole document (the series are already their JSON text)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False))
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self._head(), ensure_ascii=False)[:-1] + ', "batches": [')
+            for i, batch in enumerate(self.batches):
+                fh.write(", " + batch.json_text() if i else batch.json_text())
+            fh.write("], " + json.dumps(self._tail(), ensure_ascii=False)[1:])
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        return cls.from_json(json.loads(path.read_text()))
+        return cls.from_json(read_plan_object(path.read_text(encoding="utf-8")))
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def read_plan_object(text: str) -> Any:
+    """A saved plan's JSON object, its batches decoded one at a time into Batches: the whole document
+    as Python objects (~8x the file) is never held. Raises ValueError (json.JSONDecodeError) on bad JSON."""
+
+    def skip(pos: int) -> int:
+        match = _SPACE.match(text, pos)
+        return match.end() if match else pos
+
+    def expect(pos: int, char: str) -> int:
+        pos = skip(pos)
+        if text[pos : pos + 1] != char:
+            raise json.JSONDecodeError(f"expected {char!r}", text, pos)
+        return skip(pos + 1)
+
+    if text[skip(0) : skip(0) + 1] != "{":
+        return json.loads(text)  # not an object: whatever it is, the caller says what is wrong with it
+    out: dict = {}
+    pos = expect(0, "{")
+    while text[pos : pos + 1] != "}":
+        key, pos = _DECODER.raw_decode(text, pos)
+        pos = expect(pos, ":")
+        if key == "batches" and text[pos : pos + 1] == "[":
+            batches: list[Batch | dict] = []
+            pos = skip(pos + 1)
+            while text[pos : pos + 1] != "]":
+                item, pos = _DECODER.raw_decode(text, pos)
+                batches.append(Batch.from_json(item) if isinstance(item, dict) and "series" in item else item)
+                pos = skip(pos)
+                if text[pos : pos + 1] == ",":
+                    pos = skip(pos + 1)
+            value, pos = batches, pos + 1
+        else:
+            value, pos = _DECODER.raw_decode(text, pos)
+        out[key] = value
+        pos = skip(pos)
+        if text[pos : pos + 1] == ",":
+            pos = skip(pos + 1)
+        elif text[pos : pos + 1] != "}":
+            raise json.JSONDecodeError("expected ',' or '}'", text, pos)
+    if skip(pos + 1) != len(text):
+        raise json.JSONDecodeError("extra data after the plan", text, pos + 1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,6 +305,9 @@ def _to_labels(series: dict[str, str]) -> Labels:
     return tuple(sorted(series.items()))
 
 
+MetricSeries = tuple[int, str, list[Labels]]  # (selector index, metric name, its series)
+
+
 def discover(
     selectors: Sequence[Sequence[Matcher]],
     start_ms: int,
@@ -202,33 +317,63 @@ def discover(
     slice_ms: int = DAY_MS,
     on_metric: Callable[[str, int], None] | None = None,
 ) -> list[list[Labels]]:
-    """Series of each selector in [start, end], metric by metric and slice by slice (first selector wins).
+    """Series of each selector in [start, end] (first selector wins): :func:`discover_metrics`, collected."""
+    per_selector: list[list[Labels]] = [[] for _ in selectors]
+    for index, _, series in discover_metrics(
+        selectors, start_ms, end_ms, api=api, slice_ms=slice_ms, on_metric=on_metric
+    ):
+        per_selector[index].extend(series)
+    return per_selector
+
+
+def discover_metrics(
+    selectors: Sequence[Sequence[Matcher]],
+    start_ms: int,
+    end_ms: int,
+    *,
+    api: DiscoveryAPI,
+    slice_ms: int = DAY_MS,
+    on_metric: Callable[[str, int], None] | None = None,
+    concurrency: int = DISCOVERY_CONCURRENCY,
+) -> Iterator[MetricSeries]:
+    """Series of each selector in [start, end], metric by metric (in name order) and slice by slice;
+    a series two selectors match belongs to the first. Yielded per metric, so a caller can batch them as
+    they come instead of holding every series.
 
     Querying one metric name at a time over bounded time slices keeps each series query under the
     source's series limit (M3: 100,000 by default). A metric still over the limit is split by the values
-    of its label with most values, recursively.
+    of its label with most values, recursively. ``concurrency`` metrics are queried at once.
     """
-    seen: set[Labels] = set()
-    per_selector: list[list[Labels]] = []
-    for matchers in selectors:
-        found: list[Labels] = []
-        exact = [m.value for m in matchers if m.name == "__name__" and m.op == "="]
-        names = exact[:1] or sorted(api.label_values("__name__", selector_string(matchers), start_ms, end_ms))
-        for name in names:
+    # A series has one name: a metric's series are deduplicated among themselves, and (several selectors)
+    # against the same metric's series of the earlier selectors.
+    earlier: dict[str, set[Labels]] = {}
+
+    def metric_series(matchers: list[Matcher]) -> list[Labels]:
+        found: dict[Labels, None] = {}  # an ordered set: a series is listed by every slice it has samples in
+        for a in range(start_ms, end_ms + 1, slice_ms):
+            b = min(a + slice_ms - 1, end_ms)
+            found.update(dict.fromkeys(_series_split_on_limit(api, matchers, a, b)))
+        return list(found)
+
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="discovery") as pool:
+        for index, matchers in enumerate(selectors):
+            exact = [m.value for m in matchers if m.name == "__name__" and m.op == "="]
+            names = exact[:1] or sorted(api.label_values("__name__", selector_string(matchers), start_ms, end_ms))
             base = [m for m in matchers if not (m.name == "__name__" and m.op == "=")]
-            metric_matchers = [Matcher("__name__", "=", name), *base]
-            count = 0
-            for a in range(start_ms, end_ms + 1, slice_ms):
-                b = min(a + slice_ms - 1, end_ms)
-                for labels in _series_split_on_limit(api, metric_matchers, a, b):
-                    if labels not in seen:
-                        seen.add(labels)
-                        found.append(labels)
-                        count += 1
-            if on_metric:
-                on_metric(name, count)
-        per_selector.append(found)
-    return per_selector
+            queries = (pool.submit(metric_series, [Matcher("__name__", "=", name), *base]) for name in names)
+            # a few metrics in flight: the source answers one while the last answer is batched
+            pending = deque(itertools.islice(queries, concurrency))
+            for name in names:
+                series = pending.popleft().result()
+                pending.extend(itertools.islice(queries, 1))
+                before = earlier.get(name)
+                if before:
+                    series = [s for s in series if s not in before]
+                if len(selectors) > 1:
+                    earlier.setdefault(name, set()).update(series)
+                if on_metric:
+                    on_metric(name, len(series))
+                yield index, name, series
 
 
 def _series_split_on_limit(api: DiscoveryAPI, matchers: list[Matcher], a: int, b: int, depth: int = 0) -> list[Labels]:
@@ -263,16 +408,31 @@ def make_batches(
     selectors: Sequence[Sequence[Matcher]], per_selector: Sequence[Sequence[Labels]], max_series: int
 ) -> list[Batch]:
     """Disjoint batches of at most max_series series; small metrics share a batch, big ones are split."""
-    batches: list[Batch] = []
-    for matchers, series in zip(selectors, per_selector, strict=True):
+
+    def by_metric() -> Iterator[MetricSeries]:
+        for index, series in enumerate(per_selector):
+            by_name: dict[str, list[Labels]] = defaultdict(list)
+            for labels in series:
+                by_name[dict(labels).get("__name__", "")].append(labels)
+            for name in sorted(by_name):
+                yield index, name, by_name[name]
+
+    if len(selectors) != len(per_selector):
+        raise ValueError("one series list per selector")
+    return list(batch_metrics(selectors, by_metric(), max_series))
+
+
+def batch_metrics(
+    selectors: Sequence[Sequence[Matcher]], metrics: Iterable[MetricSeries], max_series: int
+) -> Iterator[Batch]:
+    """:func:`make_batches` of a stream of metrics (each selector's in name order, as
+    :func:`discover_metrics` yields them): each batch is made as soon as its series are known."""
+    for index, group in itertools.groupby(metrics, key=lambda metric: metric[0]):
         # Name matchers are implied by the discovered names, which the batch lists explicitly.
-        base = [m for m in matchers if m.name != "__name__"]
-        by_name: dict[str, list[Labels]] = defaultdict(list)
-        for labels in series:
-            by_name[dict(labels).get("__name__", "")].append(labels)
-        for extra, part in _pack_groups("__name__", by_name, max_series, used=set()):
-            batches.append(Batch.create([*extra[:1], *base, *extra[1:]], part))
-    return batches
+        base = [m for m in selectors[index] if m.name != "__name__"]
+        named = ((name, series) for _, name, series in group)
+        for extra, part in _pack_groups("__name__", named, max_series, used=set()):
+            yield Batch.create([*extra[:1], *base, *extra[1:]], part)
 
 
 def _value_matcher(label: str, values: list[str]) -> Matcher:
@@ -282,30 +442,27 @@ def _value_matcher(label: str, values: list[str]) -> Matcher:
 
 
 def _pack_groups(
-    label: str, groups: dict[str, list[Labels]], max_series: int, used: set[str]
-) -> list[tuple[list[Matcher], list[Labels]]]:
-    """Pack the value groups of one label into bins of at most max_series series, in value order.
+    label: str, groups: Iterable[tuple[str, list[Labels]]], max_series: int, used: set[str]
+) -> Iterator[tuple[list[Matcher], list[Labels]]]:
+    """Pack the value groups of one label (given in value order) into bins of at most max_series series.
 
     A bin becomes one matcher on the label (= or an alternation regex); a group too big for one bin is
     split further by another label.
     """
-    out: list[tuple[list[Matcher], list[Labels]]] = []
     bin_values: list[str] = []
     bin_series: list[Labels] = []
-    for value in sorted(groups):
-        group = groups[value]
+    for value, group in groups:
         if len(group) > max_series:
             for extra, part in _partition(group, max_series, used | {label}):
-                out.append(([Matcher(label, "=", value), *extra], part))
+                yield [Matcher(label, "=", value), *extra], part
             continue
         if bin_series and len(bin_series) + len(group) > max_series:
-            out.append(([_value_matcher(label, bin_values)], bin_series))
+            yield [_value_matcher(label, bin_values)], bin_series
             bin_values, bin_series = [], []
         bin_values.append(value)
         bin_series.extend(group)
     if bin_values:
-        out.append(([_value_matcher(label, bin_values)], bin_series))
-    return out
+        yield [_value_matcher(label, bin_values)], bin_series
 
 
 def _partition(series: list[Labels], max_series: int, used: set[str]) -> list[tuple[list[Matcher], list[Labels]]]:
@@ -321,7 +478,7 @@ def _partition(series: list[Labels], max_series: int, used: set[str]) -> list[tu
         for n in names:
             values[n][d.get(n, "")].append(labels)
     label = max(names, key=lambda n: (len(values[n]), n))
-    return _pack_groups(label, values[label], max_series, used)
+    return list(_pack_groups(label, sorted(values[label].items()), max_series, used))
 
 
 def split_batch(batch: Batch) -> list[Batch]:

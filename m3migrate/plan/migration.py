@@ -10,8 +10,18 @@ from dataclasses import dataclass
 from m3migrate.clients.m3admin import M3AdminClient, M3Namespace
 from m3migrate.clients.promql import PromQLClient
 from m3migrate.errors import ConfigError
-from m3migrate.plan.batches import DAY_MS, Labels, Plan, discover, make_batches
+from m3migrate.plan.batches import (
+    DAY_MS,
+    Batch,
+    Labels,
+    Plan,
+    batch_metrics,
+    discover,
+    discover_metrics,
+    make_batches,
+)
 from m3migrate.plan.tiers import Tier, plan_tiers, split_by_tier
+from m3migrate.relabel import Relabeler
 from m3migrate.settings.endpoints import SourceSettings
 from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
@@ -100,24 +110,26 @@ def build_plan(
     selectors = spec.selectors()
     tiers = source_tiers(source, spec, start_ms, end_ms)
     slice_ms = spec.discovery_slice_hours * 3_600_000 if spec.discovery_slice_hours else DAY_MS
-    per_tier: list[list[list[Labels]]] = []
-    for tier, a, b in split_by_tier(tiers, start_ms, end_ms):
-        headers = {**source.m3_headers(), **(tier.headers() if tier else {})}  # each tier in its own namespace
-        with PromQLClient(source.promql_base, source, extra_headers=headers) as promql:
-            per_tier.append(
-                discover(selectors, a, b, api=_PromQLDiscovery(promql), slice_ms=slice_ms, on_metric=on_metric)
+    max_series = min(spec.batch_max_series, source.max_series_per_query)
+    parts = list(split_by_tier(tiers, start_ms, end_ms))
+    batches: list[Batch] = []
+    if len(parts) == 1:  # one namespace: each metric is batched as soon as it is discovered
+        tier, a, b = parts[0]
+        with _discovery_client(source, tier) as promql:
+            found = discover_metrics(
+                selectors, a, b, api=_PromQLDiscovery(promql), slice_ms=slice_ms, on_metric=on_metric
             )
-    per_selector = merge_discoveries(per_tier)
-    relabeler = spec.relabeler()
-    collisions = relabeler.find_collisions(s for group in per_selector for s in group)
-    if collisions:
-        first, second, out = collisions[0]
-        raise ConfigError(
-            f"{len(collisions)}+ pairs of source series would become one series after relabeling, e.g. "
-            f"{dict(first)} and {dict(second)} both become {dict(out)}",
-            hint="their samples would overwrite each other: narrow the rename rule or the selectors",
-        )
-    batches = make_batches(selectors, per_selector, min(spec.batch_max_series, source.max_series_per_query))
+            batches.extend(batch_metrics(selectors, found, max_series))
+    else:
+        per_tier: list[list[list[Labels]]] = []
+        for tier, a, b in parts:
+            with _discovery_client(source, tier) as promql:
+                per_tier.append(
+                    discover(selectors, a, b, api=_PromQLDiscovery(promql), slice_ms=slice_ms, on_metric=on_metric)
+                )
+        batches = make_batches(selectors, merge_discoveries(per_tier), max_series)
+        del per_tier
+    check_collisions(spec.relabeler(), batches)
     return Plan(
         migration_id=migration_id,
         start_ms=start_ms,
@@ -128,6 +140,26 @@ def build_plan(
         writing=writing_settings(spec),
         tiers=tiers,
     )
+
+
+def _discovery_client(source: SourceSettings, tier: Tier | None) -> PromQLClient:
+    headers = {**source.m3_headers(), **(tier.headers() if tier else {})}  # each tier in its own namespace
+    return PromQLClient(source.promql_base, source, extra_headers=headers)
+
+
+def check_collisions(relabeler: Relabeler, batches: Sequence[Batch]) -> None:
+    """Refuse a plan whose relabeling makes two source series one (their samples would overwrite each
+    other). Without rules or added labels the series stay as discovered, distinct: nothing to check."""
+    if not relabeler.rules and not relabeler.add_labels:
+        return
+    collisions = relabeler.find_collisions(s for batch in batches for s in batch.decoded())
+    if collisions:
+        first, second, out = collisions[0]
+        raise ConfigError(
+            f"{len(collisions)}+ pairs of source series would become one series after relabeling, e.g. "
+            f"{dict(first)} and {dict(second)} both become {dict(out)}",
+            hint="their samples would overwrite each other: narrow the rename rule or the selectors",
+        )
 
 
 def source_tiers(source: SourceSettings, spec: MigrationSpec, start_ms: int, end_ms: int) -> list[Tier]:
