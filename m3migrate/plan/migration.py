@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -149,8 +150,9 @@ def _discovery_client(source: SourceSettings, tier: Tier | None) -> PromQLClient
 
 def check_collisions(relabeler: Relabeler, batches: Sequence[Batch]) -> None:
     """Refuse a plan whose relabeling makes two source series one (their samples would overwrite each
-    other). Without rules or added labels the series stay as discovered, distinct: nothing to check."""
-    if not relabeler.rules and not relabeler.add_labels:
+    other). Without rules, distinct series stay distinct unless one already has an added label (which the
+    added value overwrites) or an empty value (dropped): only then are the series relabeled one by one."""
+    if not relabeler.rules and not any(_may_merge(batch, relabeler.add_labels) for batch in batches):
         return
     collisions = relabeler.find_collisions(s for batch in batches for s in batch.decoded())
     if collisions:
@@ -160,6 +162,14 @@ def check_collisions(relabeler: Relabeler, batches: Sequence[Batch]) -> None:
             f"{dict(first)} and {dict(second)} both become {dict(out)}",
             hint="their samples would overwrite each other: narrow the rename rule or the selectors",
         )
+
+
+def _may_merge(batch: Batch, added: dict[str, str]) -> bool:
+    """Whether a series of the batch has one of the ``added`` label names, or an empty value. Read off the
+    batch's JSON text: a quote inside a string is escaped, so ``["name", `` is a label name and ``, ""]``
+    an empty value."""
+    text = batch.series_text
+    return ', ""]' in text or any(f"[{json.dumps(name, ensure_ascii=False)}, " in text for name in added)
 
 
 def source_tiers(source: SourceSettings, spec: MigrationSpec, start_ms: int, end_ms: int) -> list[Tier]:

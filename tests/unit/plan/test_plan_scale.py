@@ -7,8 +7,13 @@ import hashlib
 import json
 import tracemalloc
 
+import pytest
+
+from m3migrate.errors import ConfigError
 from m3migrate.plan.batches import Batch, Plan, batch_metrics, discover_metrics, make_batches, read_plan_object
+from m3migrate.plan.migration import check_collisions
 from m3migrate.plan.selectors import parse_selector
+from m3migrate.relabel import Relabeler
 from m3migrate.wire.codec import Matcher
 
 
@@ -93,3 +98,16 @@ def test_a_plan_file_with_other_spacing_or_key_order_reads_the_same():
     for text in (json.dumps(data, indent=1), json.dumps(dict(reversed(list(data.items()))), separators=(",", ":"))):
         loaded = Plan.from_json(read_plan_object(text))
         assert loaded.id == plan.id and loaded.batches == plan.batches
+
+
+def test_an_added_label_a_series_already_has_is_still_found_merging_two_series():
+    """The relabel pass is skipped only when nothing can merge: here the added label overwrites one."""
+    add = Relabeler([], add_labels={"source": "m3db"})
+    a = Batch.create([Matcher("__name__", "=", "a")], [(("__name__", "a"),), (("__name__", "a"), ("source", "x"))])
+    with pytest.raises(ConfigError, match="would become one series"):
+        check_collisions(add, [a])
+    empty = Batch("e", [Matcher("__name__", "=", "a")], [(("__name__", "a"),), (("__name__", "a"), ("k", ""))])
+    with pytest.raises(ConfigError, match="would become one series"):
+        check_collisions(Relabeler([]), [empty])
+    tricky = Batch.create([Matcher("__name__", "=", "a")], [(("__name__", "a"), ("v", '["source", x'))])
+    check_collisions(add, [tricky])  # the added name inside a value merges nothing
