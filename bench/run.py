@@ -16,6 +16,10 @@ Steps, each against fresh Prometheus 2.42 servers on 127.0.0.1:
                  once before measuring) and/or with its own ephemeral API per run (`ephemeral`, one
                  PREFECT_HOME whose database is created before measuring); wall time, CPU seconds
                  of the tool and of the Prefect API server, peak RSS
+Also reported: the machine's limit, cores x 1e9 / (the source's CPU ns per sample in step 1 + the
+receiver's in step 2, both from /proc/<pid>/stat), and each m3migrate run's wall and transfer rate as
+shares of it; the run's fixed costs (process start to its first write, its last write to the exit, seen
+by a timing relay in front of the receiver's write URL) and two replication passes with nothing new.
 After every write the target is read back and must hold exactly the source's series and samples.
 """
 
