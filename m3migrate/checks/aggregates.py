@@ -13,10 +13,11 @@ them over a range selector (promql/functions.go; stale markers are never part of
   differences, never proves equality. A server summing another way (another engine) makes every series
   differ and go to the samples level: slower, never wrong;
 * ``last_over_time``: the last value, exact;
-* ``timestamp(sel offset R)`` at the window's end: the timestamp of the last sample at or before the
-  window's start - 1 ms. A sample exactly there is inside the range on Prometheus 2 ([T-R, T]) and
-  outside on Prometheus 3 and Thanos ((T-R, T]); where one exists the figures are ambiguous and the
-  series goes to the samples level.
+* ``timestamp(sel offset R) == start - 1 ms`` at the window's end: the series whose last sample at or
+  before the window's start - 1 ms lies exactly there (the literal parses to the same double as Go's
+  ``float64(t) / 1000``: both are the correctly rounded quotient). A sample exactly there is inside
+  the range on Prometheus 2 ([T-R, T]) and outside on Prometheus 3 and Thanos ((T-R, T]); where one
+  exists the figures are ambiguous and the series goes to the samples level.
 
 No figure bounds timestamps inside the window (Prometheus 2.42 has no exact min/max-timestamp function),
 so a sample moved in time with its value, keeping count, sum and last, is found at the samples level
@@ -27,12 +28,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from m3migrate.clients.promql import format_seconds
 from m3migrate.errors import MalformedResponse
 from m3migrate.model import Labels
 
@@ -43,7 +45,7 @@ EXPRESSIONS = {
     "count": "count_over_time({sel}[{r}ms])",
     "sum": "sum_over_time({sel}[{r}ms])",
     "last": "last_over_time({sel}[{r}ms])",
-    "edge": "timestamp({sel} offset {r}ms)",
+    "edge": "timestamp({sel} offset {r}ms) == {edge}",  # filtered: only series with a sample exactly there
 }
 
 
@@ -117,18 +119,19 @@ def promql_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def figures_expression(selectors: dict[str, str], range_ms: int) -> str:
+def figures_expression(selectors: dict[str, str], range_ms: int, end_ms: int) -> str:
     """One expression answering every figure of every series under ``selectors`` (metric name ->
-    selector of that one name): the *_over_time functions drop the metric name, and `or` matches label
-    sets without it, so each name's vector carries it in NAME_LABEL (label_replace from the empty source
-    label, which always matches ""); each figure is tagged with AGGREGATE_LABEL, so that all the vectors
-    can be `or`-ed into one answer without one hiding another. The `or`s form a balanced tree: each
+    selector of that one name), evaluated at ``end_ms``: the *_over_time functions drop the metric name,
+    and `or` matches label sets without it, so each name's vector carries it in NAME_LABEL (label_replace
+    from the empty source label, which always matches ""); each figure is tagged with AGGREGATE_LABEL, so
+    that all the vectors can be `or`-ed into one answer without one hiding another. The `or`s form a balanced tree: each
     `or` hashes every label set of both sides, so a chain would cost the square of the terms."""
     terms = []
+    edge = format_seconds(end_ms - range_ms)
     for name, selector in sorted(selectors.items()):
         replacement = promql_string(name.replace("$", "$$"))
         for figure in FIGURES:
-            inner = EXPRESSIONS[figure].format(sel=selector, r=int(range_ms))
+            inner = EXPRESSIONS[figure].format(sel=selector, r=int(range_ms), edge=edge)
             named = f'label_replace({inner}, "{NAME_LABEL}", {replacement}, "", "")'
             terms.append(f'label_replace({named}, "{AGGREGATE_LABEL}", "{figure}", "", "")')
     return _balanced_or(terms)
@@ -148,12 +151,15 @@ def parse_figures(result: Any, *, endpoint: str) -> dict[Labels, TargetFigures]:
     if not isinstance(result, list):
         raise MalformedResponse("PromQL figures: expected a vector", endpoint=endpoint)
     try:
-        for item in result:
-            metric = dict(item["metric"])
+        for item in result:  # JSON gives str names and values: labels are sorted as they come (~per series)
+            metric = item["metric"]
             figure = metric.pop(AGGREGATE_LABEL)
             metric["__name__"] = metric.pop(NAME_LABEL)
             value = float(item["value"][1])
-            entry = out.setdefault(_labels(metric.items()), TargetFigures())
+            key = tuple(sorted(metric.items()))
+            entry = out.get(key)
+            if entry is None:
+                entry = out[key] = TargetFigures()
             if figure == "count":
                 entry.count = int(value)
             elif figure == "sum":
@@ -165,7 +171,3 @@ def parse_figures(result: Any, *, endpoint: str) -> dict[Labels, TargetFigures]:
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise MalformedResponse(f"PromQL figures: bad vector entry ({type(exc).__name__})", endpoint=endpoint) from None
     return out
-
-
-def _labels(items: Iterable[tuple[Any, Any]]) -> Labels:
-    return tuple(sorted((str(k), str(v)) for k, v in items))

@@ -623,7 +623,8 @@ class _Verifier:
         several target series stand for (replicas differing in ignored labels: merged at the samples level)."""
         # as _read_target_selector: R = window + 1 ms, exact on both range conventions but for a sample at
         # start - 1 ms, which the "edge" figure reveals
-        expr = figures_expression(self.name_selectors(view.batch, view.expected), window.end_ms - window.start_ms + 1)
+        range_ms = window.end_ms - window.start_ms + 1
+        expr = figures_expression(self.name_selectors(view.batch, view.expected), range_ms, window.end_ms)
         answer = self.query.query(expr, window.end_ms)
         endpoint = self.target_endpoint
         if answer.warnings:

@@ -400,7 +400,7 @@ def test_figures_are_the_target_engines_own(tmp_path):
         )
         settings = TargetSettings(write_url=f"{server.url}/api/v1/write", query_url=server.url)
         with PromQLClient(server.url, settings) as query:
-            expr = figures_expression({"k": '{__name__="k"}', "m": '{__name__="m"}'}, b - a + 1)
+            expr = figures_expression({"k": '{__name__="k"}', "m": '{__name__="m"}'}, b - a + 1, b)
             figures = parse_figures(query.query(expr, b).result, endpoint=server.url)
     finally:
         server.stop()

@@ -66,7 +66,7 @@ def test_figures_compare_as_the_samples_do():
 
 
 def test_figures_expression_keeps_names_apart_and_balances_the_ors():
-    expr = figures_expression({"a": '{__name__="a"}', "b$1": '{__name__="b$1"}'}, 60_000)
+    expr = figures_expression({"a": '{__name__="a"}', "b$1": '{__name__="b$1"}'}, 60_000, 1_060_000)
     assert expr.count(" or ") == 7 and expr.startswith("(((")  # 8 terms: a balanced tree of depth 3
     assert '"b$$1"' in expr  # a literal $ in label_replace's replacement
-    assert 'count_over_time({__name__="a"}[60000ms])' in expr and "offset 60000ms" in expr
+    assert 'count_over_time({__name__="a"}[60000ms])' in expr and "offset 60000ms) == 1000.000" in expr
