@@ -146,7 +146,8 @@ def measure(query_url: str, first_ms: int, last_ms: int, state_root: Path, days:
     for batch in plan.batches:
         for window in plan.windows:
             key = journal.key(batch.id, window.index)
-            result = TransferResult(batch.id, window.index, series=batch.size, samples=2 * batch.size)
+            size = getattr(batch, "size", None) or len(batch.series)  # (a plan before batches held text)
+            result = TransferResult(batch.id, window.index, series=size, samples=2 * size)
             journal.mark_done(key, result.as_dict())
     out["journal_write_s"] = round(time.monotonic() - t0, 2)
     out["journal_file_mb"] = round(journal.path.stat().st_size / 2**20, 2)
