@@ -29,7 +29,16 @@ from cli.console import (
     print_totals,
     progress_bar,
 )
-from cli.options import Inputs, bucket_command, own_process, parse_headers, startup_imports, step_command
+from cli.options import (
+    EvidenceOption,
+    Inputs,
+    SpotCheckOption,
+    bucket_command,
+    own_process,
+    parse_headers,
+    startup_imports,
+    step_command,
+)
 from m3migrate.errors import ConfigError, M3MigrateError
 from m3migrate.settings.spec import default_state_dir, format_validation_error, load_config_file
 
@@ -151,6 +160,8 @@ def verify(
         float, typer.Option(min=0.0, max=1.0, help="Check this share of the series (e.g. 0.01), every window.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the series sample.")] = 0,
+    evidence: EvidenceOption = "figures",
+    spot_check: SpotCheckOption = 0.01,
     report_dir: Annotated[
         Path | None, typer.Option(help="Write problems/windows CSV + Parquet and a PNG chart here.")
     ] = None,
@@ -186,6 +197,8 @@ def verify(
             report_dir=str(report_dir) if report_dir else None,
             seed=seed,
             ignore_labels=ignore_label or None,
+            evidence=evidence,
+            samples_fraction=spot_check,
         )
     except VerificationFailed as exc:
         if not exc.summary:
@@ -228,6 +241,8 @@ def close(
     sample_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Verify this share of the series (e.g. 0.01).")
     ] = 1.0,
+    evidence: EvidenceOption = "figures",
+    spot_check: SpotCheckOption = 0.01,
     replicate_deployment: Annotated[
         str, typer.Option(help="The deployment whose schedule a stop decision pauses.")
     ] = "replicate/replicate",
@@ -266,6 +281,8 @@ def close(
         sample_fraction=sample_fraction,
         state_dir=inputs.state_dir,
         lag_minutes=_minutes(lag),
+        evidence=evidence,
+        samples_fraction=spot_check,
     )
     out.print(f"flow run {result.flow_run_id}: decision {result.decision}", markup=False, highlight=False)
     schedule = result.schedule

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import typer
 from pydantic import ValidationError
@@ -18,6 +18,26 @@ from pydantic import ValidationError
 from cli.console import EXIT_CONFIG, EXIT_FAILED, console
 from m3migrate.errors import ConfigError, M3MigrateError
 from m3migrate.settings.spec import default_state_dir, format_validation_error, load_config_file
+
+# How verify and close compare a series × window (docs/verification.md); the names are
+# m3migrate.checks.verify.EVIDENCE (not imported here: the CLI starts without the verifier).
+EvidenceOption = Annotated[
+    Literal["figures", "samples"],
+    typer.Option(
+        help="figures: count, sum and last value per series × window from the target's engine, samples where "
+        "they differ and for --spot-check of the rest; samples: every sample compared (~5 µs of CPU each).",
+    ),
+]
+SpotCheckOption = Annotated[
+    float,
+    typer.Option(
+        "--spot-check",
+        min=0.0,
+        max=1.0,
+        help="With --evidence figures: this share of the series × windows whose figures agree is compared "
+        "sample by sample as well (same choice on every run).",
+    ),
+]
 
 # Options shared by every command that talks to the source and the target.
 SourceReadUrl = Annotated[

@@ -36,7 +36,7 @@ from pydantic import Field, ValidationError, field_validator
 from blocks import M3Source, ThanosTarget
 from flows.replicate import DEFAULT_LAG_MINUTES, replicate
 from flows.verify import verify_flow
-from m3migrate.checks.verify import VerificationFailed
+from m3migrate.checks.verify import DEFAULT_SAMPLES_FRACTION, VerificationFailed
 from m3migrate.errors import ConfigError
 from m3migrate.report import CloseResult, PassResult, figure_table, md, table
 from m3migrate.settings.spec import MigrationSpec, default_state_dir
@@ -274,10 +274,14 @@ def close(
     catch_up_lock_wait_seconds: float = 600.0,
     poll_interval_seconds: int = 10,
     migration_id: str | None = None,
+    evidence: Literal["figures", "samples"] = "figures",
+    samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
 ) -> CloseResult:
     """Final catch-up, verification, then wait for a human's decision: stop replication or keep it on.
 
     ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it).
+    ``evidence``/``samples_fraction``: how the verification compares (docs/verification.md); "samples"
+    compares every sample before the cutover, at ~5 µs of CPU per sample.
     """
     if not 0 < approval_timeout_hours <= MAX_APPROVAL_HOURS:
         raise ConfigError(f"approval_timeout_hours must be in (0, {MAX_APPROVAL_HOURS:.0f}]")
@@ -289,7 +293,9 @@ def close(
     # 1. final catch-up (a scheduled pass may be running: wait for it, it holds the lock)
     replication = final_catch_up(source, target, spec, state_dir, lag_minutes, catch_up_lock_wait_seconds)
     # 2. verification of everything copied so far: the bulk range and what replication added up to its watermark
-    verified, verification = verify_to_watermark(source, target, spec, root, migration_id, sample_fraction, state_dir)
+    verified, verification = verify_to_watermark(
+        source, target, spec, root, migration_id, state_dir, sample_fraction, evidence, samples_fraction
+    )
     result = CloseResult(migration_id, flow_run_id, replication, verification, verified)
     # 3. the gate: pause until a decision arrives, or the deadline passes
     gate = CutoverGate(result, ctx, approval_timeout_hours, poll_interval_seconds)
@@ -330,15 +336,24 @@ def verify_to_watermark(
     spec: MigrationSpec,
     root: Path,
     migration_id: str,
-    sample_fraction: float,
     state_dir: str | None,
+    sample_fraction: float = 1.0,
+    evidence: str = "figures",
+    samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
 ) -> tuple[bool, dict[str, Any]]:
     """Verify the migration up to the replication watermark: whether it passed, and its summary."""
     watermark = MigrationState(root, migration_id).load_replication().watermark_ms
     until = datetime.fromtimestamp(watermark / 1000, UTC) if watermark is not None else None
     try:
         verification = verify_flow(
-            source, target, spec, sample_fraction=sample_fraction, state_dir=state_dir, until=until
+            source,
+            target,
+            spec,
+            sample_fraction=sample_fraction,
+            state_dir=state_dir,
+            until=until,
+            evidence=evidence,
+            samples_fraction=samples_fraction,
         )
         return True, verification
     except VerificationFailed as exc:

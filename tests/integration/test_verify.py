@@ -343,7 +343,11 @@ def _cli(m: Migrated, target_url: str, *extra: str) -> list[str]:
 
 @pytest.mark.servers
 @pytest.mark.prefect
-def test_cli_prints_the_three_series_and_exits_1(migrated, prefect_api, tmp_path):
+@pytest.mark.parametrize(
+    ("evidence", "shown"),
+    [((), "figures: count, sum and last value"), (("--evidence", "samples"), "samples: every series × window")],
+)
+def test_cli_prints_the_three_series_and_exits_1(migrated, prefect_api, tmp_path, evidence, shown):
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
     cmd = _cli(
         migrated,
@@ -356,12 +360,14 @@ def test_cli_prints_the_three_series_and_exits_1(migrated, prefect_api, tmp_path
         str(tmp_path / "s"),
         "--show",
         "5",
+        *evidence,
     )
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
     for key in (migrated.altered_series, migrated.dropped_series, migrated.extra_series):
         assert series_text(key) in run.stdout, run.stdout
     assert "value differs" in run.stdout
+    assert shown in " ".join(run.stdout.split()), run.stdout
     assert (tmp_path / "r" / "samples_per_window.png").exists()
 
     no_query = subprocess.run(
