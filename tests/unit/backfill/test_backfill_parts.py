@@ -7,12 +7,12 @@ from __future__ import annotations
 import struct
 
 import pytest
+from read_responses import read_response
 
 from m3migrate.backfill.windows import BlockWindow, backfill_window, shared_relabeler
 from m3migrate.clients.bucket import Bucket
 from m3migrate.errors import MalformedResponse
 from m3migrate.plan.batches import Batch
-from m3migrate.prompb import ReadResponse
 from m3migrate.relabel import Relabeler
 from m3migrate.tsdb.reader import read_block
 from m3migrate.wire.codec import Matcher
@@ -24,17 +24,6 @@ WINDOW = BlockWindow(T0, T0 + H, T0 + 1000, T0 + H - 1000)
 
 def _bits(v: float) -> int:
     return struct.unpack("<Q", struct.pack("<d", v))[0]
-
-
-def _response(series: dict[str, list[tuple[int, float]]]) -> bytes:
-    rr = ReadResponse()
-    qr = rr.results.add()
-    for name, samples in series.items():
-        ts = qr.timeseries.add()
-        ts.labels.add(name="__name__", value=name)
-        for t, v in samples:
-            ts.samples.add(timestamp=t, value=v)
-    return rr.SerializeToString()
 
 
 def _run(tmp_path, parts, batch):
@@ -59,7 +48,7 @@ def test_a_part_is_written_with_only_its_batch_series_repaired_and_cut(tmp_path)
         ((("__name__", "ok"),), (("__name__", "shuffled"),), (("__name__", "wide"),)),
     )
     parts = [
-        _response(
+        read_response(
             {
                 "ok": [(a, 1.0), (b, 2.0)],
                 "other": [(a, 9.0)],  # another batch's series, matched by this batch's selector too
@@ -67,7 +56,7 @@ def test_a_part_is_written_with_only_its_batch_series_repaired_and_cut(tmp_path)
                 "wide": [(T0, 5.0), (a, 6.0), (T0 + H - 1, 7.0)],  # beyond the window's read range
             }
         ),
-        _response({"ok": [(T0 + 3000, 3.0)]}),  # the same series again, later (a split read)
+        read_response({"ok": [(T0 + 3000, 3.0)]}),  # the same series again, later (a split read)
     ]
     result, samples = _run(tmp_path, parts, batch)
     src = ("_source", "m3db")
@@ -82,7 +71,7 @@ def test_a_part_is_written_with_only_its_batch_series_repaired_and_cut(tmp_path)
 def test_two_values_at_one_time_are_refused(tmp_path):
     batch = Batch("b1", (Matcher("__name__", "=", "x"),), ((("__name__", "x"),),))
     with pytest.raises(MalformedResponse, match="two different values"):
-        _run(tmp_path, [_response({"x": [(T0 + 2000, 1.0), (T0 + 2000, 2.0)]})], batch)
+        _run(tmp_path, [read_response({"x": [(T0 + 2000, 1.0), (T0 + 2000, 2.0)]})], batch)
 
 
 def test_windows_share_one_relabeler_per_relabeling():
@@ -101,7 +90,7 @@ def test_a_read_error_after_some_parts_fails_the_window_and_uploads_nothing(tmp_
     read = []
 
     def parts():
-        yield batch, _response({"x": [(T0 + 2000, 1.0)]})
+        yield batch, read_response({"x": [(T0 + 2000, 1.0)]})
         read.append(1)
         raise MalformedResponse("remote read: broken", endpoint="remote read")
 
@@ -126,7 +115,7 @@ def test_relabeling_remembers_the_plans_own_label_tuples(tmp_path):
     batch = Batch("b1", (Matcher("__name__", "=", "x"),), (planned,))
     relabeler = shared_relabeler(Relabeler([], add_labels={"_source": "identity-test"}))
     backfill_window(
-        [(batch, _response({"x": [(T0 + 2000, 1.0)]}))],
+        [(batch, read_response({"x": [(T0 + 2000, 1.0)]}))],
         window=WINDOW,
         bucket=Bucket(tmp_path / "bucket"),
         relabeler=relabeler,

@@ -9,30 +9,19 @@ import math
 import struct
 
 import numpy as np
+from read_responses import read_response
 
 from m3migrate.checks.aggregates import Figures, figures_expression
 from m3migrate.checks.verify import SeriesData, _window_series
 from m3migrate.plan.batches import Window
-from m3migrate.prompb import ReadResponse
 from m3migrate.wire.codec import STALE_NAN_BITS
 
 WINDOW = Window(0, 1_000, 1_999)
 STALE = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]
 
 
-def _response(series: dict[str, list[tuple[int, float]]]) -> bytes:
-    rr = ReadResponse()
-    qr = rr.results.add()
-    for name, samples in series.items():
-        ts = qr.timeseries.add()
-        ts.labels.add(name="__name__", value=name)
-        for t, v in samples:
-            ts.samples.add(timestamp=t, value=v)
-    return rr.SerializeToString()
-
-
 def test_a_part_becomes_window_samples_per_series():
-    raw = _response(
+    raw = read_response(
         {
             "plain": [(999, 9.0), (1_000, 1.0), (1_500, STALE), (1_999, -0.0), (2_000, 2.0)],
             "unordered": [(1_700, 7.0), (1_100, 1.0), (1_700, 7.0), (1_300, math.nan)],
