@@ -274,7 +274,12 @@ def single_request(framed: bytes, samples: int) -> WriteBody:
     return WriteBody(compress(framed), 1, samples, len(framed), [framed])
 
 
-class _Packer:
+class Packer:
+    """Framed series into snappy WriteRequests of at most ``max_bytes`` (uncompressed) and ``max_samples``
+    each, in the order added; a series sliced over several requests (``continues``) keeps them in one
+    :class:`WriteChain`, sent in order. Both write paths use it: :func:`pack_write_requests` for
+    decoded series and the wire walk (m3migrate/wire/walk.py) for series cut straight from the read."""
+
     def __init__(self, max_bytes: int, max_samples: int) -> None:
         self.max_bytes = max_bytes
         self.max_samples = max_samples
@@ -314,7 +319,7 @@ def pack_write_requests(
     protobuf, never walked in Python; only a series over either bound is sliced, in time order, into
     consecutive requests of one chain.
     """
-    packer = _Packer(max_bytes, max_samples)
+    packer = Packer(max_bytes, max_samples)
     for label_bytes, ts in series:
         n = len(ts.samples)
         payload = ts.SerializeToString()

@@ -38,8 +38,8 @@ from m3migrate.prompb import QueryResult, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 from m3migrate.wire.codec import (
     MAX_SAMPLE_BYTES,
+    Packer,
     WriteChain,
-    _Packer,
     decode_read_response,
     encode_labels,
     encode_raw_labels,
@@ -411,7 +411,7 @@ def _decode_series(data: bytes, endpoint: str) -> TimeSeries:
         raise MalformedResponse(f"remote read: body is not a ReadResponse ({exc})", endpoint=endpoint) from None
 
 
-def _add_large(packer: _Packer, label_bytes: bytes, ts: TimeSeries) -> None:
+def _add_large(packer: Packer, label_bytes: bytes, ts: TimeSeries) -> None:
     """A series over either bound, sliced in time order into one chain (as codec.pack_write_requests)."""
     packer.flush()
     n = len(ts.samples)
@@ -424,7 +424,7 @@ def _add_large(packer: _Packer, label_bytes: bytes, ts: TimeSeries) -> None:
 
 
 def _add_exact(
-    packer: _Packer,
+    packer: Packer,
     ts: TimeSeries,
     keys: frozenset[Labels],
     labels: LabelCache,
@@ -479,7 +479,7 @@ def pack_query_result(
     adopt: Adopt | None = None,
 ) -> list[WriteChain]:
     """The exact path for decoded series: what pack_write_requests makes of the batch's series."""
-    packer = _Packer(max_bytes, max_samples)
+    packer = Packer(max_bytes, max_samples)
     aside: list[WriteChain] = []
     for ts in qr.timeseries if hasattr(qr, "timeseries") else qr:
         _add_exact(packer, ts, keys, labels, counters, adopt, aside)
@@ -504,7 +504,7 @@ def pack_read_response(
     if spans is None:
         qr = decode_read_response(raw, endpoint=labels.endpoint)
         return pack_query_result(qr, keys, labels, counters, max_bytes=max_bytes, max_samples=max_samples, adopt=adopt)
-    packer = _Packer(max_bytes, max_samples)
+    packer = Packer(max_bytes, max_samples)
     add = packer.add
     decided = labels.decisions(keys)
     view = memoryview(raw)
@@ -577,7 +577,7 @@ def _pack_alone(
     counters.series += 1
     counters.samples += n
     counters.non_utf8.append(label_bytes.shown)
-    packer = _Packer(max_bytes, max_samples)
+    packer = Packer(max_bytes, max_samples)
     if n <= max_samples and len(samples) + len(label_bytes) + 16 <= max_bytes:
         packer.add(_frame(label_bytes, samples), n)
     else:
