@@ -309,6 +309,17 @@ class Packer:
         self._parts, self._bytes, self._samples = [], 0, 0
         self._continues = False
 
+    def add_sliced(self, label_bytes: bytes, ts: TimeSeries) -> None:
+        """A series over either bound, sliced in time order into requests of its own, one chain."""
+        self.flush()
+        # the largest a sample can encode to, not the average: 0.0 values are omitted, so sizes vary
+        step = max(1, min(self.max_samples, (self.max_bytes - 64 - len(label_bytes)) // (MAX_SAMPLE_BYTES + 2)))
+        for i, start in enumerate(range(0, len(ts.samples), step)):
+            part = TimeSeries()
+            part.samples.extend(ts.samples[start : start + step])
+            self.add(frame_series(label_bytes, part.SerializeToString()), len(part.samples), continues=i > 0)
+            self.flush()
+
 
 def pack_write_requests(
     series: Iterable[tuple[bytes, TimeSeries]], *, max_bytes: int, max_samples: int
@@ -326,14 +337,7 @@ def pack_write_requests(
         if n <= max_samples and len(payload) + len(label_bytes) + 16 <= max_bytes:
             packer.add(frame_series(label_bytes, payload), n)
             continue
-        packer.flush()
-        per_sample = MAX_SAMPLE_BYTES  # not the average: 0.0 values are omitted, so sizes vary per sample
-        step = max(1, min(max_samples, (max_bytes - 64 - len(label_bytes)) // (per_sample + 2)))
-        for i, start in enumerate(range(0, n, step)):
-            part = TimeSeries()
-            part.samples.extend(ts.samples[start : start + step])
-            packer.add(frame_series(label_bytes, part.SerializeToString()), len(part.samples), continues=i > 0)
-            packer.flush()
+        packer.add_sliced(label_bytes, ts)
     packer.flush()
     return packer.chains
 

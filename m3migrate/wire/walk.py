@@ -37,7 +37,6 @@ from m3migrate.model import Labels
 from m3migrate.prompb import QueryResult, Sample, TimeSeries
 from m3migrate.relabel import Relabeler
 from m3migrate.wire.codec import (
-    MAX_SAMPLE_BYTES,
     Packer,
     WriteChain,
     decode_read_response,
@@ -411,18 +410,6 @@ def _decode_series(data: bytes, endpoint: str) -> TimeSeries:
         raise MalformedResponse(f"remote read: body is not a ReadResponse ({exc})", endpoint=endpoint) from None
 
 
-def _add_large(packer: Packer, label_bytes: bytes, ts: TimeSeries) -> None:
-    """A series over either bound, sliced in time order into one chain (as codec.pack_write_requests)."""
-    packer.flush()
-    n = len(ts.samples)
-    step = max(1, min(packer.max_samples, (packer.max_bytes - 64 - len(label_bytes)) // (MAX_SAMPLE_BYTES + 2)))
-    for i, start in enumerate(range(0, n, step)):
-        part = TimeSeries()
-        part.samples.extend(ts.samples[start : start + step])
-        packer.add(frame_series(label_bytes, part.SerializeToString()), len(part.samples), continues=i > 0)
-        packer.flush()
-
-
 def _add_exact(
     packer: Packer,
     ts: TimeSeries,
@@ -465,7 +452,7 @@ def _add_exact(
     if n <= packer.max_samples and len(payload) + len(label_bytes) + 16 <= packer.max_bytes:
         packer.add(frame_series(label_bytes, payload), n)
     else:
-        _add_large(packer, label_bytes, ts)
+        packer.add_sliced(label_bytes, ts)
 
 
 def pack_query_result(
@@ -554,7 +541,7 @@ def pack_read_response(
         if n <= max_samples and b - p + len(label_bytes) + 16 <= max_bytes:
             add(_frame(label_bytes, view[p:b]), n)
         else:
-            _add_large(packer, label_bytes, _decode_series(raw[p:b], labels.endpoint))
+            packer.add_sliced(label_bytes, _decode_series(raw[p:b], labels.endpoint))
     packer.flush()
     counters.series += series
     counters.samples += samples
@@ -581,7 +568,7 @@ def _pack_alone(
     if n <= max_samples and len(samples) + len(label_bytes) + 16 <= max_bytes:
         packer.add(_frame(label_bytes, samples), n)
     else:
-        _add_large(packer, label_bytes, _decode_series(samples, endpoint))
+        packer.add_sliced(label_bytes, _decode_series(samples, endpoint))
     packer.flush()
     for chain in packer.chains:
         chain.non_utf8 = label_bytes.shown
