@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -153,6 +154,10 @@ def check_collisions(relabeler: Relabeler, batches: Sequence[Batch]) -> None:
     other). Without rules, distinct series stay distinct unless one already has an added label (which the
     added value overwrites) or an empty value (dropped): only then are the series relabeled one by one."""
     if not relabeler.rules and not any(_may_merge(batch, relabeler.add_labels) for batch in batches):
+        for batch in batches:  # the label names are still checked before any data moves
+            if _INVALID_NAME.search(batch.series_text):
+                for labels in batch.decoded():
+                    relabeler(labels)  # raises naming the series and its invalid label name
         return
     collisions = relabeler.find_collisions(s for batch in batches for s in batch.decoded())
     if collisions:
@@ -162,6 +167,11 @@ def check_collisions(relabeler: Relabeler, batches: Sequence[Batch]) -> None:
             f"{dict(first)} and {dict(second)} both become {dict(out)}",
             hint="their samples would overwrite each other: narrow the rename rule or the selectors",
         )
+
+
+# A label pair of a batch's JSON text whose name is not a Prometheus label name (relabel.LABEL_NAME). Only a
+# pair starts with `["`: inside a string a quote is escaped.
+_INVALID_NAME = re.compile(r'\["(?![a-zA-Z_][a-zA-Z0-9_]*")')
 
 
 def _may_merge(batch: Batch, added: dict[str, str]) -> bool:

@@ -111,3 +111,17 @@ def test_an_added_label_a_series_already_has_is_still_found_merging_two_series()
         check_collisions(Relabeler([]), [empty])
     tricky = Batch.create([Matcher("__name__", "=", "a")], [(("__name__", "a"), ("v", '["source", x'))])
     check_collisions(add, [tricky])  # the added name inside a value merges nothing
+
+
+@pytest.mark.parametrize("name", ["host.name", "1st", "", "é", 'q"uote'])
+def test_an_invalid_label_name_is_refused_at_planning_without_rules(name):
+    """Prometheus refuses the label name (model.LabelNameRE of 2.42: [a-zA-Z_][a-zA-Z0-9_]*): the plan
+    says so before any data moves, also when the relabel pass itself is skipped."""
+    bad = Batch.create([Matcher("__name__", "=", "a")], [(("__name__", "a"),), (("__name__", "a"), (name, "v"))])
+    with pytest.raises(ConfigError, match="invalid label name"):
+        check_collisions(Relabeler([], add_labels={"_source": "m3db"}), [bad])
+
+
+def test_label_names_only_look_like_pairs_inside_values():
+    fine = Batch.create([Matcher("__name__", "=", "a")], [(("__name__", "a"), ("v", '["1st", "x'))])
+    check_collisions(Relabeler([], add_labels={"_source": "m3db"}), [fine])
