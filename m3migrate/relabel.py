@@ -377,9 +377,13 @@ class Relabeler:
         out = tuple(sorted((n, v) for n, v in current.items() if v != ""))
         for name, _ in out:
             if not LABEL_NAME.match(name):
+                came_from_source = any(n == name for n, _ in labels)
                 raise ConfigError(
                     f"relabeling produced the invalid label name {name!r} for series {dict(labels)}",
-                    hint="fix the relabel rule's target_label/replacement",
+                    hint="Prometheus and Thanos accept only [a-zA-Z_][a-zA-Z0-9_]* label names: rename it with a "
+                    "relabel rule (action labelmap, or replace into a valid target_label then labeldrop)"
+                    if came_from_source
+                    else "fix the relabel rule's target_label/replacement",
                 )
         if not out:
             raise ConfigError(f"relabeling removed every label of series {dict(labels)}")

@@ -118,8 +118,9 @@ def test_an_invalid_label_name_is_refused_at_planning_without_rules(name):
     """Prometheus refuses the label name (model.LabelNameRE of 2.42: [a-zA-Z_][a-zA-Z0-9_]*): the plan
     says so before any data moves, also when the relabel pass itself is skipped."""
     bad = Batch.create([Matcher("__name__", "=", "a")], [(("__name__", "a"),), (("__name__", "a"), (name, "v"))])
-    with pytest.raises(ConfigError, match="invalid label name"):
+    with pytest.raises(ConfigError, match="invalid label name") as refused:
         check_collisions(Relabeler([], add_labels={"_source": "m3db"}), [bad])
+    assert "labelmap" in (refused.value.hint or "")
 
 
 def test_label_names_only_look_like_pairs_inside_values():
