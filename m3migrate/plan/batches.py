@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -239,52 +238,17 @@ class Plan:
         return cls.from_json(read_plan_object(path.read_text(encoding="utf-8")))
 
 
-_DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"[ \t\n\r]*")
-
-
 def read_plan_object(text: str) -> Any:
-    """A saved plan's JSON object, its batches decoded one at a time into Batches: the whole document
-    as Python objects (~8x the file) is never held. Raises ValueError (json.JSONDecodeError) on bad JSON."""
+    """A saved plan's JSON object, each batch made a Batch as soon as the decoder has read it: the whole
+    document as Python objects (~8x the file) is never held, only one batch's decoded series at a time.
+    Raises ValueError (json.JSONDecodeError) on bad JSON."""
+    return json.loads(text, object_hook=_batch_or_object)
 
-    def skip(pos: int) -> int:
-        match = _SPACE.match(text, pos)
-        return match.end() if match else pos
 
-    def expect(pos: int, char: str) -> int:
-        pos = skip(pos)
-        if text[pos : pos + 1] != char:
-            raise json.JSONDecodeError(f"expected {char!r}", text, pos)
-        return skip(pos + 1)
-
-    if text[skip(0) : skip(0) + 1] != "{":
-        return json.loads(text)  # not an object: whatever it is, the caller says what is wrong with it
-    out: dict = {}
-    pos = expect(0, "{")
-    while text[pos : pos + 1] != "}":
-        key, pos = _DECODER.raw_decode(text, pos)
-        pos = expect(pos, ":")
-        if key == "batches" and text[pos : pos + 1] == "[":
-            batches: list[Batch | dict] = []
-            pos = skip(pos + 1)
-            while text[pos : pos + 1] != "]":
-                item, pos = _DECODER.raw_decode(text, pos)
-                batches.append(Batch.from_json(item) if isinstance(item, dict) and "series" in item else item)
-                pos = skip(pos)
-                if text[pos : pos + 1] == ",":
-                    pos = skip(pos + 1)
-            value, pos = batches, pos + 1
-        else:
-            value, pos = _DECODER.raw_decode(text, pos)
-        out[key] = value
-        pos = skip(pos)
-        if text[pos : pos + 1] == ",":
-            pos = skip(pos + 1)
-        elif text[pos : pos + 1] != "}":
-            raise json.JSONDecodeError("expected ',' or '}'", text, pos)
-    if skip(pos + 1) != len(text):
-        raise json.JSONDecodeError("extra data after the plan", text, pos + 1)
-    return out
+def _batch_or_object(data: dict) -> Batch | dict:
+    """json's object_hook, called bottom-up as each object closes: a batch's object (its series are lists
+    of pairs, never objects) becomes a Batch; any other object stays a dict."""
+    return Batch.from_json(data) if {"id", "matchers", "series"} <= data.keys() else data
 
 
 # ---------------------------------------------------------------------------------------------------
