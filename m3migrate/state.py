@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -255,9 +255,11 @@ class SavedSpec:
     target: dict
 
 
-def _load_json(path: Path) -> object:
+def _load_json(path: Path, parse: Callable[[str], object] = json.loads, encoding: str | None = None) -> object:
+    """A state file's JSON (``parse``: how its text becomes objects); a StateError saying how to recover
+    when it cannot be read."""
     try:
-        return json.loads(path.read_text())
+        return parse(path.read_text(encoding=encoding))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"state file {path} cannot be read: {exc}", hint="restore it, or --start-over") from None
 
@@ -350,10 +352,8 @@ class MigrationState:
         path = self.plan_path(stage)
         if not path.exists():
             return None
-        try:  # batch by batch: a plan of 10^6 series is never held as one tree of Python objects
-            data = read_plan_object(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateError(f"state file {path} cannot be read: {exc}", hint="restore it, or --start-over") from None
+        # batch by batch: a plan of 10^6 series is never held as one tree of Python objects
+        data = _load_json(path, read_plan_object, encoding="utf-8")  # Plan.save writes UTF-8
         check_version(path, data, known=tuple(range(1, PLAN_VERSION + 1)))
         return Plan.from_json(cast(dict, data))  # an object (check_version says so), with its version
 
