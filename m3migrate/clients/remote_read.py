@@ -36,7 +36,7 @@ LIMIT_MARKERS = ("query exceeded limit", "exceeded sample limit", "exceeded limi
 
 
 SourceEnd = Literal["unproven", "inclusive"]
-SourceKey = tuple[str, tuple[tuple[str, str], ...]]
+ReadSource = tuple[str, tuple[tuple[str, str], ...]]  # (read URL, namespace-choosing M3 headers)
 
 
 class EndSemantics:
@@ -58,13 +58,13 @@ class EndSemantics:
     """
 
     def __init__(self) -> None:
-        self._inclusive: set[SourceKey] = set()
+        self._inclusive: set[ReadSource] = set()
         self._lock = threading.Lock()
 
-    def of(self, key: SourceKey) -> SourceEnd:
+    def of(self, key: ReadSource) -> SourceEnd:
         return "inclusive" if key in self._inclusive else "unproven"
 
-    def prove_inclusive(self, key: SourceKey) -> None:
+    def prove_inclusive(self, key: ReadSource) -> None:
         with self._lock:
             self._inclusive.add(key)
 
@@ -77,7 +77,7 @@ class EndSemantics:
 END_SEMANTICS = EndSemantics()
 
 
-def source_key(url: str, headers: Mapping[str, str]) -> SourceKey:
+def read_source(url: str, headers: Mapping[str, str]) -> ReadSource:
     """The read URL and the namespace-choosing M3 headers of a request (M3-*, but not M3-Limit-*)."""
     route = ((k.lower(), v) for k, v in headers.items() if k.lower().startswith("m3-"))
     return url, tuple(sorted((k, v) for k, v in route if not k.startswith("m3-limit-")))
@@ -100,7 +100,7 @@ class RemoteReadClient(EndpointClient):
         super().__init__(settings, url=settings.read_url, **options)
         self.stats = ReadStats()
         self.headers = self.request_headers(settings)
-        self.source = source_key(self.url, self.headers)
+        self.source = read_source(self.url, self.headers)
 
     @staticmethod
     def request_headers(settings: SourceSettings) -> dict[str, str]:
@@ -123,7 +123,7 @@ class RemoteReadClient(EndpointClient):
         if end_ms < start_ms:
             raise ValueError(f"end {end_ms} before start {start_ms}")
         headers = {**self.headers, **pin} if pin else self.headers
-        source = source_key(self.url, headers) if pin else self.source
+        source = read_source(self.url, headers) if pin else self.source
         inclusive = END_SEMANTICS.of(source) == "inclusive"
         body = encode_read_request(matchers, start_ms, end_ms if inclusive else end_ms + 1)
         for attempt in self.retry.context(retry_transient):

@@ -19,7 +19,7 @@ import pytest
 import snappy
 from integration.test_m3_edges import SERIES, Labels, write
 
-from m3migrate.clients.remote_read import END_SEMANTICS, RemoteReadClient, source_key
+from m3migrate.clients.remote_read import END_SEMANTICS, RemoteReadClient, read_source
 from m3migrate.plan.batches import Window, make_windows
 from m3migrate.prompb import ReadRequest
 from m3migrate.settings.endpoints import SourceSettings
@@ -124,7 +124,7 @@ def test_prometheus_windows_are_exact_and_later_reads_ask_for_the_inclusive_end(
     assert again.ends == [w.end_ms for w in windows[:2]]
 
     # a read pinned to a namespace is another source: it learns for itself, starting from end + 1
-    assert END_SEMANTICS.of(source_key(url, UNAGGREGATED_PIN)) == "unproven"
+    assert END_SEMANTICS.of(read_source(url, UNAGGREGATED_PIN)) == "unproven"
 
 
 def test_m3_gateway_windows_are_exact_and_never_taken_for_end_inclusive(window_edges, prometheus):
