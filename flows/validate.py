@@ -17,7 +17,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
-from m3migrate.checks.validate import CHECKS, ValidationFailed, ValidationInput, ValidationReport, checks_for
+from m3migrate.checks.validate import (
+    CHECKS,
+    ValidationFailed,
+    ValidationInput,
+    ValidationReport,
+    checks_for,
+    shared_listings,
+)
 from m3migrate.settings.spec import MigrationSpec
 from tasks.validate import result_of, validation_check
 
@@ -56,18 +63,19 @@ def validate(
         bucket.settings() if bucket is not None else None,
         state_dir,
     )
-    futures = {
-        name: validation_check.with_options(
-            name=f"check-{re.sub(r'[^a-z0-9]+', '-', name.lower())}",
-            retries=retries,
-            retry_delay_seconds=retry_delay_seconds,
-        ).submit(name, inp)
-        for name in checks_for(spec)
-    }
     checks = []
-    for name, future in futures.items():
-        future.wait()
-        checks.append(result_of(name, future.state))
+    with shared_listings():  # the checks list the source's last hour once between them
+        futures = {
+            name: validation_check.with_options(
+                name=f"check-{re.sub(r'[^a-z0-9]+', '-', name.lower())}",
+                retries=retries,
+                retry_delay_seconds=retry_delay_seconds,
+            ).submit(name, inp)
+            for name in checks_for(spec)
+        }
+        for name, future in futures.items():
+            future.wait()
+            checks.append(result_of(name, future.state))
     report = ValidationReport(checks, migration_id=inp.migration_id)
     for check in report.checks:
         log = logger.error if check.status == "fail" else logger.warning if check.status == "warn" else logger.info

@@ -23,8 +23,11 @@ import itertools
 import json
 import math
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -95,6 +98,7 @@ __all__ = [
     "find_probe_sample",
     "resume_point",
     "run_all",
+    "shared_listings",
 ]
 
 Status = Literal["pass", "warn", "fail"]
@@ -553,10 +557,63 @@ def _check_tiers(name: str, inp: ValidationInput, namespaces: list[M3Namespace],
     )
 
 
-def _sample_series(promql: PromQLClient, spec: MigrationSpec, slice_ms: int = HOUR_MS) -> list[dict[str, str]]:
-    """The series of the spec's selectors in the last ``slice_ms`` of the range."""
-    start = max(spec.start_ms, spec.end_ms - slice_ms)
-    return promql.series(list(spec.match), start, spec.end_ms)
+class _LastHourListings:
+    """The last hour's series of the range, listed once per validation run.
+
+    Three checks (limits, naming, volume) need them and run at once as the flow's tasks: at 100,000
+    series each listing is ~100 MB of label sets and a few seconds of the source's time. Inside
+    :meth:`shared` (the flow's and run_all's scope) the first check lists them and the others wait for that
+    answer; a failed listing is not kept, so a retried check lists again. Outside a scope every call lists.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scopes = 0
+        self._answers: dict[tuple, Future[list[Labels]]] = {}
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._lock:
+            self._scopes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._scopes -= 1
+                if not self._scopes:
+                    self._answers.clear()
+
+    def series(self, src: SourceSettings, spec: MigrationSpec) -> list[Labels]:
+        """Sorted label sets of the series of the spec's selectors in the last hour of the range."""
+        start = max(spec.start_ms, spec.end_ms - HOUR_MS)
+        key = (src.promql_base, json.dumps(src.m3_headers(), sort_keys=True), tuple(spec.match), start, spec.end_ms)
+        with self._lock:
+            answer = self._answers.get(key) if self._scopes else None
+            if owner := answer is None:
+                answer = Future()
+                if self._scopes:
+                    self._answers[key] = answer
+        if owner:
+            try:
+                with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
+                    listed: list[Any] = promql.series(list(spec.match), start, spec.end_ms)
+                for i, labels in enumerate(listed):  # in place: one dict at a time becomes its tuple
+                    listed[i] = tuple(sorted(labels.items()))
+                answer.set_result(listed)
+            except BaseException as exc:
+                with self._lock:
+                    if self._answers.get(key) is answer:
+                        del self._answers[key]
+                answer.set_exception(exc)
+        return answer.result()
+
+
+_last_hour = _LastHourListings()
+
+
+def _a_metric_name(series: list[Labels]) -> str | None:
+    """The metric name of the first series that has one (a read probe's selector)."""
+    return next((v for labels in series for n, v in labels if n == "__name__" and v), None)
 
 
 def check_source_limits(inp: ValidationInput) -> CheckResult:
@@ -566,10 +623,10 @@ def check_source_limits(inp: ValidationInput) -> CheckResult:
     limit = src.limit_max_series or M3_DEFAULT_SERIES_LIMIT
     per_batch = min(spec.batch_max_series, src.max_series_per_query)
     try:
-        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
-            series = _sample_series(promql, spec)
+        series = _last_hour.series(src, spec)
+        metric = _a_metric_name(series)
         with RemoteReadClient(src, retry=ONE_TRY) as reader:
-            matchers = [Matcher("__name__", "=", series[0]["__name__"])] if series else _probe_matchers("x")
+            matchers = [Matcher("__name__", "=", metric)] if metric else _probe_matchers("x")
             reader.read(matchers, max(spec.start_ms, spec.end_ms - 5 * 60_000), spec.end_ms)
     except SourceLimitExceeded as exc:
         return CheckResult(
@@ -1158,11 +1215,9 @@ def check_naming(inp: ValidationInput) -> CheckResult:
     except ConfigError as exc:
         return CheckResult(name, "fail", f"the relabel rules do not compile: {exc}", exc.hint or "fix relabel_rules")
     try:
-        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
-            series = _sample_series(promql, spec)
+        labelsets = _last_hour.series(src, spec)
     except _ERRORS as exc:
         return failure(name, exc, side="source", url_flag="--source-query-url", what="source series")
-    labelsets = [tuple(sorted(s.items())) for s in series]
     try:
         for labels in labelsets:
             relabeler(labels)
@@ -1183,7 +1238,7 @@ def check_naming(inp: ValidationInput) -> CheckResult:
             f"-> {dict(out)}",
             "narrow the rename rule or the --match selectors so distinct series stay distinct",
         )
-    source_names = sorted({s.get("__name__", "") for s in series} - {""})
+    source_names = sorted({v for labels in labelsets for n, v in labels if n == "__name__"} - {""})
     if not tgt.promql_base:
         return CheckResult(
             name,
@@ -1271,13 +1326,11 @@ def check_volume(inp: ValidationInput) -> CheckResult:
     src, spec = inp.source, inp.spec
     range_ms = spec.end_ms - spec.start_ms
     try:
-        with PromQLClient(src.promql_base, src, retry=ONE_TRY, extra_headers=src.m3_headers()) as promql:
-            series = _sample_series(promql, spec)
+        series = _last_hour.series(src, spec)
         probe_samples = probe_series = probe_bytes = 0
         seconds = 0.0
         probe_ms = min(range_ms, 6 * HOUR_MS)
-        if series:
-            metric = series[0]["__name__"]
+        if metric := _a_metric_name(series):
             with RemoteReadClient(src, retry=ONE_TRY) as reader:
                 while True:  # a source limit (M3's range or series limit) shrinks the probe, as it splits reads
                     t0 = time.monotonic()
@@ -1435,6 +1488,13 @@ def run_check(name: str, inp: ValidationInput) -> CheckResult:
     return result
 
 
+def shared_listings() -> AbstractContextManager[None]:
+    """The scope of one validation run: checks run inside it list the source's last hour once."""
+    return _last_hour.shared()
+
+
 def run_all(inp: ValidationInput) -> ValidationReport:
     """Every check in order, without Prefect."""
-    return ValidationReport([run_check(n, inp) for n in checks_for(inp.spec)], migration_id=inp.migration_id)
+    with shared_listings():
+        checks = [run_check(n, inp) for n in checks_for(inp.spec)]
+    return ValidationReport(checks, migration_id=inp.migration_id)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -36,7 +37,9 @@ from m3migrate.checks.validate import (
     check_target_write,
     check_volume,
     run_all,
+    shared_listings,
 )
+from m3migrate.clients.promql import format_seconds
 from m3migrate.clients.remote_write import RemoteWriteClient
 from m3migrate.prompb import TimeSeries
 from m3migrate.settings.endpoints import SourceSettings, TargetSettings
@@ -406,6 +409,47 @@ def test_volume_estimate_and_whole_run_on_a_good_pair(source_history, prometheus
     assert volume.details["series"] > 0 and volume.details["samples"] > 0 and volume.details["expected_seconds"] > 0
     report = run_all(inp)
     assert not report.failed, report.to_markdown()
+
+
+def _last_hour_listings(m3: FakeM3Coordinator, spec: MigrationSpec) -> int:
+    """How many /api/v1/series requests the fake saw for the last hour of the spec's range."""
+    start = urlencode({"start": format_seconds(max(spec.start_ms, spec.end_ms - 3_600_000))}).encode()
+    return sum(1 for r in m3.requests_to("/api/v1/series") if start in r.body.split(b"&"))
+
+
+@pytest.mark.servers
+def test_one_validation_run_lists_the_last_hour_once(source_history, prometheus_target):
+    """limits, naming and volume all need the last hour's series: at 10^5 series each listing is ~100 MB
+    and seconds of the source's time, so a run lists them once; separate check calls list each time."""
+    target = prometheus_target()
+    stats = source_history.stats
+    upstream = source_history.server.url
+    with FakeM3Coordinator(upstream_read_url=f"{upstream}/api/v1/read", upstream_query_url=upstream) as m3:
+        source = SourceSettings(read_url=m3.read_url)
+        tgt = TargetSettings(write_url=f"{target.url}/api/v1/write", query_url=target.url)
+        spec = _spec(stats.start_ms, stats.end_ms)
+        inp = ValidationInput(source, tgt, spec)
+        report = {c.name: c for c in run_all(inp).checks}
+        assert _last_hour_listings(m3, spec) == 1
+        assert report["source limits"].status == "pass", report["source limits"]
+        assert report["naming"].status == "pass", report["naming"]
+        listed = report["source limits"].details["series_last_hour"]
+        assert listed == report["volume estimate"].details["series"] > 0
+        check_source_limits(inp)
+        check_volume(inp)
+        assert _last_hour_listings(m3, spec) == 3  # outside a run: each check asks the source itself
+
+
+def test_a_failed_listing_is_not_kept_for_the_retry():
+    """A check's task retries a transient failure: the retry must ask the source again, not get the old error."""
+    with FakeM3Coordinator(limit_error=True) as m3:
+        inp = _inp(SourceSettings(read_url=m3.read_url))
+        with shared_listings():
+            assert check_source_limits(inp).status == "fail"
+            m3.limit_error = False
+            assert check_source_limits(inp).status == "pass"
+            assert check_volume(inp).status == "pass"
+        assert _last_hour_listings(m3, inp.spec) == 2
 
 
 @pytest.mark.servers
