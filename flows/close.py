@@ -337,9 +337,9 @@ def verify_to_watermark(
     root: Path,
     migration_id: str,
     state_dir: str | None,
-    sample_fraction: float = 1.0,
-    evidence: str = "figures",
-    samples_fraction: float = DEFAULT_SAMPLES_FRACTION,
+    sample_fraction: float,
+    evidence: str,
+    samples_fraction: float,
 ) -> tuple[bool, dict[str, Any]]:
     """Verify the migration up to the replication watermark: whether it passed, and its summary."""
     watermark = MigrationState(root, migration_id).load_replication().watermark_ms
