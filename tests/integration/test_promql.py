@@ -362,6 +362,19 @@ def test_html_answer_is_malformed() -> None:
     assert "<!DOCTYPE html>" in caught.value.body
 
 
+@pytest.mark.parametrize("value", [5, None, ["x"]])
+def test_series_with_a_label_value_that_is_no_string_is_malformed(value) -> None:
+    """The series API answers label values as JSON strings (Prometheus' labels.Labels): anything else is
+    refused, never turned into a string that names another series."""
+    body = json.dumps({"status": "success", "data": [{"__name__": "up", "job": value}]}).encode()
+    with (
+        fake_canned_server_local(200, body, "application/json") as url,
+        PromQLClient(url, EndpointSettings(), retry=FAST_RETRY) as client,
+        pytest.raises(MalformedResponse, match="not a list of label sets"),
+    ):
+        client.series(["up"], 0, 1000)
+
+
 def test_warnings_are_returned_on_queries_and_refused_by_discovery() -> None:
     body = json.dumps(
         {"status": "success", "data": {"resultType": "vector", "result": []}, "warnings": ["store b down"]}
