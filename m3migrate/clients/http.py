@@ -6,6 +6,7 @@ import datetime
 import email.utils
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypedDict
@@ -182,17 +183,46 @@ def build_client(settings: EndpointSettings, *, max_connections: int = 16) -> ht
     )
 
 
-def _ssl_context(settings: EndpointSettings) -> ssl.SSLContext | bool:
+def _ssl_context(settings: EndpointSettings) -> ssl.SSLContext:
+    """The TLS context of an endpoint's client.
+
+    Building one loads the system CA store (~30 ms and tens of thousands of allocations), and a run builds
+    a client per task and check, so the two contexts that read no file of the user's are made once per
+    process and shared (an SSLContext is safe to share between threads and clients, and nothing here
+    changes it once made). A context with a CA file or client certificate is built per client, so a
+    rotated file is picked up by the next task.
+    """
     tls = settings.tls
+    ca_file = None if tls.insecure_skip_verify else tls.ca_file  # nothing is verified against it
+    if not (ca_file or (tls.cert_file and tls.key_file)):
+        return _shared_context(verify=not tls.insecure_skip_verify)
+    ctx = ssl.create_default_context(cafile=ca_file)
     if tls.insecure_skip_verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
+        _skip_verification(ctx)
     if tls.cert_file and tls.key_file:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
     return ctx
+
+
+_SHARED_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+_SHARED_CONTEXTS_LOCK = threading.Lock()
+
+
+def _shared_context(*, verify: bool) -> ssl.SSLContext:
+    """One context per process for each verify setting; the lock keeps a run's first checks, which
+    start at once, from each building one."""
+    with _SHARED_CONTEXTS_LOCK:
+        ctx = _SHARED_CONTEXTS.get(verify)
+        if ctx is None:
+            ctx = _SHARED_CONTEXTS[verify] = ssl.create_default_context()
+            if not verify:
+                _skip_verification(ctx)
+        return ctx
+
+
+def _skip_verification(ctx: ssl.SSLContext) -> None:
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -299,9 +329,7 @@ _RESET_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 def _speaks_tls(url: httpx.URL, timeout: float = 3.0) -> bool:
     """True when the port of a plain-HTTP URL completes a TLS handshake (the URL should be https)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = _shared_context(verify=False)
     try:
         with (
             socket.create_connection((url.host, url.port or 80), timeout=timeout) as sock,

@@ -284,6 +284,22 @@ def test_read_tls_without_ca_is_tls_error(secure_source: tuple[Server, int]) -> 
 
 
 @pytest.mark.servers
+def test_skipping_verification_reads_and_leaves_other_clients_verifying(secure_source: tuple[Server, int]) -> None:
+    """insecure_skip_verify reads from a server whose CA we lack; a client built after it still verifies."""
+    server, first = secure_source
+    auth = AuthSettings(username="reader", password="pw")
+    url = f"{server.url}/api/v1/read"
+    matchers = [Matcher("__name__", "=", "m3m_secure")]
+    insecure = SourceSettings(read_url=url, auth=auth, tls=TlsSettings(insecure_skip_verify=True))
+    with RemoteReadClient(insecure, retry=FAST) as reader:
+        got = as_dict(reader.read(matchers, first, first + 4 * MINUTE_MS))
+    assert list(got.values()) == [[(first + k * MINUTE_MS, bits(k + 0.5)) for k in range(5)]]
+    for _ in range(2):  # built after an insecure client, and twice: none of them skips verification
+        with RemoteReadClient(SourceSettings(read_url=url, auth=auth), retry=FAST) as reader, pytest.raises(TlsError):
+            reader.read(matchers, first, first)
+
+
+@pytest.mark.servers
 def test_prometheus_sample_limit_is_source_limit_exceeded(prometheus_target: Any) -> None:
     server = prometheus_target(extra_flags=["--storage.remote.read-sample-limit=1000"])
     first = now_ms() - 1500 * 1000
