@@ -13,6 +13,7 @@ block. Engine code: no Prefect here.
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import tempfile
@@ -21,6 +22,7 @@ import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -37,7 +39,7 @@ from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.encoding import has_raw_bytes, label_bytes
 from m3migrate.tsdb.errors import EmptyBlock
 from m3migrate.tsdb.meta import EXTENSION_KEY, BlockMeta
-from m3migrate.tsdb.samples import ReadArrays, read_response_arrays, series_arrays
+from m3migrate.tsdb.samples import ScannedResponse, scan_response, series_arrays
 from m3migrate.wire.codec import decode_read_response, show_labels, source_key
 
 log = logging.getLogger("m3migrate.backfill.windows")
@@ -177,11 +179,12 @@ def backfill_window(
         with writer:
             t_encode = 0.0
             owners: dict[Labels, str] = {}
+            relabeling = _relabeling(relabeler)
             prefetched = _prefetched(parts)
             try:
                 for batch, part in prefetched:
                     t0 = time.perf_counter()
-                    _add_part(writer, batch, part, window, relabeler, result, owners)
+                    _add_part(writer, batch, part, window, relabeler, result, owners, relabeling)
                     t_encode += time.perf_counter() - t0
                     del part
             finally:
@@ -245,13 +248,59 @@ _RELABELERS_MAX = 8
 def shared_relabeler(relabeler: Relabeler) -> Relabeler:
     """One Relabeler per process for each relabeling: its cache then spans every window (a flow task makes
     a new Relabeler per window, and relabeling costs ~15 us per series, as much as encoding 250 samples)."""
-    signature = repr((relabeler.rules, sorted(relabeler.add_labels.items())))
+    signature = _relabeling(relabeler)
     shared = _RELABELERS.get(signature)
     if shared is None:
         if len(_RELABELERS) >= _RELABELERS_MAX:
             _RELABELERS.clear()
         shared = _RELABELERS[signature] = relabeler
     return shared
+
+
+def _relabeling(relabeler: Relabeler) -> str:
+    return repr((relabeler.rules, sorted(relabeler.add_labels.items())))
+
+
+class _Skip(enum.Enum):
+    """Why a read series is not written into the block."""
+
+    FOREIGN = "foreign"  # another batch's series (or one the plan does not list): counted as foreign
+    EMPTY = "empty"  # no samples in this part
+    DROPPED = "dropped"  # a relabel rule drops it: counted as dropped
+    SET_ASIDE = "set aside"  # label bytes that are not UTF-8 meet a rule that needs text: listed
+
+
+Decision = Labels | _Skip
+
+
+class SeriesMemo:
+    """What each series of a batch became in the windows already written: its block labels, or that it
+    is foreign or dropped, keyed on its label bytes as the source sent them.
+
+    Every window of a migration reads the same series again; deciding one anew (decode its labels, look it
+    up in the plan, relabel it) costs ~20 us, as much as encoding 400 of its samples, so at 240 samples
+    per series and window it was most of the blocks path's CPU. Only parts whose labels are all UTF-8
+    are remembered (the rest keep the exact path), and only decisions that hold for every window; at
+    ``max_series`` entries (~150 B each) everything is forgotten and learnt again.
+    """
+
+    def __init__(self, max_series: int = 1_000_000) -> None:
+        self.max_series = max_series
+        self._tables: dict[tuple[str, bytes], dict[bytes, Decision]] = {}
+        self._lock = threading.Lock()
+
+    def table(self, relabeling: str, batch: Batch) -> dict[bytes, Decision]:
+        key = (relabeling, batch.fingerprint)
+        with self._lock:
+            found = self._tables.get(key)
+            if found is None:
+                if sum(map(len, self._tables.values())) >= self.max_series:
+                    self._tables.clear()
+                found = self._tables[key] = {}
+            return found
+
+
+_MEMO = SeriesMemo()
 
 
 def _add_part(
@@ -262,24 +311,19 @@ def _add_part(
     relabeler: Relabeler,
     result: BackfillResult,
     owners: dict[Labels, str] | None = None,
+    relabeling: str | None = None,
 ) -> None:
-    """One read part into the block: per series a decision on its labels (Python, per series), the
-    samples checked and encoded for the whole part at once (numpy and the compiled kernels).
+    """One read part into the block: per series a decision on its labels (Python, per series, or
+    remembered from an earlier window), the samples checked and encoded for the whole part at once
+    (numpy and the compiled kernels).
 
     ``owners``: the batch that writes each series with label bytes that are not UTF-8. The plan never
     holds their exact form (a series API shows such bytes as U+FFFD), so no batch lists them: the first
-    batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope)."""
-    labels_in, counts, t, bits, utf8 = _part_arrays(part)
-    keys = batch.keys if batch is not None else None
-    # the plan's own label tuples: what the relabeler's cache keeps then costs no memory of its own
-    canonical = {key: key for key in batch.series} if batch is not None else {}
-    chosen: list[int] = []
-    targets: list[Labels] = []
-    for i, (labels, n) in enumerate(zip(labels_in, counts.tolist(), strict=True)):
-        out = _target_labels(labels, n, keys, batch, relabeler, result, owners, utf8, canonical)
-        if out is not None:
-            chosen.append(i)
-            targets.append(out)
+    batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope).
+    ``relabeling``: the relabeler's signature, to remember decisions across windows (None: not kept)."""
+    arrays = _part_arrays(part)
+    counts, t, bits = arrays.counts, arrays.timestamps, arrays.bits
+    chosen, targets = _decide(arrays, batch, relabeler, result, owners, relabeling)
     if not chosen:
         return
     offsets = np.zeros(len(counts) + 1, np.int64)
@@ -301,27 +345,90 @@ def _add_part(
             bad[series_of[step_bad != offsets[series_of]]] = True
     if bad.any():
         targets, counts, t, bits = _repaired(targets, offsets, t, bits, bad, window)
-    writer.add_batch(targets, counts, t, bits, utf8=utf8)
+    writer.add_batch(targets, counts, t, bits, utf8=arrays.utf8)
 
 
-def _part_arrays(part: QueryResult | bytes) -> ReadArrays:
-    """A read part as (labels per series, samples per series, timestamps, value bits): the compiled walk
-    of the wire bytes, or (a response not in the canonical encoding, or a decoded part) protobuf."""
+def _decide(
+    arrays: _PartArrays,
+    batch: Batch | None,
+    relabeler: Relabeler,
+    result: BackfillResult,
+    owners: dict[Labels, str] | None,
+    relabeling: str | None,
+) -> tuple[list[int], list[Labels]]:
+    """The part's series to write (their indexes) and their block labels; the others counted."""
+    utf8, ns = arrays.utf8, arrays.counts.tolist()
+    memo: dict[bytes, Decision] | None = None
+    label_keys: list[bytes] = []
+    if relabeling is not None and batch is not None and utf8 and isinstance(arrays, ScannedResponse):
+        memo, label_keys = _MEMO.table(relabeling, batch), arrays.label_keys()
+    decisions: list[Decision | None] = [memo.get(k) for k in label_keys] if memo is not None else [None] * len(ns)
+    unknown = [i for i, known in enumerate(decisions) if known is None]
+    if unknown:
+        keys = batch.keys if batch is not None else None
+        # the plan's own label tuples: what the relabeler's cache keeps then costs no memory of its own
+        canonical = {key: key for key in batch.series} if batch is not None else {}
+        for i, labels in zip(unknown, arrays.labels(unknown), strict=True):
+            new = decisions[i] = _target_labels(labels, ns[i], keys, batch, relabeler, result, owners, utf8, canonical)
+            if memo is not None and new is not _Skip.EMPTY and new is not _Skip.SET_ASIDE:
+                memo[label_keys[i]] = new  # holds in every window
+    chosen: list[int] = []
+    targets: list[Labels] = []
+    for i, (d, n) in enumerate(zip(decisions, ns, strict=True)):
+        if d is _Skip.FOREIGN:
+            result.foreign_series += 1  # matched the read but belongs to another batch (or is new)
+        elif not n:
+            continue
+        elif d is _Skip.DROPPED:
+            result.dropped_series += 1
+        elif isinstance(d, tuple):
+            chosen.append(i)
+            targets.append(d)
+    return chosen, targets
+
+
+class _PartArrays(Protocol):
+    counts: np.ndarray
+    timestamps: np.ndarray
+    bits: np.ndarray
+
+    @property
+    def utf8(self) -> bool: ...
+
+    def labels(self, which: Sequence[int] | None = None) -> list[Labels]: ...
+
+
+@dataclass
+class _DecodedPart:
+    """A part decoded by protobuf (not canonically framed, or already decoded): no label bytes to key on."""
+
+    decoded: list[Labels]
+    counts: np.ndarray
+    timestamps: np.ndarray
+    bits: np.ndarray
+    utf8: bool = False
+
+    def labels(self, which: Sequence[int] | None = None) -> list[Labels]:
+        return self.decoded if which is None else [self.decoded[i] for i in which]
+
+
+def _part_arrays(part: QueryResult | bytes) -> _PartArrays:
+    """A read part as arrays (labels per series, samples per series, timestamps, value bits): the compiled
+    walk of the wire bytes, or (a response not in the canonical encoding, or a decoded part) protobuf."""
     if isinstance(part, bytes):
-        arrays = read_response_arrays(part)
-        if arrays is not None:
-            return arrays
+        scanned = scan_response(part)
+        if scanned is not None:
+            return scanned
         part = decode_read_response(part, endpoint="remote read")
     series = list(series_arrays(part))
     counts = np.array([len(s[1]) for s in series], np.int64)
     if not series:
-        return ReadArrays([], counts, np.zeros(0, np.int64), np.zeros(0, np.uint64), True)
-    return ReadArrays(
+        return _DecodedPart([], counts, np.zeros(0, np.int64), np.zeros(0, np.uint64), True)
+    return _DecodedPart(
         [s[0] for s in series],
         counts,
         np.concatenate([s[1] for s in series]),
         np.concatenate([s[2] for s in series]),
-        False,
     )
 
 
@@ -335,8 +442,8 @@ def _target_labels(
     owners: dict[Labels, str] | None,
     utf8: bool = False,
     canonical: Mapping[Labels, Labels] | None = None,
-) -> Labels | None:
-    """The labels a read series is written with, or None when it is not written (counted in result).
+) -> Decision:
+    """The labels a read series is written with, or why it is not written (the caller counts it).
     ``utf8``: the part's labels are known to be UTF-8 text (none holds raw bytes to look for);
     ``canonical``: the plan's label tuples, used in place of equal ones decoded from the read."""
     key = source_key(labels, endpoint="remote read")
@@ -353,10 +460,9 @@ def _target_labels(
             and owners.setdefault(key, batch.id) == batch.id
         )
     ):
-        result.foreign_series += 1  # matched the read but belongs to another batch (or is new)
-        return None
+        return _Skip.FOREIGN
     if not n:
-        return None
+        return _Skip.EMPTY
     raw_bytes = not utf8 and has_raw_bytes(n + v for n, v in key)
     try:
         out = relabeler(key)
@@ -366,10 +472,9 @@ def _target_labels(
         # as remote write does (wire.LabelCache): RE2 matches UTF-8 text, a name must be a legacy name
         why = "a relabel rule's regex" if isinstance(exc, UnicodeEncodeError) else str(exc)
         _set_aside(result, f"{show_labels(key)}: label bytes are not UTF-8 and {why} cannot be applied to them")
-        return None
+        return _Skip.SET_ASIDE
     if out is None:
-        result.dropped_series += 1
-        return None
+        return _Skip.DROPPED
     if raw_bytes and has_raw_bytes(n + v for n, v in out):
         # the block stores them byte-exact (Go strings are bytes), its labels sorted by bytes
         out = tuple(sorted(out, key=lambda label: label_bytes(label[0])))

@@ -80,6 +80,12 @@ class Batch:
     def keys(self) -> frozenset[Labels]:
         return frozenset(self.series)
 
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """A digest of the listed series: the same for this batch in a plan loaded again, different for
+        any other list (what a process may remember about a batch's series is keyed on it)."""
+        return hashlib.blake2b(self.series_text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
     @property
     def selector(self) -> str:
         return selector_string(self.matchers)

@@ -14,7 +14,7 @@ series, with every protobuf encoding of a Sample understood; only the label pref
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -90,19 +90,62 @@ class ReadArrays(NamedTuple):
 def read_response_arrays(raw: bytes) -> ReadArrays | None:
     """The series of a decompressed ReadResponse as arrays; None when it is not one QueryResult of
     canonically framed series (labels, then samples): the caller then decodes it whole."""
+    scanned = scan_response(raw)
+    if scanned is None:
+        return None
+    return ReadArrays(scanned.labels(), scanned.counts, scanned.timestamps, scanned.bits, scanned.utf8)
+
+
+class ScannedResponse:
+    """A read response walked into sample arrays, its series' labels still as the bytes they came in.
+
+    Equal label bytes are equal labels (the framing is canonical), so a caller that has seen a series in
+    an earlier response can recognise it by :meth:`label_keys` alone and decode only the labels it has
+    not seen (a label set costs ~5 us to decode, as much as 100 of its samples).
+    """
+
+    __slots__ = ("_ends", "_keys", "_raw", "_starts", "_utf8", "bits", "counts", "timestamps")
+
+    def __init__(
+        self, raw: bytes, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray, t: np.ndarray, bits: np.ndarray
+    ):
+        self._raw, self._starts, self._ends = raw, starts, ends
+        self._keys: list[bytes] | None = None
+        self._utf8: bool | None = None
+        self.counts, self.timestamps, self.bits = counts, t, bits
+
+    def label_keys(self) -> list[bytes]:
+        """Each series' label fields as sent."""
+        if self._keys is None:
+            raw = self._raw
+            self._keys = [raw[a:e] for a, e in zip(self._starts.tolist(), self._ends.tolist(), strict=True)]
+        return self._keys
+
+    @property
+    def utf8(self) -> bool:
+        """Every label is UTF-8 text (no surrogateescape'd bytes to look for)."""
+        if self._utf8 is None:
+            self._utf8 = _utf8(b"".join(self.label_keys()))
+        return self._utf8
+
+    def labels(self, which: Sequence[int] | None = None) -> list[Labels]:
+        """The label sets of the series ``which`` (indexes; all when None), decoded in one upb parse."""
+        keys = self.label_keys()
+        chosen = keys if which is None else [keys[i] for i in which]
+        if not chosen:
+            return []
+        parsed = _RawQueryResult.FromString(b"".join(b"".join((b"\x0a", uvarint(len(k)), k)) for k in chosen))
+        names = _NAMES if len(_NAMES) < _NAMES_MAX else {}
+        return [tuple((_name(lb.name, names), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
+
+
+def scan_response(raw: bytes) -> ScannedResponse | None:
+    """A decompressed ReadResponse walked by the compiled kernel; None when it is not one QueryResult of
+    canonically framed series (labels, then samples)."""
     ok, first, _, labels_end, counts, status, t, bits = scan_read_response(np.frombuffer(raw, np.uint8))
     if not ok or status.any():
         return None
-    if not len(counts):
-        return ReadArrays([], counts, t, bits, True)
-    heads = (
-        b"".join((b"\x0a", uvarint(e - a), raw[a:e])) for a, e in zip(first.tolist(), labels_end.tolist(), strict=True)
-    )
-    joined = b"".join(heads)
-    parsed = _RawQueryResult.FromString(joined)  # label prefixes only: one upb parse
-    names = _NAMES if len(_NAMES) < _NAMES_MAX else {}
-    labels = [tuple((_name(lb.name, names), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
-    return ReadArrays(labels, counts, t, bits, _utf8(joined))
+    return ScannedResponse(raw, first, labels_end, counts, t, bits)
 
 
 def _utf8(data: bytes) -> bool:

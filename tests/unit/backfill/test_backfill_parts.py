@@ -13,7 +13,7 @@ from m3migrate.backfill.windows import BlockWindow, backfill_window, shared_rela
 from m3migrate.clients.bucket import Bucket
 from m3migrate.errors import MalformedResponse
 from m3migrate.plan.batches import Batch
-from m3migrate.relabel import Relabeler
+from m3migrate.relabel import Relabeler, RelabelRule
 from m3migrate.tsdb.reader import read_block
 from m3migrate.wire.codec import Matcher
 
@@ -124,3 +124,64 @@ def test_relabeling_remembers_the_plans_own_label_tuples(tmp_path):
     )
     (key,) = relabeler._cache
     assert key is planned
+
+
+def _window(k: int) -> BlockWindow:
+    return BlockWindow(T0 + k * H, T0 + (k + 1) * H, T0 + k * H, T0 + (k + 1) * H - 1)
+
+
+def _backfill(tmp_path, batch, raw, relabeler, window):
+    return backfill_window(
+        [(batch, raw)],
+        window=window,
+        bucket=Bucket(tmp_path / "bucket"),
+        relabeler=relabeler,
+        external_labels={"backfill": "test"},
+        work_dir=tmp_path,
+    )
+
+
+def test_later_windows_decode_no_labels_and_count_every_series_again(tmp_path, monkeypatch):
+    """The second window of a batch recognises its series by their label bytes: no label set is decoded
+    again, and each window's counts (foreign, dropped; a series without samples is no count) are its own."""
+    from m3migrate.tsdb.samples import ScannedResponse
+
+    decoded: list[int] = []
+    labels = ScannedResponse.labels
+    monkeypatch.setattr(
+        ScannedResponse, "labels", lambda self, which=None: decoded.append(len(which)) or labels(self, which)
+    )
+    batch = Batch(
+        "b1", (Matcher("__name__", "=~", ".+"),), tuple((("__name__", n),) for n in ("drop_me", "gone", "ok"))
+    )
+    relabeler = Relabeler(
+        [RelabelRule(source_labels=["__name__"], regex="drop_.*", action="drop")], add_labels={"_source": "memo-test"}
+    )
+    results = []
+    for k in range(3):
+        t = T0 + k * H + 1000
+        raw = read_response({"drop_me": [(t, 1.0)], "gone": [], "ok": [(t, 2.0)], "other": [(t, 3.0)]})
+        results.append(_backfill(tmp_path, batch, raw, relabeler, _window(k)))
+    assert decoded == [4, 1, 1], "after the first window only the series without samples is decoded again"
+    for r in results:
+        assert (r.series, r.samples, r.foreign_series, r.dropped_series) == (1, 1, 1, 1)
+
+
+def test_what_is_remembered_is_the_plans_and_the_relabelings_own(tmp_path):
+    """A batch of another plan (same id, other series) and another relabeling decide anew."""
+    t = T0 + 1000
+    raw = read_response({"x": [(t, 1.0)], "y": [(t, 2.0)]})
+    matchers = (Matcher("__name__", "=~", ".+"),)
+    lists_x = Batch("b1", matchers, ((("__name__", "x"),),))
+    lists_y = Batch("b1", matchers, ((("__name__", "y"),),))
+    blocks = []
+    for k, (batch, source) in enumerate([(lists_x, "a"), (lists_y, "a"), (lists_y, "b")]):
+        result = _backfill(tmp_path / str(k), batch, raw, Relabeler([], add_labels={"_source": source}), WINDOW)
+        assert (result.series, result.foreign_series) == (1, 1)
+        (block,) = [p for p in (tmp_path / str(k) / "bucket").iterdir() if p.is_dir()]
+        blocks.append(sorted(read_block(block).samples()))
+    assert blocks == [
+        [(("__name__", "x"), ("_source", "a"))],
+        [(("__name__", "y"), ("_source", "a"))],
+        [(("__name__", "y"), ("_source", "b"))],
+    ]
