@@ -8,7 +8,6 @@ raise typed errors instead.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from m3migrate import bulkjson
 from m3migrate.clients.http import (
     EndpointClient,
     RetryPolicy,
@@ -289,7 +289,7 @@ class PromQLClient(EndpointClient):
             )
         raise_for_common_status(response, what=what)
         try:
-            envelope = json.loads(response.content)
+            envelope = bulkjson.loads(response.content)
         except (ValueError, UnicodeDecodeError):
             if response.is_success:
                 raise self._malformed(what, "the body is not JSON", response=response) from None

@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+from m3migrate import bulkjson
 from m3migrate.errors import ConfigError, SourceLimitExceeded
 from m3migrate.model import DAY_MS, Labels
 from m3migrate.plan.selectors import re2_escape
@@ -64,7 +65,7 @@ class Batch:
             series_text, size = _series_text(listed), len(listed)
             self.__dict__["series"] = listed  # given as tuples: the caller's own objects are the batch's
         self.series_text = series_text
-        self.size = len(json.loads(series_text)) if size is None else size
+        self.size = len(bulkjson.loads(series_text)) if size is None else size
 
     @cached_property
     def series(self) -> tuple[Labels, ...]:
@@ -74,7 +75,8 @@ class Batch:
 
     def decoded(self) -> tuple[Labels, ...]:
         """The series decoded anew, not kept (a pass over every batch of a plan)."""
-        return tuple(tuple(map(tuple, labels)) for labels in json.loads(self.series_text))
+        with bulkjson.collector_paused():  # the tuples are made while the lists are alive: tracked, too
+            return tuple(tuple(map(tuple, labels)) for labels in json.loads(self.series_text))
 
     @cached_property
     def keys(self) -> frozenset[Labels]:
@@ -248,7 +250,7 @@ def read_plan_object(text: str) -> Any:
     """A saved plan's JSON object, each batch made a Batch as soon as the decoder has read it: the whole
     document as Python objects (~8x the file) is never held, only one batch's decoded series at a time.
     Raises ValueError (json.JSONDecodeError) on bad JSON."""
-    return json.loads(text, object_hook=_batch_or_object)
+    return bulkjson.loads(text, object_hook=_batch_or_object)
 
 
 def _batch_or_object(data: dict) -> Batch | dict:
