@@ -42,6 +42,7 @@ def _cpu() -> float:
 def child(args: argparse.Namespace) -> None:
     """The measured blocks run (in its own process): plan, then every window, as the flow's task does."""
     t0, c0 = time.perf_counter(), _cpu()
+    from m3migrate import collector
     from m3migrate.backfill.windows import backfill_from_source, block_windows
     from m3migrate.clients.bucket import Bucket
     from m3migrate.clients.remote_read import RemoteReadClient
@@ -51,6 +52,7 @@ def child(args: argparse.Namespace) -> None:
     from m3migrate.timefmt import iso_ms
 
     t_import = time.perf_counter() - t0
+    collector.tune_for_bulk_data()  # as the flows do
     source = SourceSettings(read_url=args.read_url, query_url=args.query_url)
     spec = MigrationSpec(start=iso_ms(args.start), end=iso_ms(args.end), write_mode="blocks")
     plan = build_plan(source, spec, "bench-blocks", start_ms=args.start, end_ms=args.end)

@@ -51,12 +51,14 @@ def _profile_module():
 def child(a: argparse.Namespace) -> None:
     """The measured verification (its own process), with the plan the copy saved."""
     t0, c0 = time.perf_counter(), _cpu()
+    from m3migrate import collector
     from m3migrate.checks.verify import verify
     from m3migrate.settings.endpoints import SourceSettings, TargetSettings
     from m3migrate.settings.spec import MigrationSpec
     from m3migrate.state import MigrationState
     from m3migrate.timefmt import iso_ms
 
+    collector.tune_for_bulk_data()  # as the verify flow does
     source = SourceSettings(read_url=f"{a.source_url}/api/v1/read", query_url=a.source_url)
     target = TargetSettings(write_url=f"{a.target_url}/api/v1/write", query_url=a.target_url)
     spec = MigrationSpec(migration_id=MIGRATION_ID, start=iso_ms(a.start), end=iso_ms(a.end))

@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.transfer import dask_task_runner, run_transfer
+from m3migrate import collector
 from m3migrate.backfill.windows import BackfillResult, BlockWindow, block_windows
 from m3migrate.errors import ConfigError
 from m3migrate.plan.batches import Plan
@@ -91,6 +92,7 @@ def backfill_blocks(
     stage: Stage = "migrate",
 ) -> BackfillSummary:
     """Write every block window of the stage's saved plan into the bucket; returns the backfill's totals."""
+    collector.tune_for_bulk_data()  # this process now holds the migration's data
     state = MigrationState(Path(state_dir), migration_id)
     plan = state.load_plan(stage)
     if plan is None:

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
+from m3migrate import collector
 from m3migrate.checks.validate import (
     CHECKS,
     ValidationFailed,
@@ -53,6 +54,7 @@ def validate(
     on (not at its saved front, which lags the units written after it).
     ``bucket``: where write_mode blocks/hybrid uploads blocks (checked for writability).
     """
+    collector.tune_for_bulk_data()  # this process now holds the migration's data
     logger = get_run_logger()
     inp = ValidationInput(
         source.settings(),

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
+from m3migrate import collector
 from m3migrate.checks.verify import DEFAULT_SAMPLES_FRACTION, VerificationFailed, VerificationReport, verify
 from m3migrate.model import DEFAULT_IGNORE_LABELS
 from m3migrate.plan.batches import Plan
@@ -127,6 +128,7 @@ def verify_flow(
     ``evidence``/``samples_fraction``: see docs/verification.md ("samples": every series × window
     sample by sample).
     """
+    collector.tune_for_bulk_data()  # this process now holds the migration's data
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
     spec = resolve_spec(state_root, migration_id, spec, source.read_url, target.write_url)

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-from m3migrate import bulkjson
+from m3migrate import bulkjson, collector
 from m3migrate.errors import ConfigError, SourceLimitExceeded
 from m3migrate.model import DAY_MS, Labels
 from m3migrate.plan.selectors import re2_escape
@@ -75,7 +75,7 @@ class Batch:
 
     def decoded(self) -> tuple[Labels, ...]:
         """The series decoded anew, not kept (a pass over every batch of a plan)."""
-        with bulkjson.collector_paused():  # the tuples are made while the lists are alive: tracked, too
+        with collector.paused():  # the tuples are made while the lists are alive: tracked, too
             return tuple(tuple(map(tuple, labels)) for labels in json.loads(self.series_text))
 
     @cached_property

@@ -1,5 +1,5 @@
-"""bulkjson: JSON decoded with the cyclic GC paused, the collector's state given back exactly, also when
-threads decode at once or the decode fails."""
+"""collector and bulkjson: JSON decoded with the cyclic GC paused, the collector's state given back exactly
+(also when threads decode at once or the decode fails), and the thresholds of a process holding data."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import threading
 
 import pytest
 
-from m3migrate import bulkjson
+from m3migrate import bulkjson, collector
 
 
 @pytest.fixture(autouse=True)
 def _collector_on():
+    thresholds = gc.get_threshold()
     gc.enable()
     yield
     gc.enable()
+    gc.set_threshold(*thresholds)
 
 
 def test_decodes_as_json_does_and_pauses_the_collector_only_meanwhile():
@@ -49,17 +51,26 @@ def test_overlapping_pauses_in_two_threads_enable_the_collector_once_the_last_en
     states = []
 
     def other():
-        with bulkjson.collector_paused():
+        with collector.paused():
             inside.set()
             release.wait(10)
 
     thread = threading.Thread(target=other)
     thread.start()
     assert inside.wait(10)
-    with bulkjson.collector_paused():
+    with collector.paused():
         states.append(gc.isenabled())
     states.append(gc.isenabled())  # the other thread still decodes: the collector stays paused
     release.set()
     thread.join(10)
     states.append(gc.isenabled())
     assert states == [False, False, True]
+
+
+def test_bulk_thresholds_raise_the_defaults_and_never_lower_a_higher_setting():
+    gc.set_threshold(700, 10, 10)  # CPython's defaults
+    collector.tune_for_bulk_data()
+    assert gc.get_threshold() == collector.BULK_THRESHOLDS
+    gc.set_threshold(500_000, 10, 1000)
+    collector.tune_for_bulk_data()
+    assert gc.get_threshold() == (500_000, 20, 1000)
