@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_preset_args, count_all, read_chunk_ms, resolve_preset, start_bench_source, wait_quiet
 
-from m3migrate import collector
 from m3migrate.plan.migration import prepare
 from m3migrate.settings.endpoints import SourceSettings, TargetSettings
 from m3migrate.settings.spec import MigrationSpec
@@ -110,7 +109,6 @@ def run_engine(source_url: str, target_url: str, start_ms: int, end_ms: int, set
     src = SourceSettings(read_url=f"{source_url}/api/v1/read", query_url=source_url)
     tgt = TargetSettings(write_url=f"{target_url}/api/v1/write", query_url=target_url)
     state = MigrationState(tmp / "state", "bench-engine")
-    collector.tune_for_bulk_data()  # as the migrate flow does
     t0 = time.perf_counter()
     plan = prepare(src, spec, state, start_over=True).plan
     plan_s = time.perf_counter() - t0

@@ -23,7 +23,6 @@ from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from flows.transfer import run_transfer
-from m3migrate import collector
 from m3migrate.plan.batches import Plan
 from m3migrate.plan.migration import prepare
 from m3migrate.plan.tiers import tier_table
@@ -79,7 +78,6 @@ def migrate(
     The validation flow runs first (a failing check stops the migration before any data moves) unless
     skip_validation is set. write_mode blocks/hybrid upload history as TSDB blocks into ``bucket``.
     """
-    collector.tune_for_bulk_data()  # this process now holds the migration's data
     logger = get_run_logger()
     state_root = Path(state_dir) if state_dir else default_state_dir()
     state = MigrationState(state_root, spec.resolved_id(source.read_url, target.write_url))

@@ -18,7 +18,6 @@ from prefect.cache_policies import NONE
 
 from blocks import M3Source, ThanosTarget
 from flows.transfer import run_transfer
-from m3migrate import collector
 from m3migrate.errors import ConfigError
 from m3migrate.failpoints import failpoint
 from m3migrate.plan.batches import Plan
@@ -115,7 +114,6 @@ def replicate(
 
     ``migration_id`` alone is enough once migrate saved the spec (a spec given is checked against it).
     """
-    collector.tune_for_bulk_data()  # this process now holds the migration's data
     logger = get_run_logger()
     root = Path(state_dir) if state_dir else default_state_dir()
     spec = resolve_spec(root, migration_id, spec, source.read_url, target.write_url)

@@ -17,7 +17,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
-from m3migrate import collector
 from m3migrate.checks.validate import (
     CHECKS,
     ValidationFailed,
@@ -54,7 +53,6 @@ def validate(
     on (not at its saved front, which lags the units written after it).
     ``bucket``: where write_mode blocks/hybrid uploads blocks (checked for writability).
     """
-    collector.tune_for_bulk_data()  # this process now holds the migration's data
     logger = get_run_logger()
     inp = ValidationInput(
         source.settings(),
