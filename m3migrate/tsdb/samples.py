@@ -108,7 +108,7 @@ class ScannedResponse:
 
     def __init__(
         self, raw: bytes, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray, t: np.ndarray, bits: np.ndarray
-    ):
+    ) -> None:
         self._raw, self._starts, self._ends = raw, starts, ends
         self._keys: list[bytes] | None = None
         self._utf8: bool | None = None
