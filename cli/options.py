@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from cli.console import EXIT_CONFIG, EXIT_FAILED, console
+from m3migrate import collector
 from m3migrate.errors import ConfigError, M3MigrateError
 from m3migrate.settings.spec import default_state_dir, format_validation_error, load_config_file
 
@@ -333,15 +334,12 @@ def startup_imports() -> Iterator[None]:
     process) with the cyclic GC off: collecting again and again while they are created costs about a
     third of the start-up CPU. In a process the CLI owns they are then frozen (gc.freeze), so later
     collections do not scan them again. The GC is back on before any data moves."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if _process["owned"]:
-            gc.freeze()
-        if enabled:
-            gc.enable()
+    with collector.paused():
+        try:
+            yield
+        finally:
+            if _process["owned"]:
+                gc.freeze()
 
 
 @dataclass

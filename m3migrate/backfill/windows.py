@@ -310,8 +310,8 @@ def _add_part(
     window: BlockWindow,
     relabeler: Relabeler,
     result: BackfillResult,
-    owners: dict[Labels, str] | None = None,
-    relabeling: str | None = None,
+    owners: dict[Labels, str] | None,
+    relabeling: str,
 ) -> None:
     """One read part into the block: per series a decision on its labels (Python, per series, or
     remembered from an earlier window), the samples checked and encoded for the whole part at once
@@ -320,7 +320,7 @@ def _add_part(
     ``owners``: the batch that writes each series with label bytes that are not UTF-8. The plan never
     holds their exact form (a series API shows such bytes as U+FFFD), so no batch lists them: the first
     batch whose read returns one writes it, as remote write adopts it (transfer.PlanScope).
-    ``relabeling``: the relabeler's signature, to remember decisions across windows (None: not kept)."""
+    ``relabeling``: the relabeler's signature, under which decisions are remembered across windows."""
     arrays = _part_arrays(part)
     counts, t, bits = arrays.counts, arrays.timestamps, arrays.bits
     chosen, targets = _decide(arrays, batch, relabeler, result, owners, relabeling)
@@ -354,13 +354,13 @@ def _decide(
     relabeler: Relabeler,
     result: BackfillResult,
     owners: dict[Labels, str] | None,
-    relabeling: str | None,
+    relabeling: str,
 ) -> tuple[list[int], list[Labels]]:
     """The part's series to write (their indexes) and their block labels; the others counted."""
     utf8, ns = arrays.utf8, arrays.counts.tolist()
     memo: dict[bytes, Decision] | None = None
     label_keys: list[bytes] = []
-    if relabeling is not None and batch is not None and utf8 and isinstance(arrays, ScannedResponse):
+    if batch is not None and utf8 and isinstance(arrays, ScannedResponse):
         memo, label_keys = _MEMO.table(relabeling, batch), arrays.label_keys()
     decisions: list[Decision | None] = [memo.get(k) for k in label_keys] if memo is not None else [None] * len(ns)
     unknown = [i for i, known in enumerate(decisions) if known is None]
