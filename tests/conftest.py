@@ -116,3 +116,16 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def default_gc_thresholds() -> Iterator[tuple[int, int, int]]:
+    """CPython's default collector thresholds for the test (a flow may raise them), restored afterwards."""
+    import gc
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        yield (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)

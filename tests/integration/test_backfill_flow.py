@@ -4,6 +4,7 @@ a block edge with no gap and no overlap, validation checks the bucket, and the C
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import time
@@ -15,6 +16,7 @@ from progress_helpers import assert_advances, read_progress, recording
 
 from blocks import M3Source, ThanosBucket, ThanosTarget
 from cli.console import progress_bar
+from m3migrate import collector
 from m3migrate.backfill.windows import block_windows
 from m3migrate.checks.validate import ValidationInput, check_bucket, check_target_write
 from m3migrate.clients.bucket import BucketSettings
@@ -92,7 +94,7 @@ def test_cli_blocks_mode_without_a_bucket_exits_2():
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
-    prefect_api, source_history, prometheus_target, tmp_path
+    prefect_api, source_history, prometheus_target, tmp_path, default_gc_thresholds
 ):
     from flows.migrate import migrate
 
@@ -112,6 +114,7 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
             summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)
     finally:
         PROGRESS_LISTENERS.remove(bar_listener)
+    assert gc.get_threshold() == collector.BULK_THRESHOLDS, "the blocks flow collects as a data-holding process"
     windows = block_windows(start, end)
     assert summary["blocks_uploaded"] == len(windows) == len(_block_dirs(bucket_dir))
     # the migration's progress artifact (the key remote write uses) advanced window by window to 100 %,

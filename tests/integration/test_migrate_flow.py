@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -53,11 +54,12 @@ def _target_diff(expected: dict, target: Server, source: SourceSandbox) -> list[
 
 
 def test_fresh_target_without_ooo_window_gets_an_exact_copy(
-    prefect_api, source_history, prometheus_target, expected, tmp_path
+    prefect_api, source_history, prometheus_target, expected, tmp_path, default_gc_thresholds
 ):
     target = prometheus_target()
     source_block, target_block = _blocks(source_history, target.url)
     summary = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
+    assert gc.get_threshold() == default_gc_thresholds, "remote write (and validation) keep the collector's defaults"
     assert summary["samples"] == source_history.stats.samples
     assert summary["series"] == source_history.stats.series
     assert _target_diff(expected, target, source_history) == []

@@ -7,6 +7,7 @@ expectations come from the Prometheus behind it or from the data as written."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from m3migrate import collector
 from m3migrate.checks.verify import (
     CANONICAL_NAN_BITS,
     SeriesData,
@@ -291,7 +293,7 @@ def test_sampling_mode_checks_a_deterministic_fraction(migrated):
 
 @pytest.mark.servers
 @pytest.mark.prefect
-def test_flow_clean_and_failed_with_artifacts(migrated, tmp_path):
+def test_flow_clean_and_failed_with_artifacts(migrated, tmp_path, default_gc_thresholds):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -305,6 +307,7 @@ def test_flow_clean_and_failed_with_artifacts(migrated, tmp_path):
         report_dir=str(tmp_path / "clean"),
     )
     assert ok["ok"] and ok["samples_target"] == migrated.source_samples
+    assert gc.get_threshold() == collector.BULK_THRESHOLDS, "the verify flow collects as a data-holding process"
 
     source, target = migrated.blocks(migrated.altered_url)
     state = verify_flow(
