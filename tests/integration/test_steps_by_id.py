@@ -32,6 +32,7 @@ def _paused_close_run(migration_id: str, proc: subprocess.Popen, timeout: float 
     """The close run of this migration once it waits at the cutover gate with its form saved."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.input.actions import read_flow_run_input
     from prefect.input.run_input import keyset_from_paused_state
 
@@ -39,7 +40,10 @@ def _paused_close_run(migration_id: str, proc: subprocess.Popen, timeout: float 
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
-            for run in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["close"]))):
+            newest = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["close"])), sort=FlowRunSort.START_TIME_DESC, limit=20
+            )
+            for run in newest:
                 spec = run.parameters.get("spec") or {}
                 mine = spec.get("migration_id") == migration_id and run.state and run.state.is_paused()
                 if mine and read_flow_run_input(keyset_from_paused_state(run.state)["schema"], flow_run_id=run.id):
