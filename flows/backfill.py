@@ -42,7 +42,7 @@ from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
 from tasks.backfill import BackfillContext, backfill_block_window, clear_caches, get_bucket
 from tasks.context import unit_fields
-from tasks.transfer import notify, results_storage
+from tasks.transfer import notify, remember_plan, results_storage, stage_plan
 
 BLOCKS_PHASE = PHASES["backfill"]
 
@@ -90,11 +90,13 @@ def backfill_blocks(
     migration_id: str,
     state_dir: str,
     stage: Stage = "migrate",
+    plan_id: str | None = None,
 ) -> BackfillSummary:
-    """Write every block window of the stage's saved plan into the bucket; returns the backfill's totals."""
+    """Write every block window of the stage's saved plan into the bucket; returns the backfill's totals.
+    ``plan_id``: the plan the calling flow holds (then not read again in this process)."""
     collector.tune_for_bulk_data()  # this process now holds the migration's data
     state = MigrationState(Path(state_dir), migration_id)
-    plan = state.load_plan(stage)
+    plan = stage_plan(state, stage, plan_id)
     if plan is None:
         raise ConfigError(f"migration {migration_id!r} has no saved {stage} plan", hint="run the migrate flow")
     labels = spec.backfill_external_labels(migration_id)
@@ -234,13 +236,15 @@ def publish_backfill(migration_id: str, rows: list[dict[str, Any]], summary: Bac
 
 
 def run_backfill(
-    source: M3Source, spec: MigrationSpec, bucket: ThanosBucket, state: MigrationState, stage: Stage
+    source: M3Source, spec: MigrationSpec, bucket: ThanosBucket, state: MigrationState, stage: Stage, plan: Plan
 ) -> BackfillSummary:
-    """The backfill subflow on a runner that runs at most task_concurrency windows at once."""
+    """The backfill subflow of the stage's saved ``plan`` (shared with it in this process, not read again) on
+    a runner that runs at most task_concurrency windows at once."""
+    remember_plan(state, stage, plan)
     runner = dask_task_runner(spec) if spec.task_runner == "dask" else ThreadPoolTaskRunner(spec.task_concurrency)
     # Prefect types task_runner as TaskRunner[PrefectFuture[Any]], invariant in the future: PrefectHQ/prefect#16938
     return backfill_blocks.with_options(task_runner=runner)(  # type: ignore[arg-type]
-        source, spec, bucket, state.migration_id, str(state.dir.parent), stage
+        source, spec, bucket, state.migration_id, str(state.dir.parent), stage, plan.id
     )
 
 
@@ -263,12 +267,12 @@ def migrate_blocks(
     tail: TransferSummary | None = None
     if tail_plan is not None:
         logger.info("remote-write tail %s .. %s first", iso_ms(tail_plan.start_ms), iso_ms(tail_plan.end_ms))
-        tail = run_transfer(source, target, spec, state, "migrate")
+        tail = run_transfer(source, target, spec, state, "migrate", tail_plan)
     backfill_plan = plan_part(source, spec, state, boundary, "backfill")
     blocks: BackfillSummary | None = None
     if backfill_plan is not None:
         stage = backfill_stage(spec, boundary)
-        blocks = run_backfill(source, spec, bucket, state, stage)
+        blocks = run_backfill(source, spec, bucket, state, stage, backfill_plan)
         if stage == "migrate":  # no tail: the backfill was the whole migration
             mark_migrated(state, backfill_plan, blocks.samples)
     plan = backfill_plan or tail_plan

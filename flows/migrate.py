@@ -100,7 +100,7 @@ def migrate(
             summary = migrate_blocks(source, target, spec, state, bucket, start_over)
         else:
             plan = plan_migration(source, spec, state, start_over)
-            transfer = run_transfer(source, target, spec, state, "migrate")
+            transfer = run_transfer(source, target, spec, state, "migrate", plan)
             summary = MigrationSummary(
                 state.migration_id, plan.id, plan.series_count, transfer=transfer, tiers=tier_table(plan.tiers)
             )

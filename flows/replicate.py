@@ -134,7 +134,7 @@ def replicate(
                 return PassResult(
                     state.migration_id, "up-to-date", lag_seconds=round(lag, 1), source_changes=changes, **_late(late)
                 )
-            summary = run_transfer(source, target, spec, state, "replicate")
+            summary = run_transfer(source, target, spec, state, "replicate", plan)
             failpoint("replicate.finish")
             record_late_check(state, plan, lag_minutes * 60_000)
             outcome = finish_pass(state, plan, summary.samples)

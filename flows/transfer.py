@@ -36,7 +36,9 @@ from tasks.transfer import (
     TransferContext,
     close_transfers,
     notify,
+    remember_plan,
     results_storage,
+    stage_plan,
     transfer_segment,
 )
 
@@ -76,16 +78,18 @@ def transfer_windows(
     migration_id: str,
     state_dir: str,
     stage: Stage = "migrate",
+    plan_id: str | None = None,
 ) -> TransferSummary:
     """Run the front segment by segment (one task per batch group) and record the watermark after each.
 
     A subflow on Dask (it carries the Dask task runner: transfer_windows_flow); with threads, run_transfer
     calls it inside the calling flow. Its parameters stay small: the plan of the stage (bulk migration or
-    replication pass) is read from the migration's state, not passed through the Prefect API.
+    replication pass) is read from the migration's state, not passed through the Prefect API; ``plan_id``
+    names the one the caller holds (then not read again in this process).
     """
     logger = get_run_logger()
     state = MigrationState(Path(state_dir), migration_id)
-    plan = state.load_plan(stage)
+    plan = stage_plan(state, stage, plan_id)
     if plan is None:
         raise ConfigError(f"migration {migration_id!r} has no saved {stage} plan", hint=f"run the {stage} flow")
     progress = state.load_progress(stage)
@@ -159,14 +163,22 @@ def transfer_windows_flow() -> Flow[..., TransferSummary]:
 
 
 def run_transfer(
-    source: M3Source, target: ThanosTarget, spec: MigrationSpec, state: MigrationState, stage: Stage
+    source: M3Source,
+    target: ThanosTarget,
+    spec: MigrationSpec,
+    state: MigrationState,
+    stage: Stage,
+    plan: Plan | None = None,
 ) -> TransferSummary:
-    """Run a stage's saved plan on the spec's task runner (the caller holds the migration's lock).
+    """Run a stage's saved plan on the spec's task runner (the caller holds the migration's lock); ``plan``:
+    that plan as the caller has it, so this process does not read it again.
 
     Each run starts at the endpoints' configured concurrency again: what the adaptive limiters learned
     from an earlier run's 429/503s may no longer hold."""
     reset_limits()
-    args = (source, target, spec, state.migration_id, str(state.dir.parent), stage)
+    if plan is not None:
+        remember_plan(state, stage, plan)
+    args = (source, target, spec, state.migration_id, str(state.dir.parent), stage, plan.id if plan else None)
     try:
         if spec.task_runner == "thread":
             # Segments run one after another in the calling flow (the engine's Front moves task_concurrency

@@ -129,3 +129,19 @@ def default_gc_thresholds() -> Iterator[tuple[int, int, int]]:
         yield (700, 10, 10)
     finally:
         gc.set_threshold(*before)
+
+
+@pytest.fixture
+def plan_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every saved plan this process reads from a state directory, in order (the parsed text's first bytes)."""
+    import m3migrate.state
+
+    reads: list[str] = []
+    parse = m3migrate.state.read_plan_object
+
+    def counted(text: str):
+        reads.append(text[:80])
+        return parse(text)
+
+    monkeypatch.setattr(m3migrate.state, "read_plan_object", counted)
+    return reads

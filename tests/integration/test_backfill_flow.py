@@ -94,7 +94,7 @@ def test_cli_blocks_mode_without_a_bucket_exits_2():
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
-    prefect_api, source_history, prometheus_target, tmp_path, default_gc_thresholds
+    prefect_api, source_history, prometheus_target, tmp_path, default_gc_thresholds, plan_reads
 ):
     from flows.migrate import migrate
 
@@ -115,6 +115,7 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
     finally:
         PROGRESS_LISTENERS.remove(bar_listener)
     assert gc.get_threshold() == collector.BULK_THRESHOLDS, "the blocks flow collects as a data-holding process"
+    assert plan_reads == [], "the backfill and its window tasks use the plan the run made, not a copy read back"
     windows = block_windows(start, end)
     assert summary["blocks_uploaded"] == len(windows) == len(_block_dirs(bucket_dir))
     # the migration's progress artifact (the key remote write uses) advanced window by window to 100 %,

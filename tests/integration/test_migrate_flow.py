@@ -54,17 +54,19 @@ def _target_diff(expected: dict, target: Server, source: SourceSandbox) -> list[
 
 
 def test_fresh_target_without_ooo_window_gets_an_exact_copy(
-    prefect_api, source_history, prometheus_target, expected, tmp_path, default_gc_thresholds
+    prefect_api, source_history, prometheus_target, expected, tmp_path, default_gc_thresholds, plan_reads
 ):
     target = prometheus_target()
     source_block, target_block = _blocks(source_history, target.url)
     summary = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
     assert gc.get_threshold() == default_gc_thresholds, "remote write (and validation) keep the collector's defaults"
+    assert plan_reads == [], "the run transfers the plan it made: its tasks in this process do not read it back"
     assert summary["samples"] == source_history.stats.samples
     assert summary["series"] == source_history.stats.series
     assert _target_diff(expected, target, source_history) == []
 
     again = migrate(source_block, target_block, _spec(source_history), state_dir=str(tmp_path))
+    assert len(plan_reads) == 2, "a resume reads the saved plan once for validation's probe and once to run it"
     assert again["samples_moved_now"] == 0, "a rerun of a finished migration must write nothing"
     assert again["tasks_cached"] == again["tasks"] > 1
     assert _target_diff(expected, target, source_history) == []
