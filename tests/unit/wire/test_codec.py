@@ -446,3 +446,20 @@ def test_block_reader_raises_on_a_corrupt_uvarint() -> None:
     assert read_uvarint(memoryview(b"\xac\x02"), 0) == (300, 2)
     with pytest.raises(ValueError, match="not a uvarint at byte 1"):
         read_uvarint(b"\x00\x80", 1)
+
+
+_LABEL_TEXT = st.one_of(st.text(max_size=8), st.text(min_size=100, max_size=140), st.just(""))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_LABEL_TEXT, _LABEL_TEXT), max_size=6))
+def test_encode_labels_is_what_upb_serializes(labels: list[tuple[str, str]]) -> None:
+    """Hand-framed or not (long fields, empty ones, multi-byte text), the bytes are the message's."""
+    expected = TimeSeries(labels=[Label(name=n, value=v) for n, v in labels]).SerializeToString()
+    assert encode_labels(labels) == expected
+    assert encode_labels(iter(labels)) == expected
+
+
+def test_encode_labels_refuses_text_that_is_not_utf8() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        encode_labels([("__name__", "up"), ("job", "\udcff")])
