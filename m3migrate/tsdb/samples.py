@@ -15,7 +15,7 @@ series, with every protobuf encoding of a Sample understood; only the label pref
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from m3migrate.model import Labels
 from m3migrate.prompb import QueryResult, TimeSeries
 from m3migrate.tsdb.kernels import scan_read_response
-from m3migrate.wire.codec import BytesQueryResult, uvarint
+from m3migrate.wire.codec import BytesQueryResult, decode_ascii_labels, uvarint
 
 SeriesArrays = tuple[Labels, np.ndarray, np.ndarray]  # labels as sent, int64 ms, uint64 value bits
 
@@ -129,14 +129,18 @@ class ScannedResponse:
         return self._utf8
 
     def labels(self, which: Sequence[int] | None = None) -> list[Labels]:
-        """The label sets of the series ``which`` (indexes; all when None), decoded in one upb parse."""
+        """The label sets of the series ``which`` (indexes; all when None): ASCII ones read directly, the
+        others in one upb parse."""
         keys = self.label_keys()
         chosen = keys if which is None else [keys[i] for i in which]
-        if not chosen:
-            return []
-        parsed = _RawQueryResult.FromString(b"".join(b"".join((b"\x0a", uvarint(len(k)), k)) for k in chosen))
-        names = _NAMES if len(_NAMES) < _NAMES_MAX else {}
-        return [tuple((_name(lb.name, names), _text(lb.value)) for lb in ts.labels) for ts in parsed.timeseries]
+        decoded = [decode_ascii_labels(k, _NAME_TEXT) for k in chosen]
+        rest = [i for i, labels in enumerate(decoded) if labels is None]
+        if rest:
+            frames = b"".join(b"".join((b"\x0a", uvarint(len(chosen[i])), chosen[i])) for i in rest)
+            names = _NAMES if len(_NAMES) < _NAMES_MAX else {}
+            for i, ts in zip(rest, _RawQueryResult.FromString(frames).timeseries, strict=True):
+                decoded[i] = tuple((_name(lb.name, names), _text(lb.value)) for lb in ts.labels)
+        return cast(list[Labels], decoded)
 
 
 def scan_response(raw: bytes) -> ScannedResponse | None:
@@ -158,6 +162,7 @@ def _utf8(data: bytes) -> bool:
 
 
 _NAMES: dict[bytes, str] = {}  # label names repeat in every series: one str each, not one per series
+_NAME_TEXT: dict[str, str] = {}  # the same for the ASCII labels read without upb
 _NAMES_MAX = 10_000
 
 

@@ -249,6 +249,49 @@ def encode_labels(labels: Iterable[tuple[str, str]]) -> bytes:
     return b"".join(fields)
 
 
+LABEL_NAMES_KEPT = 10_000  # distinct label names a decoder shares one str of
+
+
+def decode_ascii_labels(fields: bytes, names: dict[str, str]) -> Labels | None:
+    """The labels of a TimeSeries' label fields (``encode_labels``' output, as a source frames them), read
+    without message objects (~2.3 us for six labels against ~7.5 through upb) when every byte is ASCII and
+    each label is a name then a value, both set: with no byte >= 0x80 every length is one byte, so a
+    character's index is its byte's. None for anything else (multi-byte text, an empty field, another
+    field or order): the caller then decodes through the message. ``names``: one str per label name,
+    shared by every series (at most LABEL_NAMES_KEPT are added)."""
+    try:
+        text = fields.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    labels = []
+    pos, end = 0, len(text)
+    try:
+        while pos < end:
+            size, name_size = ord(text[pos + 1]), ord(text[pos + 3])
+            name_end = pos + 4 + name_size
+            value_size = ord(text[name_end + 1])
+            if (
+                text[pos] != "\n"
+                or text[pos + 2] != "\n"
+                or text[name_end] != "\x12"
+                or size != name_size + value_size + 4
+                or not name_size
+                or not value_size
+            ):
+                return None
+            name = text[pos + 4 : name_end]
+            shared = names.get(name)
+            if shared is None:
+                shared = name
+                if len(names) < LABEL_NAMES_KEPT:
+                    names[name] = name
+            pos = name_end + 2 + value_size
+            labels.append((shared, text[name_end + 2 : pos]))
+    except IndexError:
+        return None
+    return tuple(labels) if pos == end else None
+
+
 def encode_raw_labels(labels: Iterable[tuple[str, str]]) -> bytes:
     """encode_labels for labels holding bytes that are not UTF-8 (decoded with ``surrogateescape``):
     framed by hand, each name and value re-encoded to its original bytes, empty fields omitted as upb

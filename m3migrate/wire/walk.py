@@ -39,6 +39,7 @@ from m3migrate.relabel import Relabeler
 from m3migrate.wire.codec import (
     Packer,
     WriteChain,
+    decode_ascii_labels,
     decode_read_response,
     encode_labels,
     encode_raw_labels,
@@ -182,6 +183,7 @@ class LabelCache:
         self.by_batch: dict[int, tuple[frozenset[Labels], dict[bytes, Decision]]] = {}
         self._decided = 0
         self._lock = threading.Lock()
+        self._names: dict[str, str] = {}  # one str per label name (decode_ascii_labels)
 
     def key(self, labels: Labels) -> Labels:
         """Sorted labels; the source must not send two labels with one name."""
@@ -221,13 +223,16 @@ class LabelCache:
     def learn_prefix(self, prefix: bytes) -> tuple[Labels, bytes | None]:
         """Decode a series' label prefix (all field-1 records) once; later windows find it by its bytes.
         Decoded as bytes, so a label that is not UTF-8 does not fail the read (see :class:`NonUTF8`)."""
-        try:
-            view = _LabelsView.FromString(prefix)
-        except DecodeError as exc:
-            raise MalformedResponse(
-                f"remote read: body is not a ReadResponse ({exc})", endpoint=self.endpoint
-            ) from None
-        entry = (self.key(tuple((_text(label.name), _text(label.value)) for label in view.labels)), None)
+        labels = decode_ascii_labels(prefix, self._names)
+        if labels is None:
+            try:
+                view = _LabelsView.FromString(prefix)
+            except DecodeError as exc:
+                raise MalformedResponse(
+                    f"remote read: body is not a ReadResponse ({exc})", endpoint=self.endpoint
+                ) from None
+            labels = tuple((_text(label.name), _text(label.value)) for label in view.labels)
+        entry = (self.key(labels), None)
         self._remember(prefix, entry)
         return entry
 

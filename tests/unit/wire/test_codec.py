@@ -29,6 +29,7 @@ from m3migrate.wire.codec import (
     Matcher,
     WriteChain,
     compress,
+    decode_ascii_labels,
     decode_read_response,
     decompress,
     encode_labels,
@@ -463,3 +464,42 @@ def test_encode_labels_is_what_upb_serializes(labels: list[tuple[str, str]]) -> 
 def test_encode_labels_refuses_text_that_is_not_utf8() -> None:
     with pytest.raises(UnicodeEncodeError):
         encode_labels([("__name__", "up"), ("job", "\udcff")])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_LABEL_TEXT, _LABEL_TEXT), max_size=6))
+def test_ascii_label_fields_decode_to_what_was_encoded(labels: list[tuple[str, str]]) -> None:
+    """Short ASCII labels with both fields set come back as given (one shared str per name); anything
+    else is left to upb (None)."""
+    names: dict[str, str] = {}
+    decoded = decode_ascii_labels(encode_labels(labels), names)
+    direct = all(n.isascii() and v.isascii() and n and v and len(n) + len(v) + 4 < 128 for n, v in labels)
+    assert decoded == (tuple(labels) if direct else None)
+    if decoded:
+        again = decode_ascii_labels(encode_labels(labels), names)
+        assert again is not None and all(a[0] is b[0] for a, b in zip(decoded, again, strict=True))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(st.tuples(st.text("ab_", min_size=1, max_size=3), st.text("xy", min_size=1, max_size=3)), max_size=3),
+    st.integers(0, 40),
+    st.integers(0, 255),
+    st.booleans(),
+)
+def test_ascii_label_decoding_never_disagrees_with_upb(
+    labels: list[tuple[str, str]], at: int, byte: int, cut: bool
+) -> None:
+    """On label fields with one byte changed, or cut short, a decoded answer is upb's; what it does not
+    read is refused, never misread."""
+    fields = bytearray(encode_labels(labels))
+    if fields and cut:
+        del fields[at % len(fields) :]
+    elif fields:
+        fields[at % len(fields)] = byte
+    decoded = decode_ascii_labels(bytes(fields), {})
+    if decoded is None:
+        return
+    parsed = TimeSeries.FromString(bytes(fields))
+    assert decoded == tuple((lb.name, lb.value) for lb in parsed.labels)
+    assert parsed.SerializeToString() == fields
