@@ -4,6 +4,8 @@ RSS, beside the raw remote-read rate of the same source in the same run (the pat
     .venv/bin/python bench/blocks.py --series 1000 --hours 96 --interval 15
     .venv/bin/python bench/blocks.py --series 100000 --hours 2 --interval 30
     .venv/bin/python bench/blocks.py --series 1000 --hours 96 --cli      # the CLI (Prefect, validation)
+    .venv/bin/python bench/blocks.py --series 1000,10000,100000 --hours 2 --interval 30 --cli --prefect-server
+                                                                         # a sweep: one table row per data set
 
 ``engine`` (default) runs plan + every block window (read, encode, upload into a local bucket) in a child
 process, ``task_concurrency`` windows at once as the flow does, so its CPU and peak RSS are the blocks
@@ -58,6 +60,7 @@ def child(args: argparse.Namespace) -> None:
     plan = build_plan(source, spec, "bench-blocks", start_ms=args.start, end_ms=args.end)
     t_plan = time.perf_counter() - t0
     work = Path(args.work)
+    bucket = Bucket(work / "bucket")  # one per process, as the flow's tasks share it (tasks.backfill.get_bucket)
     with RemoteReadClient(source) as reader, ThreadPoolExecutor(spec.task_concurrency) as pool:
 
         def one(window):  # what the flow's backfill-window task does
@@ -65,7 +68,7 @@ def child(args: argparse.Namespace) -> None:
                 reader,
                 plan.batches,
                 window=window,
-                bucket=Bucket(work / "bucket"),
+                bucket=bucket,
                 relabeler=spec.relabeler(),
                 external_labels={"backfill": "bench"},
                 work_dir=work,
@@ -142,8 +145,8 @@ def run_cli(a: argparse.Namespace, src, target_url: str, start: int, end: int, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--series", type=int, default=1000)
-    ap.add_argument("--hours", type=float, default=24)
+    ap.add_argument("--series", default="1000", help="series count, or a comma list (a sweep)")
+    ap.add_argument("--hours", default="24", help="hours of history, or a comma list (a sweep)")
     ap.add_argument("--interval", type=int, default=15)
     ap.add_argument("--m3", action="store_true", help="read through the sandbox's M3 gateway")
     ap.add_argument("--cli", action="store_true", help="run the CLI (Prefect, validation) instead of the engine")
@@ -168,9 +171,29 @@ def main() -> None:
         child(a)
         return
 
+    runs = [(series, hours) for series in _numbers(a.series, int) for hours in _numbers(a.hours, float)]
+    rows = [measure(a, series, hours) for series, hours in runs]
+    if len(rows) > 1:
+        print(f"\n{'CLI' if a.cli else 'engine'}, {a.interval} s between samples:\n")
+        print("| series | hours | samples | wall | samples/s | x raw read | tool CPU ns/sample | peak RSS |")
+        print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for row in rows:
+            print(
+                f"| {row['series']:,} | {row['hours']:g} | {row['samples'] / 1e6:.1f} M | {row['seconds']:.1f} s "
+                f"| {row['rate'] / 1e6:.2f} M | {row['x_raw']:.2f} | {row['ns_per_sample']:,.0f} "
+                f"| {row['peak_rss'] / 2**20:,.0f} MB |"
+            )
+
+
+def _numbers(text: str, kind: type) -> list:
+    return [kind(part) for part in str(text).split(",") if part]
+
+
+def measure(a: argparse.Namespace, series: int, hours: float) -> dict:
+    """One data set: the raw read, then the engine or the CLI on it; prints and returns the figures."""
     from common import read_chunk_ms, start_bench_source
 
-    p = {"series": a.series, "days": a.hours / 24, "interval": a.interval}
+    p = {"series": series, "days": hours / 24, "interval": a.interval}
     with tempfile.TemporaryDirectory(prefix="m3migrate-bench-blocks-") as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
@@ -185,7 +208,7 @@ def main() -> None:
             stats = src.stats
             start, end, samples = stats.start_ms, stats.end_ms, stats.samples
             print(f"source: {stats.series:,} series, {samples:,} samples ({time.perf_counter() - t0:.0f} s to start)")
-            chunk_ms = read_chunk_ms(a.series, a.interval)
+            chunk_ms = read_chunk_ms(series, a.interval)
             raw_s, nbytes = raw_read(src.read_url, start, end, chunk_ms)
             rate = samples / raw_s / 1e6
             print(f"raw remote read: {rate:.2f} M samples/s ({raw_s:.1f} s, {nbytes / samples:.1f} B/sample)")
@@ -229,6 +252,15 @@ def main() -> None:
     extra = {k: round(v, 2) for k, v in r.items() if k.endswith("_s") and k != "cpu_s"}
     if extra:
         print("  " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+    return {
+        **r,
+        "series": series,
+        "hours": hours,
+        "samples": samples,
+        "rate": rate,
+        "x_raw": rate * raw_s / samples,
+        "ns_per_sample": r["cpu_s"] / samples * 1e9,
+    }
 
 
 if __name__ == "__main__":

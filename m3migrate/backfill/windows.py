@@ -174,7 +174,12 @@ def backfill_window(
     }
     with tempfile.TemporaryDirectory(prefix="m3migrate-block-", dir=work_dir) as tmp:
         writer = BlockWriter(
-            Path(tmp), min_time=window.min_time, max_time=window.max_time, external_labels=labels, extensions=ext
+            Path(tmp),
+            min_time=window.min_time,
+            max_time=window.max_time,
+            external_labels=labels,
+            extensions=ext,
+            durable=False,  # staged for the upload, then deleted: the bucket's copy is the one that lasts
         )
         with writer:
             t_encode = 0.0

@@ -266,7 +266,11 @@ class Bucket:
 
     def blocks(self, external_labels: Mapping[str, str] | None = None) -> builtins.list[BlockMeta]:
         """Complete blocks (with meta.json), optionally only those of one external label set."""
-        metas = [m for m in (self.read_meta(u) for u in self.block_ids()) if m is not None]
+        ids = self.block_ids()
+        with self._lock:  # once, not once per block: every window lists the whole bucket
+            known = [self._metas.get(u) for u in ids]
+        read = (m if m is not None else self.read_meta(u) for u, m in zip(ids, known, strict=True))
+        metas = [m for m in read if m is not None]
         if external_labels is not None:
             want = dict(external_labels)
             metas = [m for m in metas if m.labels == want]

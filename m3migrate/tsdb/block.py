@@ -100,7 +100,11 @@ class BlockWriter:
         max_segment_bytes: int = MAX_SEGMENT_BYTES,
         flush_samples: int = 1_000_000,
         extensions: Mapping[str, Any] | None = None,
+        durable: bool = True,
     ) -> None:
+        """``durable``: fsync every file before the block gets its final name, as Prometheus does; False
+        for a block staged only to be uploaded (its copy in the bucket is what must last, and a crash
+        loses nothing but the staging directory, which the window's next run rewrites)."""
         if max_time <= min_time:
             raise TsdbError(f"block range [{min_time}, {max_time}) is empty")
         if not external_labels:
@@ -121,6 +125,7 @@ class BlockWriter:
         self.extensions = dict(extensions or {})
         self.samples_per_chunk = samples_per_chunk
         self.flush_samples = flush_samples
+        self.durable = durable
         self.parent = Path(parent)
         self.path = self.parent / self.ulid
         self.tmp_path = self.parent / f"{self.ulid}.tmp"
@@ -331,7 +336,8 @@ class BlockWriter:
             extensions=self.extensions,
         )
         write_meta(self.tmp_path / META_FILENAME, doc)
-        _fsync_tree(self.tmp_path)
+        if self.durable:
+            _fsync_tree(self.tmp_path)
         os.replace(self.tmp_path, self.path)
         meta_size = (self.path / META_FILENAME).stat().st_size
         return BlockInfo(

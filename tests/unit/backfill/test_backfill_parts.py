@@ -4,8 +4,10 @@ to the window), a series with two values at one time refused. No servers: a loca
 
 from __future__ import annotations
 
+import os
 import struct
 
+import numpy as np
 import pytest
 from read_responses import read_response
 
@@ -14,6 +16,7 @@ from m3migrate.clients.bucket import Bucket
 from m3migrate.errors import MalformedResponse
 from m3migrate.plan.batches import Batch
 from m3migrate.relabel import Relabeler, RelabelRule
+from m3migrate.tsdb.block import BlockWriter
 from m3migrate.tsdb.reader import read_block
 from m3migrate.wire.codec import Matcher
 
@@ -185,3 +188,20 @@ def test_what_is_remembered_is_the_plans_and_the_relabelings_own(tmp_path):
         [(("__name__", "y"), ("_source", "a"))],
         [(("__name__", "y"), ("_source", "b"))],
     ]
+
+
+def test_a_staged_block_is_not_fsynced_and_a_written_one_is(tmp_path, monkeypatch):
+    """The window's block is staged only to be uploaded (and deleted after): syncing it to disk first
+    costs a flush per file and guards nothing. A BlockWriter otherwise syncs every file, as Prometheus."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    batch = Batch("b1", (Matcher("__name__", "=~", ".+"),), ((("__name__", "ok"),),))
+    result, samples = _run(tmp_path, [read_response({"ok": [(T0 + 1000, 1.0)]})], batch)
+    assert result.samples == 1 and samples
+    assert synced == []
+
+    with BlockWriter(tmp_path / "prom", min_time=T0, max_time=T0 + H, external_labels={"a": "b"}) as writer:
+        writer.add((("__name__", "up"),), np.array([T0 + 1]), np.array([1.0]))
+        writer.finish()
+    assert len(synced) >= 3, "chunks, index and meta.json are synced before the block is renamed"
