@@ -423,7 +423,10 @@ class _Verifier:
                 self.carrying.setdefault(self._strip(key), []).append(key)
 
     def _strip(self, labels: Iterable[tuple[str, str]]) -> Labels:
-        return tuple(sorted((n, v) for n, v in labels if n not in self.ignore))
+        ignore = self.ignore
+        kept = [label for label in labels if label[0] not in ignore]
+        kept.sort()
+        return tuple(kept)
 
     def target_key(self, labels: Iterable[tuple[str, str]]) -> Labels:
         """The planned key a target series stands for: its labels less the ignorable ones the target
@@ -431,6 +434,8 @@ class _Verifier:
         for a series that is no planned one, its labels without any ignorable label."""
         labels = tuple(labels)
         stripped = self._strip(labels)
+        if not self.carrying:  # no planned series carries an ignorable label: its labels less those
+            return stripped
         best, best_score = (stripped if stripped in self.all_expected else None), 0
         have = dict(labels)
         for key in self.carrying.get(stripped, ()):
