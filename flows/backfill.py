@@ -1,7 +1,8 @@
 """The blocks and hybrid write modes of the migrate flow: history as TSDB blocks in the Thanos bucket.
 
 ``blocks``: one Prefect task per epoch-aligned block window over all the plan's batches (read, encode,
-upload), at most ``task_concurrency`` windows at once (memory: one window per worker). ``hybrid``: the
+upload; a few consecutive windows per task past MAX_WINDOW_TASKS), at most ``task_concurrency`` tasks at
+once (memory: one window per worker). ``hybrid``: the
 remote-write tail [boundary, end] first, by the ordinary transfer front (it must land while the target's
 accept window still covers it), then the blocks for [start, boundary - 1]. Replication continues by
 remote write from the end either way. The bucket's meta.json files are the resume state: a rerun skips
@@ -40,7 +41,7 @@ from m3migrate.report import BackfillSummary, MigrationSummary, TransferSummary,
 from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
-from tasks.backfill import BackfillContext, backfill_block_window, clear_caches, get_bucket
+from tasks.backfill import BackfillContext, backfill_block_windows, clear_caches, get_bucket, windows_label
 from tasks.context import unit_fields
 from tasks.transfer import notify, remember_plan, results_storage, stage_plan
 
@@ -105,7 +106,7 @@ def backfill_blocks(
     summary = BackfillSummary(len(windows), bucket=get_bucket(ctx.bucket).description, external_labels=labels)
     log_backfill_start(spec, plan, windows, summary)
     progress = _BackfillProgress(migration_id, stage, len(windows))
-    task_fn = backfill_block_window.with_options(result_storage=results_storage(state.results_dir))
+    task_fn = backfill_block_windows.with_options(result_storage=results_storage(state.results_dir))
     rows: list[dict[str, Any]] = []
     for window, result, cached in finished_windows(task_fn, ctx, windows, spec.task_concurrency):
         outcome = summary.add(result, cached=cached)
@@ -148,23 +149,38 @@ def log_backfill_start(spec: MigrationSpec, plan: Plan, windows: list[BlockWindo
     )
 
 
+MAX_WINDOW_TASKS = 256  # past this many windows, consecutive windows share a task
+
+
+def window_groups(windows: list[BlockWindow]) -> list[list[BlockWindow]]:
+    """The windows in tasks: one each, or, for a history of more than MAX_WINDOW_TASKS windows, runs of
+    consecutive windows (100 days of 2 h blocks: 1,200 windows in 240 tasks of 5). Fixed by the window
+    list alone, so a rerun's groups (and cache keys) are the first run's."""
+    size = -(-len(windows) // MAX_WINDOW_TASKS)
+    return [windows[i : i + size] for i in range(0, len(windows), size)]
+
+
 def finished_windows(
     task_fn: Any, ctx: BackfillContext, windows: list[BlockWindow], concurrency: int
 ) -> Iterator[tuple[BlockWindow, BackfillResult, bool]]:
-    """Run the windows' tasks, at most ``concurrency`` at once; yields each window's result as it finishes
-    and whether it came from Prefect's cache (done by an earlier run)."""
-    todo = list(reversed(windows))
-    in_flight: dict[PrefectFuture, BlockWindow] = {}
+    """Run the windows' tasks, at most ``concurrency`` at once; yields each window's result as its task
+    finishes and whether it came from Prefect's cache (done by an earlier run)."""
+    todo = list(reversed(window_groups(windows)))
+    in_flight: dict[PrefectFuture, list[BlockWindow]] = {}
     while todo or in_flight:
         while todo and len(in_flight) < concurrency:
-            window = todo.pop()
-            in_flight[task_fn.submit(ctx, window)] = window
+            group = todo.pop()
+            in_flight[task_fn.submit(ctx, group, label=windows_label(group))] = group
         future = next(as_completed(list(in_flight)))
-        window = in_flight.pop(future)
-        result = future.result()  # raises the window's error: the backfill stops here, the rerun resumes
-        if isinstance(result, dict):  # cached by an earlier version
-            result = BackfillResult(**result)
-        yield window, result, future.state.name == "Cached"
+        group = in_flight.pop(future)
+        results = future.result()  # raises a window's error: the backfill stops here, the rerun resumes
+        if not isinstance(results, list):  # one window's result, cached by an earlier version
+            results = [results]
+        cached = future.state.name == "Cached"
+        for window, result in zip(group, results, strict=True):
+            if isinstance(result, dict):  # cached by an earlier version
+                result = BackfillResult(**result)
+            yield window, result, cached
 
 
 def window_row(window: BlockWindow, result: BackfillResult, outcome: str) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""One block window of the backfill as a Prefect task: read every batch of the plan over the window,
-write one TSDB block, upload it to the Thanos bucket.
+"""Block windows of the backfill as a Prefect task: for each window, read every batch of the plan over
+it, write one TSDB block, upload it to the Thanos bucket. A task holds one window, or a few consecutive
+ones when a long history has more windows than flows.backfill.MAX_WINDOW_TASKS (a task run costs ~40 ms of Prefect
+bookkeeping, as much as a whole window of a few hundred series).
 
 The bucket is the resume state (a window whose meta.json is there is skipped without reading the source;
 a crashed upload is cleaned and the window rewritten), so the task's result cache only spares a rerun
-the bucket listing. Memory: one block window per task; the flow runs at most task_concurrency at once.
+the bucket listing. Memory: one block window at a time per task; the flow runs at most task_concurrency
+tasks at once.
 """
 
 from __future__ import annotations
@@ -59,38 +62,53 @@ def clear_caches() -> None:
 
 
 def window_cache_key(context: TaskRunContext, parameters: dict) -> str:
-    """Migration, plan, generation, bucket and labels, window: a cached window is one in THIS bucket.
+    """Migration, plan, generation, bucket and labels, windows: a cached window is one in THIS bucket.
+    (A group of one window has the key a single window's task had, so older runs' results still count.)
 
     After deleting blocks from the bucket by hand, rerun with --start-over (a new generation): the bucket
     then decides alone which windows are written again.
     """
     ctx: BackfillContext = parameters["ctx"]
-    w: BlockWindow = parameters["window"]
+    windows: list[BlockWindow] = parameters["windows"]
     where = hashlib.sha256(json.dumps([ctx.bucket.url, ctx.external_labels]).encode()).hexdigest()[:12]
-    return f"{ctx.migration_id}-{ctx.plan_id}-g{ctx.generation}-blocks-{where}-{w.min_time}-{w.read_start}-{w.read_end}"
+    first = windows[0]
+    key = f"{ctx.migration_id}-{ctx.plan_id}-g{ctx.generation}-blocks-{where}"
+    key += f"-{first.min_time}-{first.read_start}-{first.read_end}"
+    if len(windows) > 1:
+        last = windows[-1]
+        key += f"-to-{last.min_time}-{last.read_start}-{last.read_end}-n{len(windows)}"
+    return key
+
+
+def windows_label(windows: list[BlockWindow]) -> str:
+    return windows[0].label if len(windows) == 1 else f"{windows[0].label} .. {windows[-1].label} ({len(windows)})"
 
 
 @task(
     name="backfill-window",
-    task_run_name="block {window.label}",
+    task_run_name="block {label}",
     **TASK_RETRIES,
     retry_condition_fn=retry_unless_terminal,  # BucketError, TransientError, a killed worker: retried
     cache_key_fn=window_cache_key,
     persist_result=True,
 )
-def backfill_block_window(ctx: BackfillContext, window: BlockWindow) -> BackfillResult:
-    """Write and upload the block of one window (or skip it when the bucket already has it)."""
+def backfill_block_windows(ctx: BackfillContext, windows: list[BlockWindow], label: str = "") -> list[BackfillResult]:
+    """Write and upload the block of each window, one after another (or skip those the bucket already
+    has: a retry or rerun resumes at the first window without its block). ``label`` names the task run."""
     plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
     relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
+    results: list[BackfillResult] = []
     with RemoteReadClient(ctx.source) as reader:
-        result: BackfillResult = backfill_from_source(
-            reader,
-            plan.batches,
-            window=window,
-            bucket=get_bucket(ctx.bucket),
-            relabeler=relabeler,
-            external_labels=dict(ctx.external_labels),
-            work_dir=Path(ctx.work_dir) if ctx.work_dir else None,
-            tiers=plan.tiers,
-        )
-    return result
+        for window in windows:
+            result: BackfillResult = backfill_from_source(
+                reader,
+                plan.batches,
+                window=window,
+                bucket=get_bucket(ctx.bucket),
+                relabeler=relabeler,
+                external_labels=dict(ctx.external_labels),
+                work_dir=Path(ctx.work_dir) if ctx.work_dir else None,
+                tiers=plan.tiers,
+            )
+            results.append(result)
+    return results

@@ -148,6 +148,57 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
     assert _block_dirs(bucket_dir) == before
 
 
+def test_a_long_history_runs_consecutive_windows_per_task():
+    from flows.backfill import MAX_WINDOW_TASKS, window_groups
+
+    days = block_windows(0, 100 * 24 * HOUR_MS - 1)  # 100 days of 2 h blocks
+    groups = window_groups(days)
+    assert len(days) == 1200 and len(groups) == 240 and {len(g) for g in groups} == {5}
+    assert [w for g in groups for w in g] == days, "every window once, in order"
+    few = block_windows(0, MAX_WINDOW_TASKS * 2 * HOUR_MS - 1)
+    assert window_groups(few) == [[w] for w in few], "up to MAX_WINDOW_TASKS windows: one task each"
+    odd = window_groups(days[:1001])
+    assert len(odd) <= MAX_WINDOW_TASKS and [w for g in odd for w in g] == days[:1001]
+
+
+@pytest.mark.servers
+@pytest.mark.prefect
+def test_windows_sharing_a_task_are_each_written_once_and_resumed(
+    prefect_api, source_history, prometheus_target, tmp_path, monkeypatch
+):
+    """Several windows per task (as for a long history): the same exact blocks, progress per window, and a
+    rerun that finds every window done (Prefect's cache, then the bucket alone)."""
+    import flows.backfill
+    from flows.migrate import migrate
+
+    monkeypatch.setattr(flows.backfill, "MAX_WINDOW_TASKS", 2)
+    stats = source_history.stats
+    start, end = stats.start_ms + 30 * 60_000, stats.start_ms + 12 * HOUR_MS
+    target = prometheus_target()
+    source_block, target_block = _blocks(source_history, target.url)
+    bucket_dir = tmp_path / "bucket"
+    bucket = ThanosBucket(url=str(bucket_dir))
+    spec = MigrationSpec(
+        start=iso_ms(start), end=iso_ms(end), write_mode="blocks", migration_id="blocks-grouped", task_concurrency=2
+    )
+    state_dir = tmp_path / "state"
+    windows = block_windows(start, end)
+    assert len(flows.backfill.window_groups(windows)) == 2 < len(windows)
+    with recording({"block windows": "blocks-grouped-migrate-progress"}) as progress:
+        summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)
+    assert summary["blocks_uploaded"] == len(windows) == len(_block_dirs(bucket_dir))
+    assert [r.event["blocks_uploaded"] for r in progress.readings] == list(range(1, len(windows) + 1))
+    expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
+    with _serve_blocks(bucket_dir, tmp_path, "grouped") as prom:
+        assert diff_target(expected, prom.url, start, end) == []
+
+    again = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket, skip_validation=True)
+    assert again["blocks_uploaded"] == 0 and again["tasks_cached"] == len(windows)
+    shutil.rmtree(state_dir / "blocks-grouped" / "results")
+    third = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket, skip_validation=True)
+    assert third["blocks_uploaded"] == 0 and third["windows_skipped"] == len(windows)
+
+
 @pytest.mark.servers
 @pytest.mark.prefect
 def test_hybrid_splits_at_a_block_edge_with_no_gap_and_no_overlap(
