@@ -41,7 +41,7 @@ from m3migrate.report import BackfillSummary, MigrationSummary, TransferSummary,
 from m3migrate.settings.spec import MigrationSpec
 from m3migrate.state import MigrationState, Stage
 from m3migrate.timefmt import iso_ms
-from tasks.backfill import BackfillContext, backfill_block_windows, clear_caches, get_bucket, windows_label
+from tasks.backfill import BackfillContext, backfill_block_windows, clear_caches, get_bucket
 from tasks.context import unit_fields
 from tasks.transfer import notify, remember_plan, results_storage, stage_plan
 
@@ -170,7 +170,7 @@ def finished_windows(
     while todo or in_flight:
         while todo and len(in_flight) < concurrency:
             group = todo.pop()
-            in_flight[task_fn.submit(ctx, group, label=windows_label(group))] = group
+            in_flight[task_fn.submit(ctx, group)] = group
         future = next(as_completed(list(in_flight)))
         group = in_flight.pop(future)
         results = future.result()  # raises a window's error: the backfill stops here, the rerun resumes

@@ -1,7 +1,7 @@
 """Block windows of the backfill as a Prefect task: for each window, read every batch of the plan over
 it, write one TSDB block, upload it to the Thanos bucket. A task holds one window, or a few consecutive
-ones when a long history has more windows than flows.backfill.MAX_WINDOW_TASKS (a task run costs ~40 ms of Prefect
-bookkeeping, as much as a whole window of a few hundred series).
+ones when a long history has more windows than flows.backfill.MAX_WINDOW_TASKS (a task run costs ~40 ms
+of Prefect bookkeeping, as much as a whole window of a few hundred series).
 
 The bucket is the resume state (a window whose meta.json is there is skipped without reading the source;
 a crashed upload is cleaned and the window rewritten), so the task's result cache only spares a rerun
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.context import TaskRunContext
+from prefect.runtime import task_run
 
 from m3migrate.backfill.windows import BackfillResult, BlockWindow, backfill_from_source
 from m3migrate.clients.bucket import Bucket, BucketSettings
@@ -80,35 +81,40 @@ def window_cache_key(context: TaskRunContext, parameters: dict) -> str:
     return key
 
 
-def windows_label(windows: list[BlockWindow]) -> str:
-    return windows[0].label if len(windows) == 1 else f"{windows[0].label} .. {windows[-1].label} ({len(windows)})"
+def window_run_name() -> str:
+    """The task run's name in the UI: "block <window>", or "block <first> .. <last> (<n>)" for a group."""
+    windows: list[BlockWindow] = task_run.parameters["windows"]
+    if len(windows) == 1:
+        return f"block {windows[0].label}"
+    return f"block {windows[0].label} .. {windows[-1].label} ({len(windows)})"
 
 
 @task(
     name="backfill-window",
-    task_run_name="block {label}",
+    task_run_name=window_run_name,
     **TASK_RETRIES,
     retry_condition_fn=retry_unless_terminal,  # BucketError, TransientError, a killed worker: retried
     cache_key_fn=window_cache_key,
     persist_result=True,
 )
-def backfill_block_windows(ctx: BackfillContext, windows: list[BlockWindow], label: str = "") -> list[BackfillResult]:
+def backfill_block_windows(ctx: BackfillContext, windows: list[BlockWindow]) -> list[BackfillResult]:
     """Write and upload the block of each window, one after another (or skip those the bucket already
-    has: a retry or rerun resumes at the first window without its block). ``label`` names the task run."""
+    has: a retry or rerun resumes at the first window without its block)."""
     plan = saved_plan(ctx.state_root, ctx.migration_id, ctx.stage, ctx.plan_id)
     relabeler = Relabeler(list(ctx.relabeler_rules), add_labels=dict(ctx.add_labels))
-    results: list[BackfillResult] = []
+    bucket, labels = get_bucket(ctx.bucket), dict(ctx.external_labels)
+    work_dir = Path(ctx.work_dir) if ctx.work_dir else None
     with RemoteReadClient(ctx.source) as reader:
-        for window in windows:
-            result: BackfillResult = backfill_from_source(
+        return [
+            backfill_from_source(
                 reader,
                 plan.batches,
                 window=window,
-                bucket=get_bucket(ctx.bucket),
+                bucket=bucket,
                 relabeler=relabeler,
-                external_labels=dict(ctx.external_labels),
-                work_dir=Path(ctx.work_dir) if ctx.work_dir else None,
+                external_labels=labels,
+                work_dir=work_dir,
                 tiers=plan.tiers,
             )
-            results.append(result)
-    return results
+            for window in windows
+        ]

@@ -8,6 +8,7 @@ import gc
 import os
 import shutil
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,16 @@ def _serve_blocks(bucket_dir: Path, tmp_path: Path, name: str):
     return start_prometheus(tmp_path, name=name, data_dir=data)
 
 
+def _block_task_runs(after: datetime) -> list[str]:
+    """The names of the backfill's window task runs started since ``after`` (this test's)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+    mine = TaskRunFilter(name=TaskRunFilterName(like_="block "), start_time=TaskRunFilterStartTime(after_=after))
+    with get_client(sync_client=True) as client:
+        return [run.name for run in client.read_task_runs(task_run_filter=mine)]
+
+
 def _split(data: dict[Labels, Samples], boundary: int) -> tuple[dict, dict]:
     before = {k: [s for s in v if s[0] < boundary] for k, v in data.items()}
     after = {k: [s for s in v if s[0] >= boundary] for k, v in data.items()}
@@ -93,30 +104,51 @@ def test_cli_blocks_mode_without_a_bucket_exits_2():
 
 @pytest.mark.servers
 @pytest.mark.prefect
+@pytest.mark.parametrize("migration_id", ["blocks-flow", "blocks-grouped"])
 def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
-    prefect_api, source_history, prometheus_target, tmp_path, default_gc_thresholds, plan_reads
+    prefect_api,
+    source_history,
+    prometheus_target,
+    tmp_path,
+    default_gc_thresholds,
+    plan_reads,
+    monkeypatch,
+    migration_id,
 ):
+    """One task per window, and ("blocks-grouped") several windows per task, as for a long history: the
+    same exact blocks, progress per window, a rerun that finds every window done."""
+    import flows.backfill
     from flows.migrate import migrate
 
     stats = source_history.stats
     start, end = stats.start_ms + 30 * 60_000, stats.start_ms + 12 * HOUR_MS
+    windows = block_windows(start, end)
+    if migration_id == "blocks-grouped":
+        monkeypatch.setattr(flows.backfill, "MAX_WINDOW_TASKS", 2)
+        assert len(flows.backfill.window_groups(windows)) == 2 < len(windows)
     target = prometheus_target()
     source_block, target_block = _blocks(source_history, target.url)
     bucket_dir = tmp_path / "bucket"
     bucket = ThanosBucket(url=str(bucket_dir))
     spec = MigrationSpec(
-        start=iso_ms(start), end=iso_ms(end), write_mode="blocks", migration_id="blocks-flow", task_concurrency=3
+        start=iso_ms(start), end=iso_ms(end), write_mode="blocks", migration_id=migration_id, task_concurrency=3
     )
     state_dir = tmp_path / "state"
+    key = f"{migration_id}-migrate-progress"
+    began = datetime.now(UTC) - timedelta(seconds=1)
     bar, bar_listener = progress_bar()  # the CLI's bar, fed by the same events
     try:
-        with recording({"block windows": "blocks-flow-migrate-progress"}) as progress:
+        with recording({"block windows": key}) as progress:
             summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)
     finally:
         PROGRESS_LISTENERS.remove(bar_listener)
     assert gc.get_threshold() == collector.BULK_THRESHOLDS, "the blocks flow collects as a data-holding process"
     assert plan_reads == [], "the backfill and its window tasks use the plan the run made, not a copy read back"
-    windows = block_windows(start, end)
+    # the task runs as the UI lists them: one per window, or one per run of windows
+    groups = [[w] for w in windows] if migration_id == "blocks-flow" else flows.backfill.window_groups(windows)
+    assert sorted(_block_task_runs(began)) == sorted(
+        f"block {g[0].label}" if len(g) == 1 else f"block {g[0].label} .. {g[-1].label} ({len(g)})" for g in groups
+    )
     assert summary["blocks_uploaded"] == len(windows) == len(_block_dirs(bucket_dir))
     # the migration's progress artifact (the key remote write uses) advanced window by window to 100 %,
     # naming windows done / total, samples/s, blocks uploaded and the ETA
@@ -125,7 +157,7 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
     assert [r.event["blocks_uploaded"] for r in progress.readings] == list(range(1, n + 1))
     assert f"{n} blocks uploaded" in progress.readings[-1].description
     assert f"{summary['samples']:,} samples" in progress.readings[-1].description
-    assert read_progress("blocks-flow-migrate-progress")[0] == 100.0
+    assert read_progress(key)[0] == 100.0
     (row,) = bar.tasks
     assert row.description == "block windows" and row.completed == row.total == n
     assert row.fields["detail"] == f"{n} blocks uploaded" and row.fields["samples"] == summary["samples"]
@@ -135,14 +167,14 @@ def test_blocks_mode_backfills_exactly_and_a_rerun_uploads_nothing(
         assert diff_target(expected, prom.url, start, end) == []
     assert read_all(target.url, start, end) == {}, "blocks mode must not write history through the target"
     # replication continues by remote write from the end, as after a remote-write migration
-    assert replication_start_ms(MigrationState(state_dir, "blocks-flow")) == end + 1
+    assert replication_start_ms(MigrationState(state_dir, migration_id)) == end + 1
 
     before = _block_dirs(bucket_dir)
     again = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket, skip_validation=True)
     assert again["blocks_uploaded"] == 0 and again["samples_moved_now"] == 0
     assert again["tasks_cached"] == len(windows)
     # without Prefect's result cache the bucket alone is the resume state
-    shutil.rmtree(state_dir / "blocks-flow" / "results")
+    shutil.rmtree(state_dir / migration_id / "results")
     third = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket, skip_validation=True)
     assert third["blocks_uploaded"] == 0 and third["windows_skipped"] == len(windows)
     assert _block_dirs(bucket_dir) == before
@@ -159,44 +191,6 @@ def test_a_long_history_runs_consecutive_windows_per_task():
     assert window_groups(few) == [[w] for w in few], "up to MAX_WINDOW_TASKS windows: one task each"
     odd = window_groups(days[:1001])
     assert len(odd) <= MAX_WINDOW_TASKS and [w for g in odd for w in g] == days[:1001]
-
-
-@pytest.mark.servers
-@pytest.mark.prefect
-def test_windows_sharing_a_task_are_each_written_once_and_resumed(
-    prefect_api, source_history, prometheus_target, tmp_path, monkeypatch
-):
-    """Several windows per task (as for a long history): the same exact blocks, progress per window, and a
-    rerun that finds every window done (Prefect's cache, then the bucket alone)."""
-    import flows.backfill
-    from flows.migrate import migrate
-
-    monkeypatch.setattr(flows.backfill, "MAX_WINDOW_TASKS", 2)
-    stats = source_history.stats
-    start, end = stats.start_ms + 30 * 60_000, stats.start_ms + 12 * HOUR_MS
-    target = prometheus_target()
-    source_block, target_block = _blocks(source_history, target.url)
-    bucket_dir = tmp_path / "bucket"
-    bucket = ThanosBucket(url=str(bucket_dir))
-    spec = MigrationSpec(
-        start=iso_ms(start), end=iso_ms(end), write_mode="blocks", migration_id="blocks-grouped", task_concurrency=2
-    )
-    state_dir = tmp_path / "state"
-    windows = block_windows(start, end)
-    assert len(flows.backfill.window_groups(windows)) == 2 < len(windows)
-    with recording({"block windows": "blocks-grouped-migrate-progress"}) as progress:
-        summary = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket)
-    assert summary["blocks_uploaded"] == len(windows) == len(_block_dirs(bucket_dir))
-    assert [r.event["blocks_uploaded"] for r in progress.readings] == list(range(1, len(windows) + 1))
-    expected = with_label(read_all(source_history.server.url, start, end), "_source", "m3db")
-    with _serve_blocks(bucket_dir, tmp_path, "grouped") as prom:
-        assert diff_target(expected, prom.url, start, end) == []
-
-    again = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket, skip_validation=True)
-    assert again["blocks_uploaded"] == 0 and again["tasks_cached"] == len(windows)
-    shutil.rmtree(state_dir / "blocks-grouped" / "results")
-    third = migrate(source_block, target_block, spec, state_dir=str(state_dir), bucket=bucket, skip_validation=True)
-    assert third["blocks_uploaded"] == 0 and third["windows_skipped"] == len(windows)
 
 
 @pytest.mark.servers
